@@ -1,0 +1,202 @@
+"""Slimmable layers: conv / BatchNorm / linear that run on the first k channels of their full-size weights.
+
+The layers are the timm/torch classes themselves with a slicing `forward`; converting a dense timm model swaps
+the class of each layer in place, so parameter names, shapes and objects stay exactly those of the dense model
+(a dense state dict loads strictly) and no per-width copy of any weight exists.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import BatchNormAct2d
+
+from .spaces import Channels
+
+__all__ = [
+    'SlimmableLayer', 'SlimConv2d', 'SlimBatchNorm2d', 'SlimBatchNormAct2d', 'SlimLinear',
+    'convert_to_slimmable', 'apply_widths', 'slimmable_layers',
+]
+
+
+class SlimmableLayer:
+    """Mixin: the layer's active in/out channels follow channel rules evaluated on the subnet's widths."""
+    in_rule: Optional[Channels] = None
+    out_rule: Optional[Channels] = None
+    active_in: int
+    active_out: int
+
+    def set_rules(self, in_rule: Optional[Channels], out_rule: Optional[Channels]) -> None:
+        self.in_rule, self.out_rule = in_rule, out_rule
+
+    def activate(self, widths: Sequence[int]) -> None:
+        full_in, full_out = self.full_channels()
+        self.active_in = full_in if self.in_rule is None else self.in_rule.resolve(widths)
+        self.active_out = full_out if self.out_rule is None else self.out_rule.resolve(widths)
+        if not (0 < self.active_in <= full_in and 0 < self.active_out <= full_out):
+            raise ValueError(f'{type(self).__name__} of {full_in}->{full_out} channels cannot run at '
+                             f'{self.active_in}->{self.active_out}')
+
+    def full_channels(self) -> tuple:
+        raise NotImplementedError
+
+    def slice_state(self) -> Dict[str, torch.Tensor]:
+        """This layer's parameters and buffers cut to the active channels (for export)."""
+        raise NotImplementedError
+
+
+class SlimConv2d(SlimmableLayer, nn.Conv2d):
+    """nn.Conv2d on the first `active_in` input and `active_out` output channels; depthwise follows its input."""
+
+    def full_channels(self):
+        return self.in_channels, self.out_channels
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups > 1
+
+    def _active_params(self):
+        cout = self.active_out
+        weight = self.weight[:cout] if self.is_depthwise else self.weight[:cout, :self.active_in]
+        bias = None if self.bias is None else self.bias[:cout]
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._active_params()
+        groups = self.active_out if self.is_depthwise else 1
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+    def slice_state(self):
+        weight, bias = self._active_params()
+        state = {'weight': weight}
+        if bias is not None:
+            state['bias'] = bias
+        return state
+
+
+def _slim_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """torch's BatchNorm2d.forward on the first `active_out` channels; running stats update in place."""
+    c = bn.active_out
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or bn.running_mean is None
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(
+        x,
+        bn.running_mean[:c] if track and bn.running_mean is not None else None,
+        bn.running_var[:c] if track and bn.running_var is not None else None,
+        bn.weight[:c] if bn.weight is not None else None,
+        bn.bias[:c] if bn.bias is not None else None,
+        use_batch_stats,
+        momentum,
+        bn.eps,
+    )
+
+
+def _bn_slice_state(bn: nn.BatchNorm2d) -> Dict[str, torch.Tensor]:
+    c = bn.active_out
+    state = {}
+    for name in ('weight', 'bias', 'running_mean', 'running_var'):
+        t = getattr(bn, name)
+        if t is not None:
+            state[name] = t[:c]
+    if bn.num_batches_tracked is not None:
+        state['num_batches_tracked'] = bn.num_batches_tracked
+    return state
+
+
+class SlimBatchNorm2d(SlimmableLayer, nn.BatchNorm2d):
+    """nn.BatchNorm2d on the first `active_out` channels."""
+
+    def full_channels(self):
+        return self.num_features, self.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _slim_batch_norm(self, x)
+
+    def slice_state(self):
+        return _bn_slice_state(self)
+
+
+class SlimBatchNormAct2d(SlimmableLayer, BatchNormAct2d):
+    """timm's BatchNormAct2d (BN + drop + act) on the first `active_out` channels."""
+
+    def full_channels(self):
+        return self.num_features, self.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(_slim_batch_norm(self, x)))
+
+    def slice_state(self):
+        return _bn_slice_state(self)
+
+
+class SlimLinear(SlimmableLayer, nn.Linear):
+    """nn.Linear reading the first `active_in` input features; the output (classes) is fixed."""
+
+    def full_channels(self):
+        return self.in_features, self.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[:, :self.active_in], self.bias)
+
+    def slice_state(self):
+        state = {'weight': self.weight[:, :self.active_in]}
+        if self.bias is not None:
+            state['bias'] = self.bias
+        return state
+
+
+_SLIM_CLASSES = {
+    nn.Conv2d: SlimConv2d,
+    nn.BatchNorm2d: SlimBatchNorm2d,
+    BatchNormAct2d: SlimBatchNormAct2d,
+    nn.Linear: SlimLinear,
+}
+_WEIGHTED = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear)
+
+
+def convert_to_slimmable(model: nn.Module) -> nn.Module:
+    """Turn every conv / BN / linear of `model` into its slimmable class, in place; returns `model`.
+
+    Only exact torch/timm classes are converted; any other layer with weights is refused, so a supernet never
+    silently contains a layer that ignores the active subnet.
+    """
+    for name, module in model.named_modules():
+        cls = type(module)
+        if cls in _SLIM_CLASSES:
+            if cls is nn.Conv2d:
+                _check_conv(name, module)
+            module.__class__ = _SLIM_CLASSES[cls]
+            full_in, full_out = module.full_channels()
+            module.active_in, module.active_out = full_in, full_out
+        elif isinstance(module, _WEIGHTED) and not isinstance(module, SlimmableLayer):
+            raise TypeError(f'layer {name!r} ({cls.__name__}) has no slimmable form; supported: '
+                            f'{", ".join(c.__name__ for c in _SLIM_CLASSES)}')
+    return model
+
+
+def _check_conv(name: str, conv: nn.Conv2d) -> None:
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    if conv.groups != 1 and not depthwise:
+        raise TypeError(f'conv {name!r} is grouped (groups={conv.groups}) but not depthwise; not slimmable')
+    if conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        raise TypeError(f'conv {name!r} uses padding {conv.padding!r}/{conv.padding_mode!r}; '
+                        f'only explicit zero padding is slimmable')
+
+
+def slimmable_layers(model: nn.Module):
+    """(name, layer) for every slimmable layer in `model`."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SlimmableLayer)]
+
+
+def apply_widths(model: nn.Module, widths: Sequence[int]) -> None:
+    """Set every slimmable layer of `model` to the channels its rules give for `widths`."""
+    for module in model.modules():
+        if isinstance(module, SlimmableLayer):
+            module.activate(widths)

@@ -1,0 +1,333 @@
+"""Search spaces: subnets, width choices, and exact FLOPs (MACs) for one subnet or millions at once.
+
+FLOPs follow the paper's unit: multiply-accumulates of every conv and linear layer plus the global average
+pool (H*W*C). For a fixed resolution they are a quadratic form in the vector of group widths extended by a
+constant 1, so a space stores one small matrix per resolution and evaluates many subnets with one matmul.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from timm.layers import make_divisible
+
+__all__ = [
+    'Subnet', 'SubnetBatch', 'SearchSpace', 'Channels', 'MacTerm', 'SpatialOp',
+    'width_choices', 'resolution_choices', 'RngLike',
+]
+
+RngLike = Union[None, int, np.random.Generator]
+
+
+def _as_int(value, what: str) -> int:
+    """An exact integer or a ValueError naming `what`; floats, bools and strings are refused, not rounded."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f'{what} must be an integer, got {value!r} ({type(value).__name__})')
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """One subnet of a supernet: input resolution and absolute output channels per channel group."""
+    resolution: int
+    widths: Tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, 'resolution', _as_int(self.resolution, 'resolution'))
+        if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Iterable):
+            raise ValueError(f'widths must be a sequence of integers, got {self.widths!r}')
+        widths = tuple(_as_int(w, f'widths[{i}]') for i, w in enumerate(self.widths))
+        object.__setattr__(self, 'widths', widths)
+
+    def to_dict(self) -> dict:
+        return {'resolution': self.resolution, 'widths': list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'Subnet':
+        if not isinstance(d, dict) or set(d) != {'resolution', 'widths'}:
+            raise ValueError(f'a subnet dict has exactly the keys "resolution" and "widths", got {d!r}')
+        return cls(d['resolution'], d['widths'])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, s: str) -> 'Subnet':
+        return cls.from_dict(json.loads(s))
+
+
+class SubnetBatch(NamedTuple):
+    """Many subnets as arrays: resolutions (N,) and widths (N, groups), for vectorised FLOPs and sampling."""
+    resolutions: np.ndarray
+    widths: np.ndarray
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.resolutions.shape[0])
+
+    def subnet(self, i: int) -> Subnet:
+        return Subnet(int(self.resolutions[i]), tuple(int(w) for w in self.widths[i]))
+
+    def subnets(self) -> list:
+        return [self.subnet(i) for i in range(len(self))]
+
+    @classmethod
+    def from_subnets(cls, subnets: Sequence[Subnet]) -> 'SubnetBatch':
+        res = np.array([s.resolution for s in subnets], dtype=np.int64)
+        widths = np.array([s.widths for s in subnets], dtype=np.int64).reshape(len(subnets), -1)
+        return cls(res, widths)
+
+
+@dataclass(frozen=True)
+class Channels:
+    """A channel count that follows the active subnet: `mult * widths[group]`, or the constant `mult`."""
+    group: Optional[int]
+    mult: int = 1
+
+    def resolve(self, widths: Sequence[int]) -> int:
+        return self.mult if self.group is None else self.mult * widths[self.group]
+
+
+@dataclass(frozen=True)
+class SpatialOp:
+    """Geometry of one spatial op (conv / pool), enough to compute its output size exactly."""
+    kernel: int
+    stride: int
+    padding: int
+    dilation: int = 1
+
+    def out_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.dilation * (self.kernel - 1) - 1) // self.stride + 1
+
+
+@dataclass(frozen=True)
+class MacTerm:
+    """MACs of one layer: `coef * area * a * b` where a, b are channel counts and area the output H*W.
+
+    `spatial` is the chain of spatial ops from the input to this layer's output, or None after global pooling
+    (area 1). `a`/`b` are group indices, or None for the constant 1.
+    """
+    spatial: Optional[Tuple[SpatialOp, ...]]
+    a: Optional[int]
+    b: Optional[int]
+    coef: int
+
+    def area(self, resolution: int) -> int:
+        if self.spatial is None:
+            return 1
+        size = resolution
+        for op in self.spatial:
+            size = op.out_size(size)
+        return size * size
+
+
+def width_choices(base: int, mult_range: Tuple[float, float], divisor: int = 8) -> Tuple[int, ...]:
+    """Every width `make_divisible(base * m, divisor)` reaches for m in [lo, hi] (all multiples in between)."""
+    lo, hi = mult_range
+    if not 0 < lo <= hi:
+        raise ValueError(f'width multiplier range must satisfy 0 < lo <= hi, got {mult_range}')
+    w_lo, w_hi = make_divisible(base * lo, divisor), make_divisible(base * hi, divisor)
+    return tuple(range(w_lo, w_hi + 1, divisor))
+
+
+def resolution_choices(res_range: Tuple[int, int, int]) -> Tuple[int, ...]:
+    """Resolutions from (min, max, step), both ends included."""
+    lo, hi, step = (_as_int(v, 'resolution range entry') for v in res_range)
+    if not (0 < lo <= hi and step > 0 and (hi - lo) % step == 0):
+        raise ValueError(f'resolution range (min, max, step) must have 0 < min <= max and step dividing '
+                         f'max - min, got {tuple(res_range)}')
+    return tuple(range(lo, hi + 1, step))
+
+
+class SearchSpace:
+    """Channel groups with their width choices, input resolutions, and the FLOPs of any subnet.
+
+    Args:
+        group_names: one name per channel group (the module path that produces it).
+        width_choices: allowed absolute widths per group, ascending.
+        resolutions: allowed input resolutions, ascending.
+        mac_terms: the MACs model of the architecture (one term per conv/linear/pool).
+    """
+
+    def __init__(
+            self,
+            group_names: Sequence[str],
+            width_choices: Sequence[Sequence[int]],
+            resolutions: Sequence[int],
+            mac_terms: Sequence[MacTerm],
+    ):
+        if len(group_names) != len(width_choices):
+            raise ValueError(f'{len(group_names)} group names but {len(width_choices)} width choice lists')
+        self.group_names: Tuple[str, ...] = tuple(group_names)
+        self.width_choices: Tuple[Tuple[int, ...], ...] = tuple(tuple(sorted(set(c))) for c in width_choices)
+        self.resolutions: Tuple[int, ...] = tuple(sorted(set(resolutions)))
+        self.mac_terms: Tuple[MacTerm, ...] = tuple(mac_terms)
+        self.max_widths: Tuple[int, ...] = tuple(c[-1] for c in self.width_choices)
+        self.min_widths: Tuple[int, ...] = tuple(c[0] for c in self.width_choices)
+        self._res_index = {r: i for i, r in enumerate(self.resolutions)}
+        self._choice_index = [{w: i for i, w in enumerate(c)} for c in self.width_choices]
+        self._quad_forms = self._build_quadratic_forms()
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_names)
+
+    def __repr__(self) -> str:
+        return (f'SearchSpace({self.num_groups} groups, resolutions {self.resolutions[0]}..{self.resolutions[-1]}'
+                f' ({len(self.resolutions)}), FLOPs {self.flops(self.min_subnet()) / 1e6:.2f}M'
+                f'..{self.flops(self.max_subnet()) / 1e6:.2f}M)')
+
+    # subnets
+
+    def max_subnet(self) -> Subnet:
+        return Subnet(self.resolutions[-1], self.max_widths)
+
+    def min_subnet(self) -> Subnet:
+        return Subnet(self.resolutions[0], self.min_widths)
+
+    def validate(self, subnet: Subnet) -> Subnet:
+        """Return `subnet` if it belongs to this space, else raise ValueError naming what is wrong."""
+        if not isinstance(subnet, Subnet):
+            raise ValueError(f'expected a timm_pss.Subnet, got {type(subnet).__name__}')
+        if len(subnet.widths) != self.num_groups:
+            raise ValueError(f'subnet has {len(subnet.widths)} widths, the space has {self.num_groups} groups: '
+                             f'{", ".join(self.group_names)}')
+        if subnet.resolution not in self._res_index:
+            raise ValueError(f'resolution {subnet.resolution} is not in the space; allowed: '
+                             f'{_describe_choices(self.resolutions)}')
+        for name, w, choices, index in zip(self.group_names, subnet.widths, self.width_choices, self._choice_index):
+            if w not in index:
+                raise ValueError(f'width {w} for group {name!r} is not in the space; allowed: '
+                                 f'{_describe_choices(choices)}')
+        return subnet
+
+    # FLOPs
+
+    def _build_quadratic_forms(self) -> np.ndarray:
+        """(R, G+1, G+1) matrices: flops(r, w) = w~ @ Q[r] @ w~ with w~ = (widths, 1)."""
+        g = self.num_groups
+        forms = np.zeros((len(self.resolutions), g + 1, g + 1), dtype=np.float64)
+        for term in self.mac_terms:
+            i = g if term.a is None else term.a
+            j = g if term.b is None else term.b
+            for r_idx, r in enumerate(self.resolutions):
+                forms[r_idx, i, j] += term.coef * term.area(r)
+        return forms
+
+    def flops(self, subnet: Subnet) -> int:
+        """MACs of one subnet (conv + linear + global average pool)."""
+        self.validate(subnet)
+        batch = SubnetBatch.from_subnets([subnet])
+        return int(self.flops_many(batch.resolutions, batch.widths)[0])
+
+    def flops_many(self, resolutions, widths=None) -> np.ndarray:
+        """MACs of many subnets: `flops_many(batch)` or `flops_many(resolutions (N,), widths (N, G))`.
+
+        Inputs are trusted to lie in the space (the sampler's own output); use `validate` for user input.
+        """
+        if widths is None:
+            resolutions, widths = resolutions
+        resolutions = np.asarray(resolutions)
+        w_ext = np.empty((widths.shape[0], self.num_groups + 1), dtype=np.float64)
+        w_ext[:, :-1] = widths
+        w_ext[:, -1] = 1.0
+        out = np.empty(widths.shape[0], dtype=np.float64)
+        if len(self.resolutions) == 1:
+            out[:] = np.einsum('ni,ni->n', w_ext @ self._quad_forms[0], w_ext)
+        else:
+            lookup = np.full(self.resolutions[-1] + 1, -1, dtype=np.int64)
+            lookup[list(self.resolutions)] = np.arange(len(self.resolutions))
+            r_idx = lookup[resolutions]
+            if (r_idx < 0).any():
+                raise ValueError(f'resolutions outside the space; allowed: {_describe_choices(self.resolutions)}')
+            order = np.argsort(r_idx, kind='stable')
+            bounds = np.searchsorted(r_idx[order], np.arange(len(self.resolutions) + 1))
+            for k in range(len(self.resolutions)):
+                sel = order[bounds[k]:bounds[k + 1]]
+                if sel.size:
+                    x = w_ext[sel]
+                    out[sel] = np.einsum('ni,ni->n', x @ self._quad_forms[k], x)
+        return np.rint(out).astype(np.int64)
+
+    # sampling
+
+    def sample(self, rng: RngLike = None, flops_range: Optional[Tuple[float, float]] = None) -> Subnet:
+        """One random subnet; with `flops_range=(lo, hi)` its FLOPs lie in [lo, hi)."""
+        return self.sample_many(1, rng=rng, flops_range=flops_range).subnet(0)
+
+    def sample_many(
+            self,
+            n: int,
+            rng: RngLike = None,
+            flops_range: Optional[Tuple[float, float]] = None,
+            max_rounds: int = 64,
+    ) -> SubnetBatch:
+        """`n` random subnets as arrays. Without `flops_range`: uniform per group and resolution.
+
+        With `flops_range=(lo, hi)`: candidates come from a mixture tilted towards small or large subnets
+        (a shared random level per candidate plus per-group noise) so that every FLOPs range between the
+        min and max subnet is reachable, then those inside [lo, hi) are kept.
+        """
+        n = _as_int(n, 'n')
+        rng = np.random.default_rng(rng)
+        if flops_range is None:
+            return self._draw(rng, n, tilt=False)
+        lo, hi = self._check_flops_range(flops_range)
+        kept_res, kept_w, have = [], [], 0
+        chunk = max(1024, 64 * n)
+        for _ in range(max_rounds):
+            cand = self._draw(rng, chunk, tilt=True)
+            f = self.flops_many(cand)
+            keep = np.flatnonzero((f >= lo) & (f < hi))[:n - have]
+            kept_res.append(cand.resolutions[keep])
+            kept_w.append(cand.widths[keep])
+            have += keep.size
+            if have >= n:
+                return SubnetBatch(np.concatenate(kept_res), np.concatenate(kept_w))
+        raise ValueError(f'found only {have} of {n} subnets with FLOPs in [{lo:.4g}, {hi:.4g}) after '
+                         f'{max_rounds * chunk} candidates; the range is too narrow for this space')
+
+    def _check_flops_range(self, flops_range) -> Tuple[float, float]:
+        lo, hi = (float(v) for v in flops_range)
+        f_min, f_max = self.flops(self.min_subnet()), self.flops(self.max_subnet())
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f'flops_range must be two finite numbers lo < hi, got {flops_range!r}')
+        if hi <= f_min or lo > f_max:
+            raise ValueError(f'flops_range [{lo:.4g}, {hi:.4g}) holds no subnet: this space spans '
+                             f'{f_min} .. {f_max} FLOPs (MACs)')
+        return lo, hi
+
+    def _draw(self, rng: np.random.Generator, n: int, tilt: bool) -> SubnetBatch:
+        """Random choice indices per group (+ resolution), uniform or tilted by a shared per-row level."""
+        sizes = np.array([len(c) for c in self.width_choices] + [len(self.resolutions)])
+        if tilt:
+            level = rng.random((n, 1))
+            spread = rng.uniform(0.05, 0.5, size=(n, 1))
+            u = np.clip(level + spread * rng.standard_normal((n, sizes.size)), 0.0, 1.0 - 1e-9)
+        else:
+            u = rng.random((n, sizes.size))
+        idx = (u * sizes).astype(np.int64)
+        widths = np.empty((n, self.num_groups), dtype=np.int64)
+        for g, choices in enumerate(self.width_choices):
+            widths[:, g] = np.asarray(choices, dtype=np.int64)[idx[:, g]]
+        resolutions = np.asarray(self.resolutions, dtype=np.int64)[idx[:, -1]]
+        return SubnetBatch(resolutions, widths)
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly description of the space (groups, choices, resolutions)."""
+        return {
+            'groups': [{'name': n, 'widths': list(c)} for n, c in zip(self.group_names, self.width_choices)],
+            'resolutions': list(self.resolutions),
+        }
+
+
+def _describe_choices(values: Sequence[int]) -> str:
+    values = list(values)
+    if len(values) > 2:
+        steps = {b - a for a, b in zip(values, values[1:])}
+        if len(steps) == 1:
+            return f'{values[0]}..{values[-1]} in steps of {steps.pop()}'
+    return ', '.join(str(v) for v in values)
