@@ -158,7 +158,6 @@ _SLIM_CLASSES = {
     BatchNormAct2d: SlimBatchNormAct2d,
     nn.Linear: SlimLinear,
 }
-_WEIGHTED = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear)
 
 
 def convert_to_slimmable(model: nn.Module) -> nn.Module:
@@ -175,7 +174,7 @@ def convert_to_slimmable(model: nn.Module) -> nn.Module:
             module.__class__ = _SLIM_CLASSES[cls]
             full_in, full_out = module.full_channels()
             module.active_in, module.active_out = full_in, full_out
-        elif isinstance(module, _WEIGHTED) and not isinstance(module, SlimmableLayer):
+        elif not isinstance(module, SlimmableLayer) and next(module.parameters(recurse=False), None) is not None:
             raise TypeError(f'layer {name!r} ({cls.__name__}) has no slimmable form; supported: '
                             f'{", ".join(c.__name__ for c in _SLIM_CLASSES)}')
     return model

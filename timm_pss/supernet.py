@@ -132,7 +132,7 @@ def find_supernet(model: nn.Module) -> nn.Module:
     """The module that owns `set_subnet` inside DDP / DataParallel / ModelEma / torch.compile wrappers."""
     seen = model
     for _ in range(8):
-        if hasattr(seen, 'set_subnet') and hasattr(seen, 'space'):
+        if isinstance(seen, (SupernetMixin, SupernetFeatures)):
             return seen
         inner = getattr(seen, '_orig_mod', None) or getattr(seen, 'module', None)
         if not isinstance(inner, nn.Module):

@@ -9,8 +9,8 @@ Search space, 21 channel groups in forward order:
   * `layerS`: the output width of stage S (256, 512, 1024, 2048), tied across the stage by the residuals and
     set by the first block's conv3 and downsample conv.
 Widths: every multiple of 8 that `make_divisible(base * m, 8)` reaches for m in `width_range`, default
-0.25..1.0 as US-Net's S-ResNet-50; resolutions 128..224 in steps of 8. The span is 0.106..4.11 GMACs
-(min subnet at 128px, 0.297 GMACs for the 0.25x subnet at 224px).
+0.25..1.0 as US-Net's S-ResNet-50; resolutions 128..224 in steps of 8. The span is 0.091..4.09 GMACs
+(min subnet at 128px; the 0.25x subnet at 224px is 0.278 GMACs, US-Net's 0.28).
 """
 from typing import Tuple
 
@@ -108,6 +108,6 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def pss_resnet50(pretrained: bool = False, **kwargs) -> PssResNet:
-    """ResNet-50 PSS supernet: 21 channel groups, widths 0.25-1.0, 128-224px, 0.106-4.11 GMACs."""
+    """ResNet-50 PSS supernet: 21 channel groups, widths 0.25-1.0, 128-224px, 0.091-4.09 GMACs."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), dense_architecture='resnet50')
     return _create_pss_resnet('pss_resnet50', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,279 @@
+"""Benchmark timm_pss supernets against plain baselines, printed side by side as ratios.
+
+What it measures, per model (`pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50` by default):
+
+1. FLOPs throughput, on one thread (torch, numpy/BLAS): `space.flops_many(batch)` on N random subnets from
+   `space.sample_many(N, rng=0)` (default N = 1,000,000) against the baseline, the scalar `space.flops(subnet)`
+   called in a Python loop on the first few thousand of them. Both are best-of-repeats wall time
+   (`time.perf_counter`), reported in subnets/s with the speed-up, whether the vectorised path meets the
+   target of at least 1M subnets/s, and whether both paths give identical FLOPs.
+2. Forward latency (eval mode, `torch.no_grad`, batch 1 by default) at the "mid" subnet (the middle width
+   choice of every group, the middle resolution) of
+     a. the supernet with that subnet active, fed an input at the subnet's resolution,
+     b. the exported model `timm_pss.export_subnet(model)` (a plain timm EfficientNet / ResNet),
+     c. the baseline: a dense timm model of the same widths built independently, with timm's pruning helper
+        `adapt_model_from_string(timm.create_model(model.dense_architecture), shapes)` and the exported weights.
+   Outputs are checked first (supernet == exported and dense == exported, `torch.allclose`, atol 1e-5); then
+   the three run interleaved, one forward each per round, after warm-up, and the median latency in ms is
+   reported with the ratios supernet/dense and exported/dense.
+
+Run from the repository root:
+
+    python benchmarks/bench_models.py                      # full settings (about 25 s on a 2-core VM)
+    python benchmarks/bench_models.py --quick              # tiny settings, under 10 s (smoke test)
+    python benchmarks/bench_models.py --models pss_resnet50 --batch-size 8 --threads 4
+
+The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
+"""
+import os
+
+# One thread for numpy's BLAS and torch's OpenMP, set before either is imported (the FLOPs part is single-threaded).
+for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ[_var] = '1'
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Callable, List, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from timm.models import adapt_model_from_string  # noqa: E402
+
+import timm_pss  # noqa: E402
+from timm_pss import Subnet  # noqa: E402
+
+DEFAULT_MODELS = ('pss_mobilenetv1', 'pss_mobilenetv2', 'pss_resnet50')
+TARGET_SUBNETS_PER_S = 1_000_000
+ATOL = 1e-5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
+                        help='supernets to benchmark (space or comma separated)')
+    parser.add_argument('--num-subnets', type=int, default=1_000_000,
+                        help='random subnets for the vectorised flops_many timing')
+    parser.add_argument('--scalar-subnets', type=int, default=2_000,
+                        help='subnets for the scalar space.flops loop (the baseline)')
+    parser.add_argument('--flops-repeats', type=int, default=5, help='FLOPs timings, best one kept')
+    parser.add_argument('--batch-size', type=int, default=1, help='batch size of the latency forward passes')
+    parser.add_argument('--repeats', type=int, default=50, help='timed forward passes per model variant')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed forward passes per variant first')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads for the latency part')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny settings (20k subnets, 3 forward passes) for a smoke test')
+    args = parser.parse_args(argv)
+    args.models = [m for item in args.models for m in item.split(',') if m]
+    if args.quick:
+        args.num_subnets = min(args.num_subnets, 20_000)
+        args.scalar_subnets = min(args.scalar_subnets, 200)
+        args.flops_repeats = min(args.flops_repeats, 2)
+        args.repeats = min(args.repeats, 3)
+        args.warmup = min(args.warmup, 1)
+    for name in ('num_subnets', 'scalar_subnets', 'flops_repeats', 'batch_size', 'repeats', 'threads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1')
+    args.scalar_subnets = min(args.scalar_subnets, args.num_subnets)
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+def cpu_name() -> str:
+    """platform.processor(), or the model name from /proc/cpuinfo where that is empty or just the arch."""
+    name = platform.processor()
+    if name and name != platform.machine():
+        return name
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return name or platform.machine() or 'unknown'
+
+
+def print_machine(args: argparse.Namespace) -> None:
+    print('# timm_pss benchmark')
+    print()
+    print(f'- machine: {cpu_name()} ({platform.machine()}), {os.cpu_count()} logical CPUs, {platform.system()}')
+    print(f'- python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, '
+          f'numpy {np.__version__}, timm_pss {timm_pss.__version__}')
+    print(f'- threads: FLOPs part 1 (torch + BLAS), latency part {args.threads} (torch)')
+    print(f'- settings: {args.num_subnets:,} subnets (scalar baseline {args.scalar_subnets:,}), FLOPs best of '
+          f'{args.flops_repeats}; latency batch {args.batch_size}, median of {args.repeats} after '
+          f'{args.warmup} warm-up{" (--quick)" if args.quick else ""}')
+    print()
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table with padded columns; columns whose cells all start with a digit are right-aligned."""
+    cols = list(zip(headers, *rows))
+    widths = [max(len(c) for c in col) for col in cols]
+    right = [all(c[:1].isdigit() for c in col[1:]) for col in cols]
+
+    def line(cells):
+        return '| ' + ' | '.join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + ' |'
+
+    rule = '|' + '|'.join('-' * (w + 1) + ':' if r else '-' * (w + 2) for w, r in zip(widths, right)) + '|'
+    return '\n'.join([line(headers), rule] + [line(r) for r in rows])
+
+
+def yes_no(ok: bool) -> str:
+    return 'yes' if ok else 'NO'
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Shortest wall time (s) of `repeats` calls of `fn`."""
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[float]:
+    """Median wall time (ms) of each fn; each round calls every fn once, so drift hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [1e3 * statistics.median(ts) for ts in times]
+
+
+# ---------------------------------------------------------------------------------------------- 1. FLOPs
+
+def bench_flops(name: str, args: argparse.Namespace) -> dict:
+    """Vectorised flops_many on N subnets vs the scalar flops loop on the first few thousand of them."""
+    space = timm.create_model(name).space
+    batch = space.sample_many(args.num_subnets, rng=0)
+    scalar_subnets = [batch.subnet(i) for i in range(args.scalar_subnets)]
+    many = space.flops_many(batch)
+    scalar = [space.flops(s) for s in scalar_subnets]
+    t_many = best_time(lambda: space.flops_many(batch), args.flops_repeats)
+    t_scalar = best_time(lambda: [space.flops(s) for s in scalar_subnets], args.flops_repeats)
+    return dict(
+        model=name, groups=space.num_groups, n=len(batch), t_many=t_many,
+        many_per_s=len(batch) / t_many, scalar_per_s=len(scalar_subnets) / t_scalar,
+        match=bool(np.array_equal(many[:len(scalar)], np.asarray(scalar, dtype=np.int64))),
+    )
+
+
+def report_flops(results: Sequence[dict]) -> bool:
+    print('## Vectorised FLOPs: space.flops_many(batch) vs scalar space.flops(subnet) loop, 1 thread')
+    print()
+    headers = ['model', 'groups', 'subnets', 'flops_many (ms)', 'flops_many subnets/s', 'scalar subnets/s',
+               'speed-up', '>= 1M/s', 'equal to scalar']
+    rows = [[r['model'], str(r['groups']), f'{r["n"]:,}', f'{1e3 * r["t_many"]:.1f}',
+             f'{r["many_per_s"]:,.0f}', f'{r["scalar_per_s"]:,.0f}', f'{r["many_per_s"] / r["scalar_per_s"]:.0f}x',
+             yes_no(r['many_per_s'] >= TARGET_SUBNETS_PER_S), yes_no(r['match'])] for r in results]
+    print(format_table(headers, rows))
+    met = all(r['many_per_s'] >= TARGET_SUBNETS_PER_S for r in results)
+    print()
+    print(f'Target >= {TARGET_SUBNETS_PER_S:,} subnets/s on one thread: {"met" if met else "NOT met"} '
+          f'for {"all" if met else "some"} models (slowest {min(r["many_per_s"] for r in results):,.0f}/s).')
+    print()
+    return all(r['match'] for r in results)
+
+
+# ---------------------------------------------------------------------------------------------- 2. latency
+
+def mid_subnet(space) -> Subnet:
+    """The middle width choice of every group and the middle resolution."""
+    return Subnet(space.resolutions[len(space.resolutions) // 2],
+                  tuple(choices[len(choices) // 2] for choices in space.width_choices))
+
+
+def build_dense_baseline(supernet, exported: torch.nn.Module) -> torch.nn.Module:
+    """A dense timm model of the exported widths, built independently with timm's pruning helper."""
+    state = exported.state_dict()
+    shapes = '***'.join(f'{k}:[{",".join(str(d) for d in v.shape)}]' for k, v in state.items() if v.dim())
+    dense = timm.create_model(supernet.dense_architecture, num_classes=supernet.num_classes)
+    dense = adapt_model_from_string(dense, shapes)
+    dense.load_state_dict(state, strict=True)
+    return dense.eval()
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@torch.no_grad()
+def bench_latency(name: str, args: argparse.Namespace) -> dict:
+    """Supernet at the mid subnet vs its export vs an independent dense timm baseline: checks, then latency."""
+    torch.manual_seed(0)
+    supernet = timm.create_model(name).eval()
+    subnet = supernet.set_subnet(mid_subnet(supernet.space))
+    exported = timm_pss.export_subnet(supernet)
+    dense = build_dense_baseline(supernet, exported)
+    x = torch.randn(args.batch_size, 3, subnet.resolution, subnet.resolution)
+    y_super, y_export, y_dense = supernet(x), exported(x), dense(x)
+    ms_super, ms_export, ms_dense = interleaved_median_ms(
+        [lambda: supernet(x), lambda: exported(x), lambda: dense(x)], args.repeats, args.warmup)
+    return dict(
+        model=name, subnet=subnet, mmacs=supernet.space.flops(subnet) / 1e6,
+        params=sum(p.numel() for p in exported.parameters()) / 1e6,
+        ms_super=ms_super, ms_export=ms_export, ms_dense=ms_dense,
+        super_eq_export=torch.allclose(y_super, y_export, atol=ATOL), diff_super=max_abs_diff(y_super, y_export),
+        dense_eq_export=torch.allclose(y_dense, y_export, atol=ATOL), diff_dense=max_abs_diff(y_dense, y_export),
+    )
+
+
+def report_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
+    print(f'## Forward latency at the mid subnet: supernet vs exported vs dense timm baseline '
+          f'(batch {args.batch_size}, {args.threads} thread{"s" if args.threads > 1 else ""}, median ms)')
+    print()
+    headers = ['model', 'res', 'MMACs', 'params (M)', 'supernet', 'exported', 'dense', 'supernet/dense',
+               'exported/dense', 'supernet == exported', 'dense == exported']
+    rows = [[r['model'], str(r['subnet'].resolution), f'{r["mmacs"]:.1f}', f'{r["params"]:.2f}',
+             f'{r["ms_super"]:.2f}', f'{r["ms_export"]:.2f}', f'{r["ms_dense"]:.2f}',
+             f'{r["ms_super"] / r["ms_dense"]:.2f}x', f'{r["ms_export"] / r["ms_dense"]:.2f}x',
+             f'{yes_no(r["super_eq_export"])} ({r["diff_super"]:.1e})',
+             f'{yes_no(r["dense_eq_export"])} ({r["diff_dense"]:.1e})'] for r in results]
+    print(format_table(headers, rows))
+    print()
+    print(f'Equality: torch.allclose(atol={ATOL:g}) on the logits, max |difference| in brackets.')
+    print('Mid subnets (resolution, widths per group):')
+    for r in results:
+        print(f'- {r["model"]}: {r["subnet"].resolution}px, {list(r["subnet"].widths)}')
+    print()
+    return all(r['super_eq_export'] and r['dense_eq_export'] for r in results)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    unknown = [m for m in args.models if m not in timm.list_models('pss_*')]
+    if unknown:
+        print(f'unknown models {unknown}; available: {timm.list_models("pss_*")}', file=sys.stderr)
+        return 2
+    print_machine(args)
+
+    torch.set_num_threads(1)
+    flops_ok = report_flops([bench_flops(name, args) for name in args.models])
+
+    torch.set_num_threads(args.threads)
+    latency_ok = report_latency([bench_latency(name, args) for name in args.models], args)
+
+    if not (flops_ok and latency_ok):
+        print('FAILED: a correctness check above says NO.', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
