@@ -2,14 +2,17 @@
 
 `import timm_pss` registers `pss_mobilenetv1`, `pss_mobilenetv2` and `pss_resnet50` with timm.
 """
+from .budget import BudgetEntry, BudgetTable, parse_flops
+from .calibration import calibrate_bn, fill_budget_table
 from .export import export_subnet
 from .models import PssEfficientNet, PssResNet
 from .spaces import SearchSpace, Subnet, SubnetBatch
-from .supernet import SupernetMixin, find_supernet
+from .supernet import SupernetMixin, budget, find_supernet, set_budget
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'export_subnet', 'find_supernet', 'PssEfficientNet', 'PssResNet', 'SearchSpace', 'Subnet', 'SubnetBatch',
+    'BudgetEntry', 'BudgetTable', 'budget', 'calibrate_bn', 'export_subnet', 'fill_budget_table', 'find_supernet',
+    'parse_flops', 'PssEfficientNet', 'PssResNet', 'SearchSpace', 'set_budget', 'Subnet', 'SubnetBatch',
     'SupernetMixin',
 ]

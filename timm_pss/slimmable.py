@@ -16,7 +16,7 @@ from timm.layers import BatchNormAct2d
 from .spaces import Channels
 
 __all__ = [
-    'SlimmableLayer', 'SlimConv2d', 'SlimBatchNorm2d', 'SlimBatchNormAct2d', 'SlimLinear',
+    'SlimmableLayer', 'SlimConv2d', 'SlimBatchNormBase', 'SlimBatchNorm2d', 'SlimBatchNormAct2d', 'SlimLinear',
     'convert_to_slimmable', 'apply_widths', 'slimmable_layers',
 ]
 
@@ -33,11 +33,13 @@ class SlimmableLayer:
 
     def activate(self, widths: Sequence[int]) -> None:
         full_in, full_out = self.full_channels()
-        self.active_in = full_in if self.in_rule is None else self.in_rule.resolve(widths)
-        self.active_out = full_out if self.out_rule is None else self.out_rule.resolve(widths)
-        if not (0 < self.active_in <= full_in and 0 < self.active_out <= full_out):
+        active_in = full_in if self.in_rule is None else self.in_rule.resolve(widths)
+        active_out = full_out if self.out_rule is None else self.out_rule.resolve(widths)
+        if not (0 < active_in <= full_in and 0 < active_out <= full_out):
             raise ValueError(f'{type(self).__name__} of {full_in}->{full_out} channels cannot run at '
-                             f'{self.active_in}->{self.active_out}')
+                             f'{active_in}->{active_out}')
+        # plain ints on the switching hot path: skip nn.Module.__setattr__'s parameter/module checks
+        self.__dict__['active_in'], self.__dict__['active_out'] = active_in, active_out
 
     def full_channels(self) -> tuple:
         raise NotImplementedError
@@ -76,64 +78,75 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         return state
 
 
-def _slim_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """torch's BatchNorm2d.forward on the first `active_out` channels; running stats update in place."""
-    c = bn.active_out
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    use_batch_stats = bn.training or bn.running_mean is None
-    track = not bn.training or bn.track_running_stats
-    return F.batch_norm(
-        x,
-        bn.running_mean[:c] if track and bn.running_mean is not None else None,
-        bn.running_var[:c] if track and bn.running_var is not None else None,
-        bn.weight[:c] if bn.weight is not None else None,
-        bn.bias[:c] if bn.bias is not None else None,
-        use_batch_stats,
-        momentum,
-        bn.eps,
-    )
+class SlimBatchNormBase(SlimmableLayer):
+    """BatchNorm on the first `active_out` channels, with optional per-budget-entry running statistics.
+
+    `budget_running_mean` / `budget_running_var` (entries x channels, None without a budget table) hold BN
+    statistics calibrated for each budget-table entry, the first `entry width` channels of each row used; in
+    eval mode with `budget_index` set, those replace the shared running statistics.
+    """
+    budget_index: Optional[int] = None
+
+    def full_channels(self):
+        return self.num_features, self.num_features
+
+    def eval_stats(self):
+        """The running (mean, var) eval mode uses for the active channels."""
+        c = self.active_out
+        if self.budget_index is not None and self.budget_running_mean is not None:
+            return self.budget_running_mean[self.budget_index, :c], self.budget_running_var[self.budget_index, :c]
+        if self.running_mean is None:
+            return None, None
+        return self.running_mean[:c], self.running_var[:c]
+
+    def batch_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """torch's BatchNorm2d.forward on the first `active_out` channels; running stats update in place."""
+        c = self.active_out
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        if self.training:
+            use_batch_stats = True
+            mean = self.running_mean[:c] if self.track_running_stats and self.running_mean is not None else None
+            var = self.running_var[:c] if self.track_running_stats and self.running_var is not None else None
+        else:
+            mean, var = self.eval_stats()
+            use_batch_stats = mean is None
+        return F.batch_norm(
+            x, mean, var,
+            self.weight[:c] if self.weight is not None else None,
+            self.bias[:c] if self.bias is not None else None,
+            use_batch_stats, momentum, self.eps,
+        )
+
+    def slice_state(self):
+        c = self.active_out
+        state = {}
+        for name in ('weight', 'bias'):
+            if getattr(self, name) is not None:
+                state[name] = getattr(self, name)[:c]
+        mean, var = self.eval_stats()
+        if mean is not None:
+            state['running_mean'], state['running_var'] = mean, var
+        if self.num_batches_tracked is not None:
+            state['num_batches_tracked'] = self.num_batches_tracked
+        return state
 
 
-def _bn_slice_state(bn: nn.BatchNorm2d) -> Dict[str, torch.Tensor]:
-    c = bn.active_out
-    state = {}
-    for name in ('weight', 'bias', 'running_mean', 'running_var'):
-        t = getattr(bn, name)
-        if t is not None:
-            state[name] = t[:c]
-    if bn.num_batches_tracked is not None:
-        state['num_batches_tracked'] = bn.num_batches_tracked
-    return state
-
-
-class SlimBatchNorm2d(SlimmableLayer, nn.BatchNorm2d):
+class SlimBatchNorm2d(SlimBatchNormBase, nn.BatchNorm2d):
     """nn.BatchNorm2d on the first `active_out` channels."""
 
-    def full_channels(self):
-        return self.num_features, self.num_features
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _slim_batch_norm(self, x)
-
-    def slice_state(self):
-        return _bn_slice_state(self)
+        return self.batch_norm(x)
 
 
-class SlimBatchNormAct2d(SlimmableLayer, BatchNormAct2d):
+class SlimBatchNormAct2d(SlimBatchNormBase, BatchNormAct2d):
     """timm's BatchNormAct2d (BN + drop + act) on the first `active_out` channels."""
 
-    def full_channels(self):
-        return self.num_features, self.num_features
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(_slim_batch_norm(self, x)))
-
-    def slice_state(self):
-        return _bn_slice_state(self)
+        return self.act(self.drop(self.batch_norm(x)))
 
 
 class SlimLinear(SlimmableLayer, nn.Linear):
@@ -174,6 +187,9 @@ def convert_to_slimmable(model: nn.Module) -> nn.Module:
             module.__class__ = _SLIM_CLASSES[cls]
             full_in, full_out = module.full_channels()
             module.active_in, module.active_out = full_in, full_out
+            if isinstance(module, SlimBatchNormBase):
+                module.register_buffer('budget_running_mean', None)
+                module.register_buffer('budget_running_var', None)
         elif not isinstance(module, SlimmableLayer) and next(module.parameters(recurse=False), None) is not None:
             raise TypeError(f'layer {name!r} ({cls.__name__}) has no slimmable form; supported: '
                             f'{", ".join(c.__name__ for c in _SLIM_CLASSES)}')
@@ -194,8 +210,8 @@ def slimmable_layers(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SlimmableLayer)]
 
 
-def apply_widths(model: nn.Module, widths: Sequence[int]) -> None:
-    """Set every slimmable layer of `model` to the channels its rules give for `widths`."""
-    for module in model.modules():
+def apply_widths(model: nn.Module, widths: Sequence[int], layers: Optional[Sequence[SlimmableLayer]] = None) -> None:
+    """Set every slimmable layer of `model` (or the given `layers`) to the channels its rules give for `widths`."""
+    for module in layers if layers is not None else model.modules():
         if isinstance(module, SlimmableLayer):
             module.activate(widths)

@@ -1,26 +1,33 @@
 """The supernet mixin: a timm model whose slimmable layers run any subnet of its search space.
 
-A `pss_*` model is its dense timm class (EfficientNet, ResNet) with this mixin in front: the dense class keeps
-the whole timm contract (forward_features/forward_head, feature_info, group_matcher, grad checkpointing), the
-mixin adds the space, the active subnet and the input resize, and keeps the timm attributes that describe
-widths (`num_features`, `head_hidden_size`, `feature_info`, `pretrained_cfg['input_size']`) true for the
-active subnet.
+A `pss_*` model is its dense timm class (EfficientNet, ResNet) with `SupernetMixin` in front: the dense class
+keeps the whole timm contract (forward_features/forward_head, feature_info, group_matcher, grad checkpointing),
+the mixin adds the space, the active subnet, the budget table and the input resize, and keeps the timm
+attributes that describe widths (`num_features`, `head_hidden_size`, `feature_info`,
+`pretrained_cfg['input_size']`) true for the active subnet. `SupernetFeatures` is the same for
+`features_only=True` models.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, List, Optional, Tuple
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.models import FeatureListNet, build_model_with_cfg
 
+from .budget import (
+    TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, parse_flops, read_table_buffer, resize_budget_buffers_on_load,
+)
 from .channel_plan import ChannelPlan
-from .slimmable import apply_widths, convert_to_slimmable
+from .slimmable import SlimBatchNormBase, apply_widths, convert_to_slimmable, slimmable_layers
 from .spaces import Channels, SearchSpace, Subnet
 
-__all__ = ['SupernetMixin', 'SupernetFeatures', 'build_supernet', 'find_supernet', 'set_input_size_cfg']
+__all__ = ['SubnetSwitch', 'SupernetMixin', 'SupernetFeatures', 'build_supernet', 'find_supernet',
+           'set_input_size_cfg', 'set_budget', 'budget']
 
 
 def set_input_size_cfg(cfg: Optional[Dict[str, Any]], resolution: int, reduction: int = 32) -> None:
@@ -34,12 +41,82 @@ def set_input_size_cfg(cfg: Optional[Dict[str, Any]], resolution: int, reduction
         cfg['pool_size'] = (side, side)
 
 
-class SupernetMixin:
-    """Adds `space`, `set_subnet`, `active_subnet` and input resizing to a timm model built from slimmable layers.
+class SubnetSwitch:
+    """Mixin for an nn.Module of slimmable layers: `space`, `set_subnet`/`active_subnet`, budget table, `set_budget`.
+
+    Subclasses set `space` and call `_init_switch()` before the first `set_subnet`.
+    """
+    space: SearchSpace
+    _feature_info_channels: Tuple[Optional[Channels], ...] = ()
+
+    def _init_switch(self) -> None:
+        self._index_layers()
+        self.register_buffer(TABLE_BUFFER, None)
+        self._register_load_state_dict_pre_hook(resize_budget_buffers_on_load, with_module=True)
+        self._active_budget_index: Optional[int] = None
+        self._table_cache: Tuple[Any, BudgetTable] = (None, None)
+
+    @property
+    def active_subnet(self) -> Subnet:
+        return self._active_subnet
+
+    @property
+    def active_budget_index(self) -> Optional[int]:
+        """Index of the budget-table entry whose BN statistics are in use, or None (shared statistics)."""
+        return self._active_budget_index
+
+    def set_subnet(self, subnet: Subnet) -> Subnet:
+        """Run `subnet` from now on (validated against `space`) with the shared BN statistics; returns it."""
+        subnet = self.space.validate(subnet)
+        self._activate(subnet, None)
+        return subnet
+
+    def _index_layers(self) -> None:
+        """Remember the slimmable layers (switching then needs no module traversal); redone when layers change."""
+        self._switch_layers = tuple(layer for _, layer in slimmable_layers(self))
+        self._switch_norms = tuple(m for m in self._switch_layers if isinstance(m, SlimBatchNormBase))
+
+    def _activate(self, subnet: Subnet, budget_index: Optional[int]) -> None:
+        apply_widths(self, subnet.widths, self._switch_layers)
+        for norm in self._switch_norms:
+            norm.__dict__['budget_index'] = budget_index
+        self._active_subnet = subnet
+        self._active_budget_index = budget_index
+        fi = getattr(self.feature_info, 'info', self.feature_info)
+        for i, channels in enumerate(self._feature_info_channels):
+            if channels is not None:
+                fi[i]['num_chs'] = channels.resolve(subnet.widths)
+        set_input_size_cfg(getattr(self, 'pretrained_cfg', None), subnet.resolution)
+
+    @property
+    def budget_table(self) -> BudgetTable:
+        """The budget table (entries by ascending FLOPs); empty until trained or filled."""
+        tensor = self._buffers.get(TABLE_BUFFER)
+        key = None if tensor is None else (id(tensor), tensor._version)
+        if self._table_cache[0] != key or self._table_cache[1] is None:
+            self._table_cache = (key, read_table_buffer(tensor, self.space.group_names))
+        return self._table_cache[1]
+
+    def set_budget(self, flops: FlopsLike, strict: bool = True) -> BudgetEntry:
+        """Switch to the budget-table entry with the highest FLOPs <= `flops`, with its calibrated BN statistics.
+
+        `flops` is a number of MACs or a string like "300M", "1.2G", "300 MFLOPs". No data or forward pass is
+        needed. Below the smallest entry: ValueError, or with `strict=False` the smallest entry and a warning.
+        Returns the chosen entry.
+        """
+        index, entry = self.budget_table.select(flops, strict=strict)
+        if entry.flops > parse_flops(flops):
+            warnings.warn(f'budget {flops!r} is below the smallest budget-table entry; using that entry '
+                          f'({entry.flops} FLOPs)', stacklevel=2)
+        self._activate(entry.subnet, index)
+        return entry
+
+
+class SupernetMixin(SubnetSwitch):
+    """Adds the supernet behaviour to a timm model class (put it first in the bases).
 
     Subclasses build their dense timm model, then call `_init_supernet(...)`, and implement `_walk_channels`.
     """
-    space: SearchSpace
     dense_architecture: str = ''  # the timm model an exported subnet is an instance of
 
     def _init_supernet(
@@ -54,6 +131,7 @@ class SupernetMixin:
         self._full_head_hidden_size = self.head_hidden_size
         convert_to_slimmable(self)
         self._rebuild_plan()
+        self._init_switch()
         self.set_subnet(self.space.max_subnet())
 
     def _walk_channels(self) -> ChannelPlan:
@@ -65,24 +143,12 @@ class SupernetMixin:
         plan.attach(self)
         self.space = plan.build_space(**self._space_args)
         self._features_channels: Channels = plan.features
-        self._feature_info_channels: List[Channels] = [plan.taps[fi['module']] for fi in self.feature_info]
+        self._feature_info_channels = [plan.taps[fi['module']] for fi in self.feature_info]
 
-    @property
-    def active_subnet(self) -> Subnet:
-        return self._active_subnet
-
-    def set_subnet(self, subnet: Subnet) -> Subnet:
-        """Run `subnet` from now on (validated against `space`); returns it."""
-        subnet = self.space.validate(subnet)
-        widths = subnet.widths
-        apply_widths(self, widths)
-        self._active_subnet = subnet
-        self.num_features = self._features_channels.resolve(widths)
+    def _activate(self, subnet: Subnet, budget_index: Optional[int]) -> None:
+        super()._activate(subnet, budget_index)
+        self.num_features = self._features_channels.resolve(subnet.widths)
         self.head_hidden_size = self.num_features
-        for fi, channels in zip(self.feature_info, self._feature_info_channels):
-            fi['num_chs'] = channels.resolve(widths)
-        set_input_size_cfg(getattr(self, 'pretrained_cfg', None), subnet.resolution)
-        return subnet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The dense forward at the active resolution: other input sizes are resized (bilinear, antialiased)."""
@@ -93,46 +159,49 @@ class SupernetMixin:
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """timm's reset_classifier; the new classifier is slimmable and sized for the widest subnet."""
-        active = self._active_subnet
+        active, index = self._active_subnet, self._active_budget_index
         self.num_features = self._full_num_features
         self.head_hidden_size = self._full_head_hidden_size
         super().reset_classifier(num_classes, global_pool)
         convert_to_slimmable(self)
         self._rebuild_plan()
-        self.set_subnet(active)
+        self._index_layers()
+        self._activate(active, index)
 
     def extra_repr(self) -> str:
-        return f'space={self.space!r}, active_subnet={self._active_subnet}'
+        return f'space={self.space!r}, active_subnet={self._active_subnet}, budget_table={self.budget_table!r}'
 
 
-class SupernetFeatures(FeatureListNet):
-    """timm's FeatureListNet over a supernet (`features_only=True`), still switchable with `set_subnet`."""
+class SupernetFeatures(SubnetSwitch, FeatureListNet):
+    """timm's FeatureListNet over a supernet (`features_only=True`), still switchable with `set_subnet`/`set_budget`."""
 
     def __init__(self, model: nn.Module, out_indices=(0, 1, 2, 3, 4), **kwargs):
+        table = model._buffers.get(TABLE_BUFFER)
         super().__init__(model, out_indices=out_indices, **kwargs)
         self.space = model.space
-        self._feature_info_channels = [model._feature_info_channels[i] for i in self.feature_info.out_indices]
-        self._active_subnet = model.active_subnet
-
-    @property
-    def active_subnet(self) -> Subnet:
-        return self._active_subnet
-
-    def set_subnet(self, subnet: Subnet) -> Subnet:
-        subnet = self.space.validate(subnet)
-        apply_widths(self, subnet.widths)
-        self._active_subnet = subnet
-        for i, channels in zip(self.feature_info.out_indices, self._feature_info_channels):
-            self.feature_info.info[i]['num_chs'] = channels.resolve(subnet.widths)
-        set_input_size_cfg(getattr(self, 'pretrained_cfg', None), subnet.resolution)
-        return subnet
+        self._feature_info_channels = [
+            channels if i in self.feature_info.out_indices else None
+            for i, channels in enumerate(model._feature_info_channels)]
+        self._init_switch()
+        self._buffers[TABLE_BUFFER] = table
+        self._activate(model.active_subnet, model.active_budget_index)
 
 
-def find_supernet(model: nn.Module) -> nn.Module:
+def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cfg: Optional[dict] = None, **kwargs):
+    """timm's `build_model_with_cfg` for supernets: `features_only=True` gives a switchable `SupernetFeatures`,
+    and the pretrained_cfg follows the active subnet from the start."""
+    feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
+    model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    if isinstance(model, SubnetSwitch):
+        model.set_subnet(model.active_subnet)
+    return model
+
+
+def find_supernet(model: nn.Module) -> SubnetSwitch:
     """The module that owns `set_subnet` inside DDP / DataParallel / ModelEma / torch.compile wrappers."""
     seen = model
     for _ in range(8):
-        if isinstance(seen, (SupernetMixin, SupernetFeatures)):
+        if isinstance(seen, SubnetSwitch):
             return seen
         inner = getattr(seen, '_orig_mod', None) or getattr(seen, 'module', None)
         if not isinstance(inner, nn.Module):
@@ -142,11 +211,18 @@ def find_supernet(model: nn.Module) -> nn.Module:
                     f'(looked through .module and ._orig_mod)')
 
 
-def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cfg: Optional[dict] = None, **kwargs):
-    """timm's `build_model_with_cfg` for supernets: `features_only=True` gives a switchable `SupernetFeatures`,
-    and the pretrained_cfg follows the active subnet from the start."""
-    feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
-    model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
-    if hasattr(model, 'set_subnet'):
-        model.set_subnet(model.active_subnet)
-    return model
+def set_budget(model: nn.Module, flops: FlopsLike, strict: bool = True) -> BudgetEntry:
+    """`model.set_budget(flops)` for a supernet or anything wrapping one (DDP, ModelEma, torch.compile,
+    features_only). Returns the chosen budget-table entry."""
+    return find_supernet(model).set_budget(flops, strict=strict)
+
+
+@contextlib.contextmanager
+def budget(model: nn.Module, flops: FlopsLike, strict: bool = True) -> Iterator[BudgetEntry]:
+    """`with timm_pss.budget(model, '300M') as entry:` runs that budget, then restores the previous subnet."""
+    supernet = find_supernet(model)
+    previous = supernet.active_subnet, supernet.active_budget_index
+    try:
+        yield supernet.set_budget(flops, strict=strict)
+    finally:
+        supernet._activate(*previous)

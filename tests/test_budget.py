@@ -1,0 +1,319 @@
+"""Budget tables and set_budget: storage in the state dict, every load path, selection rules, wrappers, bad input."""
+import copy
+import math
+import os
+import socket
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import timm
+from safetensors.torch import load_file, save_file
+from timm.data import resolve_data_config
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, TensorDataset
+
+import timm_pss
+from timm_pss import BudgetEntry, BudgetTable, Subnet, parse_flops
+
+NAME = 'pss_mobilenetv2'
+
+
+def _loader(seed=0, n=16, size=128):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g) * 1.5 + 0.3
+    return DataLoader(TensorDataset(images, torch.zeros(n, dtype=torch.long)), batch_size=8, shuffle=False)
+
+
+def _subnets(space, count):
+    f_min, f_max = space.flops(space.min_subnet()), space.flops(space.max_subnet())
+    step = (f_max - f_min) / (count - 1)
+    middle = [space.sample(rng=i, flops_range=(f_min + i * step, f_min + (i + 1) * step)) for i in range(1, count - 1)]
+    return [space.min_subnet()] + middle + [space.max_subnet()]
+
+
+def _filled(count=4, name=NAME, seed=0):
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=10).eval()
+    subnets = _subnets(model.space, count)
+    timm_pss.fill_budget_table(model, subnets, _loader(), num_batches=2,
+                               metrics=[{'top1': 50.0 + i, 'score': -1.0 / (i + 1)} for i in range(count)])
+    return model
+
+
+@pytest.fixture(scope='module')
+def filled():
+    return _filled()
+
+
+@pytest.fixture(scope='module')
+def x():
+    return torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+
+
+def _outputs_per_budget(model, x):
+    outs = []
+    with torch.no_grad():
+        for entry in model.budget_table:
+            model.set_budget(entry.flops)
+            outs.append(model(x))
+    return outs
+
+
+def _assert_same_model(a, b, x):
+    assert a.budget_table == b.budget_table
+    for ya, yb in zip(_outputs_per_budget(a, x), _outputs_per_budget(b, x)):
+        torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+
+
+def test_table_contents_and_printing(filled):
+    table = filled.budget_table
+    assert len(table) == 4
+    flops = [e.flops for e in table]
+    assert flops == sorted(flops) and flops[0] == filled.space.flops(filled.space.min_subnet())
+    assert all(e.flops == filled.space.flops(e.subnet) for e in table)
+    assert [e.metrics['top1'] for e in table] == [50.0, 51.0, 52.0, 53.0]
+    text = str(table)
+    assert text.splitlines()[0] == 'BudgetTable (4 entries)'
+    assert 'FLOPs' in text and 'top1' in text and 'score' in text and '53' in text
+    assert len(text.splitlines()) == 2 + 4
+
+
+def test_table_lives_in_the_state_dict(filled):
+    sd = filled.state_dict()
+    assert sd['pss_budget_table'].dtype == torch.uint8
+    bn_keys = [k for k in sd if k.endswith('.budget_running_mean')]
+    assert len(bn_keys) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in filled.modules())
+    assert sd['bn1.budget_running_mean'].shape == (4, 32)
+    # an empty table adds nothing: the untrained supernet's keys are its dense twin's
+    assert list(timm.create_model(NAME).state_dict()) == list(timm.create_model('mobilenetv2_100').state_dict())
+
+
+def test_round_trip_load_state_dict(filled, x):
+    fresh = timm.create_model(NAME, num_classes=10).eval()
+    fresh.load_state_dict(filled.state_dict(), strict=True)
+    _assert_same_model(filled, fresh, x)
+
+
+def test_round_trip_safetensors(filled, x, tmp_path):
+    path = tmp_path / 'model.safetensors'
+    save_file(filled.state_dict(), str(path))
+    fresh = timm.create_model(NAME, num_classes=10).eval()
+    fresh.load_state_dict(load_file(str(path)), strict=True)
+    _assert_same_model(filled, fresh, x)
+    # timm's own loading path (pretrained_cfg_overlay file=...) and a features_only model from it
+    via_timm = timm.create_model(NAME, num_classes=10, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
+    _assert_same_model(filled, via_timm, x)
+    features = timm.create_model(NAME, features_only=True, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert features.budget_table == filled.budget_table
+    entry = timm_pss.set_budget(features, filled.budget_table[1].flops)
+    assert features.active_subnet == entry.subnet
+    assert features.feature_info.channels()[-1] == entry.subnet.widths[-2]
+    filled.set_budget(entry.flops)
+    with torch.no_grad():
+        torch.testing.assert_close(features(x)[-1], filled.forward_intermediates(x, intermediates_only=True)[-1])
+
+
+def test_deepcopy_and_model_ema(filled, x):
+    _assert_same_model(filled, copy.deepcopy(filled), x)
+    ema = ModelEmaV3(filled, decay=0.9)
+    assert ema.module.budget_table == filled.budget_table
+    ema.update(filled)
+    entry = timm_pss.set_budget(ema, '200M')
+    assert ema.module.active_subnet == entry.subnet
+    _assert_same_model(filled, ema.module, x)
+
+
+def test_load_resizes_to_a_table_of_another_size(x):
+    big, small = _filled(count=5, seed=1), _filled(count=2, seed=2)
+    target = copy.deepcopy(big)
+    target.load_state_dict(small.state_dict(), strict=True)
+    _assert_same_model(small, target, x)
+    target.load_state_dict(big.state_dict(), strict=True)
+    _assert_same_model(big, target, x)
+    # a checkpoint without a table (timm's dense weights) clears it
+    target.load_state_dict(timm.create_model('mobilenetv2_100', num_classes=10).state_dict(), strict=True)
+    assert len(target.budget_table) == 0 and 'pss_budget_table' not in target.state_dict()
+
+
+def test_malformed_tables_fail_naming_the_key(filled):
+    good = filled.state_dict()
+    target = timm.create_model(NAME, num_classes=10)
+
+    def load(**changes):
+        sd = dict(good, **changes)
+        for k in [k for k, v in changes.items() if v is None]:
+            del sd[k]
+        target.load_state_dict(sd)
+
+    with pytest.raises(ValueError, match='pss_budget_table: not valid JSON'):
+        load(pss_budget_table=torch.tensor(list(b'{nope'), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r'pss_budget_table: expected a 1-D uint8'):
+        load(pss_budget_table=torch.zeros(3))
+    bad_entry = good['pss_budget_table'].clone()
+    text = bytes(bad_entry.tolist()).decode().replace('"resolution": 128', '"resolution": 127')
+    with pytest.raises(ValueError, match=r'pss_budget_table: entry 0 is not in this model.s space: resolution 127'):
+        load(pss_budget_table=torch.tensor(list(text.encode()), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r'blocks\.1\.0\.bn1\.budget_running_mean: shape \(3, 96\)'):
+        load(**{'blocks.1.0.bn1.budget_running_mean': torch.zeros(3, 96)})
+    with pytest.raises(ValueError, match=r'bn1\.budget_running_var: missing'):
+        load(**{'bn1.budget_running_var': None})
+    with pytest.raises(ValueError, match='without a budget table'):
+        load(pss_budget_table=None)
+    other = timm.create_model('pss_mobilenetv1', num_classes=10)
+    with pytest.raises(ValueError, match='made for channel groups'):
+        other.load_state_dict(good, strict=False)
+
+
+def test_set_budget_selection_rules(filled):
+    table = filled.budget_table
+    f = [e.flops for e in table]
+    for i, flops in enumerate(f):
+        assert filled.set_budget(flops) == table[i] and filled.active_budget_index == i
+        assert filled.active_subnet == table[i].subnet
+    assert filled.set_budget(f[2] - 1) == table[1]
+    assert filled.set_budget(10 * f[-1]) == table[-1]
+    assert filled.set_budget(f'{f[1] / 1e6 + 0.01:.2f}M') == table[1]
+    with pytest.raises(ValueError, match=r'below the smallest budget-table entry, 67\.88M \(67883008 MACs\)'):
+        filled.set_budget(f[0] - 1)
+    with pytest.warns(UserWarning, match='below the smallest'):
+        assert filled.set_budget(f[0] - 1, strict=False) == table[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        filled.set_budget(f[0])  # at the smallest entry: no warning
+
+
+def test_select_ties_prefer_higher_top1():
+    a, b = Subnet(128, (8,)), Subnet(160, (8,))
+    table = BudgetTable(['g'], [BudgetEntry(100, a, {'top1': 1.0}), BudgetEntry(100, b, {'top1': 2.0}),
+                                BudgetEntry(50, a, {})])
+    assert table.select(100)[1].subnet == b
+    assert table.select(99)[1].flops == 50
+    assert BudgetTable(['g'], [BudgetEntry(100, a), BudgetEntry(100, b)]).select(100)[0] == 0
+
+
+@pytest.mark.parametrize('text, value', [
+    ('300M', 3e8), ('1.2G', 1.2e9), ('300 MFLOPs', 3e8), ('1.5 GMACs', 1.5e9), ('300e6', 3e8), ('  250m ', 2.5e8),
+    ('69150208', 69150208.0), ('2k', 2e3), (3e8, 3e8), (300_000_000, 3e8), ('0.5T', 5e11), ('300 flops', 300.0),
+])
+def test_parse_flops(text, value):
+    assert math.isclose(parse_flops(text), value)
+
+
+@pytest.mark.parametrize('bad', ['', 'abc', '300X', '3OOM', '-5M', 'nan', float('nan'), float('inf'), -1, 0, None,
+                                 True, [300], '1.2.3G'])
+def test_parse_flops_refuses(bad):
+    with pytest.raises(ValueError):
+        parse_flops(bad)
+
+
+def test_set_budget_bad_input_keeps_state(filled):
+    before = filled.set_budget('200M')
+    for bad in ['lots', float('nan'), -3, None]:
+        with pytest.raises(ValueError):
+            filled.set_budget(bad)
+        assert filled.active_subnet == before.subnet
+
+
+def test_empty_table_error():
+    model = timm.create_model(NAME, device='meta')
+    assert len(model.budget_table) == 0 and str(model.budget_table) == 'BudgetTable (empty)'
+    with pytest.raises(RuntimeError, match='no budget table.*fill_budget_table'):
+        model.set_budget('200M')
+
+
+def test_set_budget_equals_fresh_calibration(filled, x):
+    """Outputs after set_budget == outputs after set_subnet + calibrate_bn on the same data; no forward needed."""
+    calls = []
+    handle = filled.register_forward_pre_hook(lambda *a: calls.append(1))
+    expected = []
+    try:
+        for entry in filled.budget_table:
+            calls.clear()
+            filled.set_budget(entry.flops)
+            assert not calls, 'set_budget ran a forward pass'
+            with torch.no_grad():
+                expected.append(filled(x))
+    finally:
+        handle.remove()
+    reference = timm.create_model(NAME, num_classes=10).eval()
+    reference.load_state_dict(filled.state_dict())
+    for entry, y in zip(filled.budget_table, expected):
+        reference.set_subnet(entry.subnet)
+        timm_pss.calibrate_bn(reference, _loader(), num_batches=2)
+        assert reference.training is False
+        with torch.no_grad():
+            torch.testing.assert_close(reference(x), y, rtol=1e-5, atol=1e-5)
+    # and the per-entry statistics really differ from the shared ones
+    filled.set_budget(filled.budget_table[0].flops)
+    with torch.no_grad():
+        y_entry = filled(x)
+        filled.set_subnet(filled.budget_table[0].subnet)
+        assert not torch.allclose(filled(x), y_entry)
+
+
+def test_calibrate_bn_restores_modes_and_validates():
+    model = timm.create_model(NAME, num_classes=10).train()
+    momenta = [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    timm_pss.calibrate_bn(model, _loader(), num_batches=1)
+    assert model.training and all(m.training for m in model.modules())
+    assert [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
+    with pytest.raises(ValueError, match='positive integer'):
+        timm_pss.calibrate_bn(model, _loader(), num_batches=0)
+    with pytest.raises(ValueError, match='no batches'):
+        timm_pss.calibrate_bn(model, [], num_batches=1)
+
+
+def test_export_after_set_budget_carries_entry_statistics(filled, x):
+    entry = filled.set_budget(filled.budget_table[2].flops)
+    exported = timm_pss.export_subnet(filled)
+    r = entry.subnet.resolution
+    xr = torch.nn.functional.interpolate(x, size=(r, r), mode='bilinear', antialias=True)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(xr), filled(x), rtol=1e-5, atol=1e-5)
+    assert resolve_data_config(model=filled)['input_size'] == (3, r, r)
+    assert exported.pretrained_cfg['input_size'] == (3, r, r)
+
+
+def test_budget_context_manager_restores(filled):
+    start = filled.set_subnet(filled.space.sample(rng=4))
+    with timm_pss.budget(filled, '150M') as entry:
+        assert filled.active_subnet == entry.subnet and filled.active_budget_index is not None
+    assert filled.active_subnet == start and filled.active_budget_index is None
+    filled.set_budget('250M')
+    index = filled.active_budget_index
+    with pytest.raises(KeyError):
+        with timm_pss.budget(filled, '150M'):
+            raise KeyError('boom')
+    assert filled.active_budget_index == index
+
+
+def test_free_set_budget_through_wrappers(filled, tmp_path):
+    entry = filled.budget_table[1]
+    assert timm_pss.set_budget(torch.compile(filled), entry.flops) == entry
+    assert timm_pss.set_budget(torch.nn.DataParallel(filled), entry.flops) == entry
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(filled))
+        assert timm_pss.set_budget(ddp, entry.flops) == entry
+        assert ddp.module.active_subnet == entry.subnet
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(TypeError, match='not a timm_pss supernet'):
+        timm_pss.set_budget(torch.nn.Linear(2, 2), '1M')
+
+
+def test_reset_classifier_keeps_table(filled, x):
+    model = copy.deepcopy(filled)
+    entry = model.set_budget('200M')
+    model.reset_classifier(3)
+    assert model.active_budget_index is not None and model.active_subnet == entry.subnet
+    assert len(model.budget_table) == 4
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)

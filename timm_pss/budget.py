@@ -1,0 +1,246 @@
+"""Budget tables: the best known subnet per FLOPs budget, with BN statistics calibrated for each entry.
+
+The table lives in the state dict so that every load path restores it: the entries (flops, subnet, metrics) as
+UTF-8 JSON in the uint8 buffer `pss_budget_table` of the supernet, and per-entry BN statistics in each slimmable
+BN layer's `budget_running_mean` / `budget_running_var` buffers (entries x channels). Without a table these
+buffers are None and absent from the state dict, so an untrained supernet's state dict is exactly its dense
+timm twin's.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .slimmable import SlimBatchNormBase
+from .spaces import SearchSpace, Subnet
+
+__all__ = ['BudgetEntry', 'BudgetTable', 'parse_flops', 'TABLE_BUFFER', 'read_table_buffer', 'write_budget_table',
+           'resize_budget_buffers_on_load']
+
+TABLE_BUFFER = 'pss_budget_table'
+TABLE_FORMAT = 'timm_pss.budget_table/1'
+_BN_BUFFERS = ('budget_running_mean', 'budget_running_var')
+_UNITS = {'': 1.0, 'K': 1e3, 'M': 1e6, 'G': 1e9, 'T': 1e12}
+_BUDGET_RE = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*(?:FLOPs?|MACs?|flops?|macs?)?\s*$')
+
+FlopsLike = Union[int, float, str]
+
+
+def parse_flops(value: FlopsLike) -> float:
+    """A FLOPs (MACs) budget as a number: `3e8`, `300_000_000`, `'300M'`, `'1.2G'`, `'300 MFLOPs'`, `'1.5 GMACs'`.
+
+    Numbers are taken as they are; strings are a number with an optional K/M/G/T suffix (any case; `m` is mega)
+    and an optional FLOPs/MACs word. Non-numbers, NaN, infinities, zero and negatives raise ValueError.
+    """
+    if isinstance(value, str):
+        match = _BUDGET_RE.match(value)
+        if match is None:
+            raise ValueError(f'cannot read {value!r} as a FLOPs budget; write a number of MACs or a string like '
+                             f'"300M", "1.2G", "300 MFLOPs" (suffixes K, M, G, T)')
+        number = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ValueError(f'a FLOPs budget is a number or a string like "300M", got {type(value).__name__} {value!r}')
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f'a FLOPs budget must be a positive finite number, got {value!r}')
+    return number
+
+
+def format_flops(flops: float) -> str:
+    return f'{flops / 1e9:.3g}G' if flops >= 1e9 else f'{flops / 1e6:.2f}M'
+
+
+@dataclass(frozen=True)
+class BudgetEntry:
+    """One budget-table entry: a subnet, its FLOPs, and what was measured for it (e.g. top1, score)."""
+    flops: int
+    subnet: Subnet
+    metrics: Mapping[str, float] = field(default_factory=dict, hash=False, compare=True)
+
+    def to_dict(self) -> dict:
+        return {'flops': self.flops, 'subnet': self.subnet.to_dict(), 'metrics': dict(self.metrics)}
+
+
+class BudgetTable(Sequence[BudgetEntry]):
+    """Entries ordered by FLOPs (ascending), for a space with the given channel group names."""
+
+    def __init__(self, group_names: Sequence[str], entries: Sequence[BudgetEntry] = ()):
+        self.group_names = tuple(group_names)
+        self.entries: Tuple[BudgetEntry, ...] = tuple(sorted(entries, key=lambda e: e.flops))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i):
+        return self.entries[i]
+
+    def __iter__(self) -> Iterator[BudgetEntry]:
+        return iter(self.entries)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BudgetTable) and (self.group_names, self.entries) == (other.group_names,
+                                                                                       other.entries)
+
+    def select(self, budget: FlopsLike, strict: bool = True) -> Tuple[int, BudgetEntry]:
+        """(index, entry) with the highest FLOPs <= budget; ties go to the higher top1, then the earlier entry.
+
+        A budget below the smallest entry raises ValueError, or with `strict=False` gives the smallest entry.
+        """
+        flops = parse_flops(budget)
+        if not self.entries:
+            raise RuntimeError('this model has no budget table: load trained weights that carry one '
+                               '(pretrained=True or a checkpoint saved by timm_pss), or build one with '
+                               'timm_pss.fill_budget_table(model, subnets, loader)')
+        fitting = [i for i, e in enumerate(self.entries) if e.flops <= flops]
+        if not fitting:
+            smallest = self.entries[0].flops
+            if strict:
+                raise ValueError(f'budget {format_flops(flops)} FLOPs is below the smallest budget-table entry, '
+                                 f'{format_flops(smallest)} ({smallest} MACs); pass a budget of at least that, '
+                                 f'or strict=False to get the smallest entry')
+            return 0, self.entries[0]
+        top = self.entries[fitting[-1]].flops
+        best = max((i for i in fitting if self.entries[i].flops == top),
+                   key=lambda i: (self.entries[i].metrics.get('top1', -math.inf), -i))
+        return best, self.entries[best]
+
+    def to_json(self) -> str:
+        return json.dumps({'format': TABLE_FORMAT, 'group_names': list(self.group_names),
+                           'entries': [e.to_dict() for e in self.entries]}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = 'budget table') -> 'BudgetTable':
+        """Parse and check a table; every problem is a ValueError naming `where` and what is wrong."""
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f'{where}: not valid JSON ({e})') from None
+        if not isinstance(doc, dict) or doc.get('format') != TABLE_FORMAT:
+            raise ValueError(f'{where}: expected a JSON object with "format": "{TABLE_FORMAT}"')
+        names, raw = doc.get('group_names'), doc.get('entries')
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not isinstance(raw, list):
+            raise ValueError(f'{where}: "group_names" must be a list of strings and "entries" a list')
+        entries = []
+        for i, e in enumerate(raw):
+            try:
+                metrics = e.get('metrics', {})
+                if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+                    raise ValueError('metrics must map names to numbers')
+                entry = BudgetEntry(int(e['flops']), Subnet.from_dict(e['subnet']),
+                                    {str(k): float(v) for k, v in metrics.items()})
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise ValueError(f'{where}: entry {i} is malformed ({err})') from None
+            entries.append(entry)
+        return cls(names, entries)
+
+    def check_space(self, space: SearchSpace, where: str = 'budget table') -> None:
+        """Raise ValueError unless the table belongs to `space` (same groups; subnets and FLOPs agree)."""
+        if self.group_names != tuple(space.group_names):
+            raise ValueError(f'{where}: made for channel groups {list(self.group_names)}, this model has '
+                             f'{list(space.group_names)}')
+        for i, e in enumerate(self.entries):
+            try:
+                space.validate(e.subnet)
+            except ValueError as err:
+                raise ValueError(f'{where}: entry {i} is not in this model\'s space: {err}') from None
+            if space.flops(e.subnet) != e.flops:
+                raise ValueError(f'{where}: entry {i} records {e.flops} FLOPs, its subnet has '
+                                 f'{space.flops(e.subnet)} in this model')
+
+    def __str__(self) -> str:
+        metric_names = sorted({k for e in self.entries for k in e.metrics})
+        head = ['#', 'FLOPs', 'res'] + metric_names + ['widths']
+        rows = [[str(i), format_flops(e.flops), str(e.subnet.resolution)]
+                + [f'{e.metrics[m]:.4g}' if m in e.metrics else '-' for m in metric_names]
+                + [' '.join(str(w) for w in e.subnet.widths)] for i, e in enumerate(self.entries)]
+        if not rows:
+            return 'BudgetTable (empty)'
+        sizes = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
+        lines = ['  '.join(v.rjust(s) if c < len(head) - 1 else v for c, (v, s) in enumerate(zip(r, sizes)))
+                 for r in [head] + rows]
+        return '\n'.join([f'BudgetTable ({len(rows)} entries)'] + lines)
+
+    def __repr__(self) -> str:
+        return f'BudgetTable({len(self)} entries, groups={len(self.group_names)})'
+
+
+def _table_tensor(table: BudgetTable, device=None) -> torch.Tensor:
+    return torch.frombuffer(bytearray(table.to_json().encode('utf-8')), dtype=torch.uint8).to(device)
+
+
+def read_table_buffer(tensor: Optional[torch.Tensor], group_names: Sequence[str],
+                      where: str = TABLE_BUFFER) -> BudgetTable:
+    """Decode the `pss_budget_table` buffer (None: an empty table)."""
+    if tensor is None:
+        return BudgetTable(group_names)
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise ValueError(f'{where}: expected a 1-D uint8 tensor of JSON, got {tensor.dtype} of shape '
+                         f'{tuple(tensor.shape)}')
+    try:
+        text = bytes(tensor.cpu().tolist()).decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{where}: not UTF-8 ({e})') from None
+    return BudgetTable.from_json(text, where=where)
+
+
+def _budget_layers(module: nn.Module) -> List[Tuple[str, SlimBatchNormBase]]:
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, SlimBatchNormBase)]
+
+
+@torch.no_grad()
+def write_budget_table(module: nn.Module, table: BudgetTable,
+                       bn_stats: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Store `table` and per-entry BN stats (layer name -> (mean, var), each entries x channels) in `module`."""
+    layers = _budget_layers(module)
+    missing = [n for n, _ in layers if n not in bn_stats]
+    if len(table) and missing:
+        raise ValueError(f'no per-entry BN statistics for layers {missing[:5]}')
+    for name, layer in layers:
+        for buf, stats in zip(_BN_BUFFERS, bn_stats.get(name, (None, None)) if len(table) else (None, None)):
+            if stats is not None and tuple(stats.shape) != (len(table), layer.num_features):
+                raise ValueError(f'{name}.{buf}: expected shape {(len(table), layer.num_features)}, '
+                                 f'got {tuple(stats.shape)}')
+            layer._buffers[buf] = None if stats is None else stats.to(layer.weight.device, torch.float32)
+        layer.budget_index = None
+    device = next(module.parameters()).device
+    module._buffers[TABLE_BUFFER] = _table_tensor(table, device) if len(table) else None
+
+
+def resize_budget_buffers_on_load(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                                  unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: size the budget buffers to the incoming table (absent keys: no table).
+
+    A malformed table, a table for another space, or per-entry BN statistics of the wrong shape raise
+    ValueError naming the offending key.
+    """
+    key = prefix + TABLE_BUFFER
+    layers = _budget_layers(module)
+    if key not in state_dict:
+        stray = [prefix + f'{n}.{b}' for n, _ in layers for b in _BN_BUFFERS if prefix + f'{n}.{b}' in state_dict]
+        if stray:
+            raise ValueError(f'{stray[0]}: per-entry BN statistics without a budget table ({key} is missing)')
+        write_budget_table(module, BudgetTable(module.space.group_names), {})
+        return
+    table = read_table_buffer(state_dict[key], module.space.group_names, where=key)
+    table.check_space(module.space, where=key)
+    for name, layer in layers:
+        for buf in _BN_BUFFERS:
+            k = prefix + f'{name}.{buf}'
+            if k not in state_dict:
+                raise ValueError(f'{k}: missing; the budget table {key} has {len(table)} entries and every BN '
+                                 f'layer needs its per-entry statistics')
+            shape = tuple(state_dict[k].shape)
+            if shape != (len(table), layer.num_features):
+                raise ValueError(f'{k}: shape {shape} does not match the budget table ({len(table)} entries) '
+                                 f'and the layer ({layer.num_features} channels)')
+            layer._buffers[buf] = torch.empty(shape, dtype=torch.float32, device=layer.weight.device)
+        layer.budget_index = None
+    module._buffers[TABLE_BUFFER] = torch.empty_like(state_dict[key], device=next(module.parameters()).device)

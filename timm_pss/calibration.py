@@ -1,0 +1,103 @@
+"""BatchNorm calibration: exact running statistics for a subnet, and filling the budget table with them.
+
+Subnets share BN layers, so the running statistics gathered in training fit none of them. Calibration re-estimates
+them for one subnet as the cumulative average over a few batches (momentum=None), with every other layer in eval
+mode; `fill_budget_table` does that per entry and stores the results in the model's budget table.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .budget import BudgetEntry, BudgetTable, write_budget_table
+from .slimmable import SlimBatchNormBase
+from .spaces import Subnet
+from .supernet import SubnetSwitch, find_supernet
+
+__all__ = ['calibrate_bn', 'fill_budget_table']
+
+
+def _inputs(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 8) -> SubnetSwitch:
+    """Recompute BN running statistics of the active subnet as the exact average over `num_batches` batches.
+
+    `loader` yields input tensors or (input, target) pairs; inputs of any size are resized by the model. The
+    shared running statistics then belong to the active subnet (any active budget entry is released).
+    Returns the supernet.
+    """
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f'num_batches must be a positive integer, got {num_batches!r}')
+    supernet = find_supernet(model)
+    bns = [m for m in supernet.modules() if isinstance(m, _BatchNorm)]
+    saved = [(m, m.momentum, m.training) for m in bns]
+    was_training = supernet.training
+    device = next(supernet.parameters()).device
+    supernet._activate(supernet.active_subnet, None)
+    supernet.eval()
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        seen = 0
+        for batch in loader:
+            supernet(_inputs(batch).to(device, non_blocking=True))
+            seen += 1
+            if seen >= num_batches:
+                break
+        if seen == 0:
+            raise ValueError('the calibration loader gave no batches')
+    finally:
+        for m, momentum, training in saved:
+            m.momentum = momentum
+            m.train(training)
+        supernet.train(was_training)
+    return supernet
+
+
+@torch.no_grad()
+def fill_budget_table(
+        model: nn.Module,
+        subnets: Sequence[Subnet],
+        loader: Iterable,
+        num_batches: int = 8,
+        metrics: Optional[Sequence[Optional[Mapping[str, float]]]] = None,
+) -> BudgetTable:
+    """Calibrate BN for each subnet and make them the model's budget table (replacing the old one).
+
+    `metrics` (one mapping per subnet, e.g. {'top1': 71.3, 'score': -0.9}) are recorded with the entries. A
+    subnet given twice is stored once, with its first metrics. The previously active subnet is restored, with the
+    shared running statistics left as calibrated for the last subnet. Returns the new table.
+    """
+    supernet = find_supernet(model)
+    space = supernet.space
+    subnets = [space.validate(s) for s in subnets]
+    if metrics is not None and len(metrics) != len(subnets):
+        raise ValueError(f'{len(metrics)} metrics for {len(subnets)} subnets')
+    if not subnets:
+        raise ValueError('fill_budget_table needs at least one subnet')
+    unique = {}
+    for i, s in enumerate(subnets):
+        unique.setdefault(s, dict(metrics[i] or {}) if metrics is not None else {})
+    order = sorted(unique, key=space.flops)
+    layers = [(n, m) for n, m in supernet.named_modules() if isinstance(m, SlimBatchNormBase)]
+    stats = {n: (torch.zeros(len(order), m.num_features), torch.ones(len(order), m.num_features)) for n, m in layers}
+    previous = supernet.active_subnet
+    for row, subnet in enumerate(order):
+        supernet.set_subnet(subnet)
+        calibrate_bn(supernet, loader, num_batches=num_batches)
+        for name, layer in layers:
+            c = layer.active_out
+            stats[name][0][row, :c] = layer.running_mean[:c].float().cpu()
+            stats[name][1][row, :c] = layer.running_var[:c].float().cpu()
+    table = BudgetTable(space.group_names, [BudgetEntry(space.flops(s), s, unique[s]) for s in order])
+    write_budget_table(supernet, table, stats)
+    supernet.set_subnet(previous)
+    return table
