@@ -108,13 +108,37 @@ def test_round_trip_safetensors(filled, x, tmp_path):
     _assert_same_model(filled, via_timm, x)
     features = timm.create_model(NAME, features_only=True, pretrained=True,
                                  pretrained_cfg_overlay=dict(file=str(path))).eval()
-    assert features.budget_table == filled.budget_table
-    entry = timm_pss.set_budget(features, filled.budget_table[1].flops)
-    assert features.active_subnet == entry.subnet
+    # features_only builds a 1000-class supernet before dropping the head: the same entries, FLOPs recounted
+    assert [e.subnet for e in features.budget_table] == [e.subnet for e in filled.budget_table]
+    entry = timm_pss.set_budget(features, features.budget_table[1].flops)
+    assert features.active_subnet == entry.subnet == filled.budget_table[1].subnet
     assert features.feature_info.channels()[-1] == entry.subnet.widths[-2]
-    filled.set_budget(entry.flops)
+    filled.set_budget(filled.budget_table[1].flops)
     with torch.no_grad():
         torch.testing.assert_close(features(x)[-1], filled.forward_intermediates(x, intermediates_only=True)[-1])
+
+
+def test_loading_into_another_head_recounts_flops(filled, x):
+    """Transfer learning: trained weights + table into a model with a new head keep entries and statistics."""
+    sd = {k: v for k, v in filled.state_dict().items() if not k.startswith('classifier.')}
+    target = timm.create_model(NAME, num_classes=1000).eval()
+    target.load_state_dict(sd, strict=False)
+    for ours, theirs in zip(target.budget_table, filled.budget_table):
+        assert ours.subnet == theirs.subnet and ours.metrics == theirs.metrics
+        assert ours.flops == target.space.flops(ours.subnet) > theirs.flops
+    for i, entry in enumerate(filled.budget_table):
+        filled.set_budget(entry.flops)
+        target.set_budget(target.budget_table[i].flops)
+        with torch.no_grad():
+            torch.testing.assert_close(target.forward_features(x), filled.forward_features(x), rtol=0, atol=0)
+
+
+def test_entries_keep_storage_order():
+    a, b = Subnet(160, (8,)), Subnet(128, (8,))
+    table = BudgetTable(['g'], [BudgetEntry(200, a), BudgetEntry(100, b)])
+    assert [e.flops for e in BudgetTable.from_json(table.to_json())] == [200, 100]
+    assert table.select(150) == (1, table[1]) and table.select(1000) == (0, table[0])
+    assert table.select(50, strict=False) == (1, table[1])
 
 
 def test_deepcopy_and_model_ema(filled, x):

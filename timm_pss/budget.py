@@ -70,11 +70,15 @@ class BudgetEntry:
 
 
 class BudgetTable(Sequence[BudgetEntry]):
-    """Entries ordered by FLOPs (ascending), for a space with the given channel group names."""
+    """Budget-table entries for a space with the given channel group names.
+
+    The order is the storage order (row i of every per-entry BN buffer belongs to entry i) and is never changed;
+    `fill_budget_table` stores entries by ascending FLOPs.
+    """
 
     def __init__(self, group_names: Sequence[str], entries: Sequence[BudgetEntry] = ()):
         self.group_names = tuple(group_names)
-        self.entries: Tuple[BudgetEntry, ...] = tuple(sorted(entries, key=lambda e: e.flops))
+        self.entries: Tuple[BudgetEntry, ...] = tuple(entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -101,15 +105,14 @@ class BudgetTable(Sequence[BudgetEntry]):
                                'timm_pss.fill_budget_table(model, subnets, loader)')
         fitting = [i for i, e in enumerate(self.entries) if e.flops <= flops]
         if not fitting:
-            smallest = self.entries[0].flops
+            smallest = min(range(len(self.entries)), key=lambda i: (self.entries[i].flops, i))
             if strict:
+                f = self.entries[smallest].flops
                 raise ValueError(f'budget {format_flops(flops)} FLOPs is below the smallest budget-table entry, '
-                                 f'{format_flops(smallest)} ({smallest} MACs); pass a budget of at least that, '
+                                 f'{format_flops(f)} ({f} MACs); pass a budget of at least that, '
                                  f'or strict=False to get the smallest entry')
-            return 0, self.entries[0]
-        top = self.entries[fitting[-1]].flops
-        best = max((i for i in fitting if self.entries[i].flops == top),
-                   key=lambda i: (self.entries[i].metrics.get('top1', -math.inf), -i))
+            return smallest, self.entries[smallest]
+        best = max(fitting, key=lambda i: (self.entries[i].flops, self.entries[i].metrics.get('top1', -math.inf), -i))
         return best, self.entries[best]
 
     def to_json(self) -> str:
@@ -141,19 +144,23 @@ class BudgetTable(Sequence[BudgetEntry]):
             entries.append(entry)
         return cls(names, entries)
 
-    def check_space(self, space: SearchSpace, where: str = 'budget table') -> None:
-        """Raise ValueError unless the table belongs to `space` (same groups; subnets and FLOPs agree)."""
+    def conform(self, space: SearchSpace, where: str = 'budget table') -> 'BudgetTable':
+        """This table for a model of `space`: same groups and subnets required (else ValueError), FLOPs recounted.
+
+        FLOPs depend on the head (e.g. `num_classes`), so a table loaded into a model with another head gets that
+        model's counts; the recorded metrics stay as measured.
+        """
         if self.group_names != tuple(space.group_names):
             raise ValueError(f'{where}: made for channel groups {list(self.group_names)}, this model has '
                              f'{list(space.group_names)}')
+        entries = []
         for i, e in enumerate(self.entries):
             try:
                 space.validate(e.subnet)
             except ValueError as err:
                 raise ValueError(f'{where}: entry {i} is not in this model\'s space: {err}') from None
-            if space.flops(e.subnet) != e.flops:
-                raise ValueError(f'{where}: entry {i} records {e.flops} FLOPs, its subnet has '
-                                 f'{space.flops(e.subnet)} in this model')
+            entries.append(BudgetEntry(space.flops(e.subnet), e.subnet, e.metrics))
+        return BudgetTable(self.group_names, entries)
 
     def __str__(self) -> str:
         metric_names = sorted({k for e in self.entries for k in e.metrics})
@@ -229,8 +236,10 @@ def resize_budget_buffers_on_load(module, state_dict, prefix, local_metadata, st
             raise ValueError(f'{stray[0]}: per-entry BN statistics without a budget table ({key} is missing)')
         write_budget_table(module, BudgetTable(module.space.group_names), {})
         return
-    table = read_table_buffer(state_dict[key], module.space.group_names, where=key)
-    table.check_space(module.space, where=key)
+    stored = read_table_buffer(state_dict[key], module.space.group_names, where=key)
+    table = stored.conform(module.space, where=key)
+    if table != stored:
+        state_dict[key] = _table_tensor(table)
     for name, layer in layers:
         for buf in _BN_BUFFERS:
             k = prefix + f'{name}.{buf}'
