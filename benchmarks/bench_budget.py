@@ -24,8 +24,8 @@ What it measures, per model (`pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50
 
 Run from the repository root:
 
-    python benchmarks/bench_budget.py                      # full settings (several minutes on a 2-core VM)
-    python benchmarks/bench_budget.py --quick              # tiny settings, well under 60 s (smoke test)
+    python benchmarks/bench_budget.py                      # full settings (about 8 min on a 2-core VM)
+    python benchmarks/bench_budget.py --quick              # tiny settings, about 10 s (smoke test)
     python benchmarks/bench_budget.py --models pss_mobilenetv2 --calib-batch-size 64 --threads 4
 
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.

@@ -17,3 +17,9 @@ def test_bench_models_quick():
     out = _run('bench_models.py', '--quick', '--models', 'pss_mobilenetv2')
     assert 'flops_many subnets/s' in out and 'supernet/dense' in out
     assert '| pss_mobilenetv2 |' in out
+
+
+def test_bench_budget_quick():
+    out = _run('bench_budget.py', '--quick', '--models', 'pss_mobilenetv2')
+    assert 'set_budget' in out and 'speed-up' in out
+    assert '| pss_mobilenetv2 |' in out
