@@ -30,14 +30,9 @@ Run from the repository root:
 
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
 """
-import os
-
-# One thread for numpy's BLAS and torch's OpenMP, set before either is imported (--threads sets torch's later).
-for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
-    os.environ[_var] = '1'
+from common import DEFAULT_MODELS, format_table, machine_lines, max_abs_diff, yes_no  # first: sets 1 thread
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -51,7 +46,6 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 import timm_pss  # noqa: E402
 from timm_pss import Subnet  # noqa: E402
 
-DEFAULT_MODELS = ('pss_mobilenetv1', 'pss_mobilenetv2', 'pss_resnet50')
 BUDGET_FRACTIONS = (0.25, 0.5, 0.9)  # of the way from the min to the max subnet's FLOPs
 IMAGE_SIZE = 224
 ATOL = 1e-5
@@ -96,50 +90,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- reporting
 
-def cpu_name() -> str:
-    """platform.processor(), or the model name from /proc/cpuinfo where that is empty or just the arch."""
-    name = platform.processor()
-    if name and name != platform.machine():
-        return name
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return name or platform.machine() or 'unknown'
-
-
 def print_machine(args: argparse.Namespace) -> None:
-    print('# timm_pss budget-switch benchmark')
-    print()
-    print(f'- machine: {cpu_name()} ({platform.machine()}), {os.cpu_count()} logical CPUs, {platform.system()}')
-    print(f'- python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, '
-          f'numpy {np.__version__}, timm_pss {timm_pss.__version__}')
+    print(machine_lines('timm_pss budget-switch benchmark'))
     print(f'- threads: {args.threads} (torch), BLAS 1')
     print(f'- settings: table of {args.entries} subnets filled with {args.fill_batches} x {args.fill_batch_size} '
           f'images; set_budget median of {args.switch_calls} calls per budget; baseline calibrate_bn on '
           f'{args.calib_batches} x {args.calib_batch_size} images at {IMAGE_SIZE}px, median of '
           f'{args.calib_repeats}{" (--quick)" if args.quick else ""}')
     print()
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table with padded columns; columns whose cells all start with a digit are right-aligned."""
-    cols = list(zip(headers, *rows))
-    widths = [max(len(c) for c in col) for col in cols]
-    right = [all(c[:1].isdigit() for c in col[1:]) for col in cols]
-
-    def line(cells):
-        return '| ' + ' | '.join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + ' |'
-
-    rule = '|' + '|'.join('-' * (w + 1) + ':' if r else '-' * (w + 2) for w, r in zip(widths, right)) + '|'
-    return '\n'.join([line(headers), rule] + [line(r) for r in rows])
-
-
-def yes_no(ok: bool) -> str:
-    return 'yes' if ok else 'NO'
 
 
 def format_ms(ms: float) -> str:
@@ -175,10 +133,6 @@ class ForwardCounter:
 
     def remove(self) -> None:
         self.handle.remove()
-
-
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
 
 
 # ---------------------------------------------------------------------------------------------- benchmark
@@ -280,7 +234,7 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
           f'{args.switch_calls} calls per budget, budgets interleaved. Baseline: set_subnet + calibrate_bn on '
           f'{args.calib_batches} batches of {args.calib_batch_size} random {IMAGE_SIZE}px images, median of '
           f'{args.calib_repeats}. Speed-up: baseline / set_budget.')
-    print(f'Forwards: model forward calls per switch (a forward pre-hook); set_budget\'s count covers the check '
+    print('Forwards: model forward calls per switch (a forward pre-hook); set_budget\'s count covers the check '
           f'and all timed calls and must be 0.')
     print(f'Equality: logits on a fixed input after set_budget vs after set_subnet + calibrate_bn on the '
           f'{args.fill_batches} x {args.fill_batch_size} images that filled the table, torch.allclose(atol={ATOL:g}), '

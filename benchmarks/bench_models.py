@@ -25,14 +25,9 @@ Run from the repository root:
 
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
 """
-import os
-
-# One thread for numpy's BLAS and torch's OpenMP, set before either is imported (the FLOPs part is single-threaded).
-for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
-    os.environ[_var] = '1'
+from common import DEFAULT_MODELS, format_table, machine_lines, max_abs_diff, yes_no  # first: sets 1 thread
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -46,7 +41,6 @@ from timm.models import adapt_model_from_string  # noqa: E402
 import timm_pss  # noqa: E402
 from timm_pss import Subnet  # noqa: E402
 
-DEFAULT_MODELS = ('pss_mobilenetv1', 'pss_mobilenetv2', 'pss_resnet50')
 TARGET_SUBNETS_PER_S = 1_000_000
 ATOL = 1e-5
 
@@ -83,49 +77,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- reporting
 
-def cpu_name() -> str:
-    """platform.processor(), or the model name from /proc/cpuinfo where that is empty or just the arch."""
-    name = platform.processor()
-    if name and name != platform.machine():
-        return name
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return name or platform.machine() or 'unknown'
-
-
 def print_machine(args: argparse.Namespace) -> None:
-    print('# timm_pss benchmark')
-    print()
-    print(f'- machine: {cpu_name()} ({platform.machine()}), {os.cpu_count()} logical CPUs, {platform.system()}')
-    print(f'- python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, '
-          f'numpy {np.__version__}, timm_pss {timm_pss.__version__}')
+    print(machine_lines('timm_pss benchmark'))
     print(f'- threads: FLOPs part 1 (torch + BLAS), latency part {args.threads} (torch)')
     print(f'- settings: {args.num_subnets:,} subnets (scalar baseline {args.scalar_subnets:,}), FLOPs best of '
           f'{args.flops_repeats}; latency batch {args.batch_size}, median of {args.repeats} after '
           f'{args.warmup} warm-up{" (--quick)" if args.quick else ""}')
     print()
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table with padded columns; columns whose cells all start with a digit are right-aligned."""
-    cols = list(zip(headers, *rows))
-    widths = [max(len(c) for c in col) for col in cols]
-    right = [all(c[:1].isdigit() for c in col[1:]) for col in cols]
-
-    def line(cells):
-        return '| ' + ' | '.join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + ' |'
-
-    rule = '|' + '|'.join('-' * (w + 1) + ':' if r else '-' * (w + 2) for w, r in zip(widths, right)) + '|'
-    return '\n'.join([line(headers), rule] + [line(r) for r in rows])
-
-
-def yes_no(ok: bool) -> str:
-    return 'yes' if ok else 'NO'
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -205,10 +163,6 @@ def build_dense_baseline(supernet, exported: torch.nn.Module) -> torch.nn.Module
     dense = adapt_model_from_string(dense, shapes)
     dense.load_state_dict(state, strict=True)
     return dense.eval()
-
-
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
 
 
 @torch.no_grad()

@@ -1,7 +1,6 @@
 """Budget tables and set_budget: storage in the state dict, every load path, selection rules, wrappers, bad input."""
 import copy
 import math
-import os
 import socket
 import warnings
 

@@ -6,7 +6,7 @@ mode; `fill_budget_table` does that per entry and stores the results in the mode
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn

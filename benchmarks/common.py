@@ -1,0 +1,64 @@
+"""What the benchmarks share: one-thread set-up, the machine header, markdown tables, yes/no checks."""
+import os
+
+# One thread for numpy's BLAS and torch's OpenMP; importing this module first sets it before either is imported.
+for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ.setdefault(_var, '1')
+
+import platform  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import timm_pss  # noqa: E402
+
+DEFAULT_MODELS = ('pss_mobilenetv1', 'pss_mobilenetv2', 'pss_resnet50')
+
+
+def cpu_name() -> str:
+    """platform.processor(), or the model name from /proc/cpuinfo where that is empty or just the arch."""
+    name = platform.processor()
+    if name and name != platform.machine():
+        return name
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return name or platform.machine() or 'unknown'
+
+
+def machine_lines(title: str) -> str:
+    """The header every benchmark prints: title, machine, library versions."""
+    return '\n'.join([
+        f'# {title}',
+        '',
+        f'- machine: {cpu_name()} ({platform.machine()}), {os.cpu_count()} logical CPUs, {platform.system()}',
+        f'- python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, '
+        f'numpy {np.__version__}, timm_pss {timm_pss.__version__}',
+    ])
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table with padded columns; columns whose cells all start with a digit are right-aligned."""
+    cols = list(zip(headers, *rows))
+    widths = [max(len(c) for c in col) for col in cols]
+    right = [all(c[:1].isdigit() for c in col[1:]) for col in cols]
+
+    def line(cells):
+        return '| ' + ' | '.join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + ' |'
+
+    rule = '|' + '|'.join('-' * (w + 1) + ':' if r else '-' * (w + 2) for w, r in zip(widths, right)) + '|'
+    return '\n'.join([line(headers), rule] + [line(r) for r in rows])
+
+
+def yes_no(ok: bool) -> str:
+    return 'yes' if ok else 'NO'
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
