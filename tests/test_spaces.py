@@ -143,3 +143,26 @@ def test_subnet_batch_round_trip(space):
     subnets = [space.sample(rng=i) for i in range(5)]
     batch = SubnetBatch.from_subnets(subnets)
     assert len(batch) == 5 and batch.subnets() == subnets
+
+
+def test_every_reference_bucket_is_reachable():
+    """The reference's 30k-subnet map leaves MobileNetV1's 510..560M buckets empty; every bucket must be reachable."""
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    rng = np.random.default_rng(0)
+    for target in range(110, 571, 10):
+        lo, hi = (target - 5) * 1e6, (target + 5) * 1e6
+        f = space.flops_many(space.sample_many(8, rng=rng, flops_range=(lo, hi)))
+        assert ((f >= lo) & (f < hi)).all(), target
+
+
+def test_ranges_outside_the_bank_use_the_walk():
+    space = timm.create_model('pss_resnet50', device='meta').space
+    space.bank_size = 16  # a bank too small to cover narrow ranges: the random walk must find them
+    f_min, f_max = space.flops_span
+    for frac in (0.13, 0.51, 0.87):
+        lo = f_min + frac * (f_max - f_min)
+        batch = space.sample_many(4, rng=1, flops_range=(lo, lo + 2e6))
+        f = space.flops_many(batch)
+        assert ((f >= lo) & (f < lo + 2e6)).all()
+    with pytest.raises(ValueError, match='too narrow'):
+        space.sample(rng=0, flops_range=(f_min + 1, f_min + 2))

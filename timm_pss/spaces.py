@@ -217,6 +217,13 @@ class SearchSpace:
                 forms[r_idx, i, j] += term.coef * term.area(r)
         return forms
 
+    @property
+    def flops_span(self) -> Tuple[int, int]:
+        """(FLOPs of the min subnet, FLOPs of the max subnet)."""
+        if not hasattr(self, '_flops_span'):
+            self._flops_span = (self.flops(self.min_subnet()), self.flops(self.max_subnet()))
+        return self._flops_span
+
     def flops(self, subnet: Subnet) -> int:
         """MACs of one subnet (conv + linear + global average pool)."""
         self.validate(subnet)
@@ -263,36 +270,59 @@ class SearchSpace:
             n: int,
             rng: RngLike = None,
             flops_range: Optional[Tuple[float, float]] = None,
-            max_rounds: int = 64,
     ) -> SubnetBatch:
         """`n` random subnets as arrays. Without `flops_range`: uniform per group and resolution.
 
-        With `flops_range=(lo, hi)`: candidates come from a mixture tilted towards small or large subnets
-        (a shared random level per candidate plus per-group noise) so that every FLOPs range between the
-        min and max subnet is reachable, then those inside [lo, hi) are kept.
+        With `flops_range=(lo, hi)` every subnet's FLOPs lie in [lo, hi): drawn uniformly from the members of the
+        space's candidate bank in that range (up to `bank_size` distinct subnets spread over the FLOPs span, resolutions
+        and group widths varying freely; built once per space), or, where the bank has none, by a random walk
+        from candidates at that level of the space. Every range between the min and max subnet is reachable.
         """
         n = _as_int(n, 'n')
         rng = np.random.default_rng(rng)
         if flops_range is None:
-            return self._draw(rng, n, tilt=False)
+            return self._batch_from_indices(self._uniform_indices(rng, n))
         lo, hi = self._check_flops_range(flops_range)
-        kept_res, kept_w, have = [], [], 0
-        chunk = max(1024, 64 * n)
+        bank_flops, bank_idx = self._bank
+        first, stop = np.searchsorted(bank_flops, [lo, hi], side='left')
+        if stop > first:
+            return self._batch_from_indices(bank_idx[rng.integers(first, stop, size=n)].astype(np.int64))
+        return self._walk_sample(n, rng, lo, hi)
+
+    bank_size: int = 1 << 18
+
+    @property
+    def _bank(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(flops ascending, choice indices) of up to `bank_size` distinct subnets spread over the FLOPs span."""
+        if not hasattr(self, '_bank_cache'):
+            rng = np.random.default_rng(0x955)
+            levels, ladder = self._ladder
+            level = np.interp(rng.uniform(ladder[0], ladder[-1], self.bank_size), ladder, levels)
+            idx = np.concatenate([self._tilted_indices(rng, self.bank_size, level[:, None]),
+                                  np.zeros((1, self._sizes.size), np.int64), (self._sizes - 1)[None]])
+            idx = np.unique(idx, axis=0)  # each distinct subnet once: draws are uniform over distinct subnets
+            flops = self._flops_of_indices(idx)
+            order = np.argsort(flops, kind='stable')
+            self._bank_cache = (flops[order], idx[order].astype(np.int16))
+        return self._bank_cache
+
+    def _walk_sample(self, n: int, rng: np.random.Generator, lo: float, hi: float, max_rounds: int = 32):
+        level = float(np.interp((lo + hi) / 2, self._ladder[1], self._ladder[0]))
+        kept, have = [], 0
         for _ in range(max_rounds):
-            cand = self._draw(rng, chunk, tilt=True)
-            f = self.flops_many(cand)
-            keep = np.flatnonzero((f >= lo) & (f < hi))[:n - have]
-            kept_res.append(cand.resolutions[keep])
-            kept_w.append(cand.widths[keep])
-            have += keep.size
+            want = n - have
+            idx, flops = self._walk_into_range(self._tilted_indices(rng, 2 * want + 8, level), lo, hi, rng)
+            inside = np.flatnonzero((flops >= lo) & (flops < hi))[:want]
+            kept.append(idx[inside])
+            have += inside.size
             if have >= n:
-                return SubnetBatch(np.concatenate(kept_res), np.concatenate(kept_w))
-        raise ValueError(f'found only {have} of {n} subnets with FLOPs in [{lo:.4g}, {hi:.4g}) after '
-                         f'{max_rounds * chunk} candidates; the range is too narrow for this space')
+                return self._batch_from_indices(np.concatenate(kept))
+        raise ValueError(f'found only {have} of {n} subnets with FLOPs in [{lo:.4g}, {hi:.4g}); the range is too '
+                         f'narrow for this space\'s width and resolution steps')
 
     def _check_flops_range(self, flops_range) -> Tuple[float, float]:
         lo, hi = (float(v) for v in flops_range)
-        f_min, f_max = self.flops(self.min_subnet()), self.flops(self.max_subnet())
+        f_min, f_max = self.flops_span
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f'flops_range must be two finite numbers lo < hi, got {flops_range!r}')
         if hi <= f_min or lo > f_max:
@@ -300,21 +330,65 @@ class SearchSpace:
                              f'{f_min} .. {f_max} FLOPs (MACs)')
         return lo, hi
 
-    def _draw(self, rng: np.random.Generator, n: int, tilt: bool) -> SubnetBatch:
-        """Random choice indices per group (+ resolution), uniform or tilted by a shared per-row level."""
-        sizes = np.array([len(c) for c in self.width_choices] + [len(self.resolutions)])
-        if tilt:
-            level = rng.random((n, 1))
-            spread = rng.uniform(0.05, 0.5, size=(n, 1))
-            u = np.clip(level + spread * rng.standard_normal((n, sizes.size)), 0.0, 1.0 - 1e-9)
-        else:
-            u = rng.random((n, sizes.size))
-        idx = (u * sizes).astype(np.int64)
-        widths = np.empty((n, self.num_groups), dtype=np.int64)
-        for g, choices in enumerate(self.width_choices):
-            widths[:, g] = np.asarray(choices, dtype=np.int64)[idx[:, g]]
-        resolutions = np.asarray(self.resolutions, dtype=np.int64)[idx[:, -1]]
-        return SubnetBatch(resolutions, widths)
+    # sampling internals: a subnet as choice indices, one column per group plus the resolution last
+
+    @property
+    def _sizes(self) -> np.ndarray:
+        return np.array([len(c) for c in self.width_choices] + [len(self.resolutions)], dtype=np.int64)
+
+    @property
+    def _choice_matrix(self) -> np.ndarray:
+        """(G, max choices) widths, padded, for gathering the widths of many index rows at once."""
+        if not hasattr(self, '_choices_padded'):
+            padded = np.zeros((self.num_groups, max(len(c) for c in self.width_choices)), dtype=np.int64)
+            for g, c in enumerate(self.width_choices):
+                padded[g, :len(c)] = c
+            self._choices_padded = padded
+        return self._choices_padded
+
+    @property
+    def _ladder(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(levels, flops): FLOPs of the subnet at a shared level u in [0, 1] of every choice list (monotone)."""
+        if not hasattr(self, '_ladder_cache'):
+            levels = np.linspace(0.0, 1.0, 513)
+            idx = np.minimum((levels[:, None] * self._sizes).astype(np.int64), self._sizes - 1)
+            self._ladder_cache = (levels, np.maximum.accumulate(self._flops_of_indices(idx)).astype(np.float64))
+        return self._ladder_cache
+
+    def _batch_from_indices(self, idx: np.ndarray) -> SubnetBatch:
+        widths = self._choice_matrix[np.arange(self.num_groups), idx[:, :-1]]
+        return SubnetBatch(np.asarray(self.resolutions, dtype=np.int64)[idx[:, -1]], widths)
+
+    def _flops_of_indices(self, idx: np.ndarray) -> np.ndarray:
+        return self.flops_many(self._batch_from_indices(idx))
+
+    def _uniform_indices(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return (rng.random((n, self._sizes.size)) * self._sizes).astype(np.int64)
+
+    def _tilted_indices(self, rng: np.random.Generator, n: int, level) -> np.ndarray:
+        """Indices around a shared `level`: per row a spread, per column independent noise (reflected at 0 and 1)."""
+        spread = rng.uniform(0.02, 0.3, size=(n, 1))
+        u = np.abs(level + spread * rng.standard_normal((n, self._sizes.size)))
+        u = 1.0 - np.abs(1.0 - np.mod(u, 2.0))
+        return np.minimum((u * self._sizes).astype(np.int64), self._sizes - 1)
+
+    def _walk_into_range(self, idx: np.ndarray, lo: float, hi: float, rng: np.random.Generator,
+                         max_steps: int = 400) -> Tuple[np.ndarray, np.ndarray]:
+        """Random walk: each row outside [lo, hi) moves one random column a step towards it."""
+        sizes = self._sizes
+        flops = self._flops_of_indices(idx)
+        active = np.flatnonzero((flops < lo) | (flops >= hi))
+        for _ in range(max_steps):
+            if active.size == 0:
+                break
+            up = flops[active] < lo
+            col = rng.integers(0, sizes.size, size=active.size)
+            new = idx[active, col] + np.where(up, 1, -1)
+            ok = (new >= 0) & (new < sizes[col])
+            idx[active[ok], col[ok]] = new[ok]
+            flops[active] = self._flops_of_indices(idx[active])
+            active = active[(flops[active] < lo) | (flops[active] >= hi)]
+        return idx, flops
 
     def to_dict(self) -> dict:
         """A JSON-friendly description of the space (groups, choices, resolutions)."""
