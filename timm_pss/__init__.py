@@ -6,13 +6,14 @@ from .budget import BudgetEntry, BudgetTable, parse_flops
 from .calibration import calibrate_bn, fill_budget_table
 from .export import export_subnet
 from .models import PssEfficientNet, PssResNet
+from .pss import PrioritizedSubnetSampler, PSSTask, finalize_budget_table
 from .spaces import SearchSpace, Subnet, SubnetBatch
 from .supernet import SupernetMixin, budget, find_supernet, set_budget
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'BudgetEntry', 'BudgetTable', 'budget', 'calibrate_bn', 'export_subnet', 'fill_budget_table', 'find_supernet',
-    'parse_flops', 'PssEfficientNet', 'PssResNet', 'SearchSpace', 'set_budget', 'Subnet', 'SubnetBatch',
-    'SupernetMixin',
+    'BudgetEntry', 'BudgetTable', 'budget', 'calibrate_bn', 'export_subnet', 'fill_budget_table',
+    'finalize_budget_table', 'find_supernet', 'parse_flops', 'PrioritizedSubnetSampler', 'PssEfficientNet',
+    'PssResNet', 'PSSTask', 'SearchSpace', 'set_budget', 'Subnet', 'SubnetBatch', 'SupernetMixin',
 ]

@@ -1,0 +1,290 @@
+"""Prioritized subnet pools: one pool of well-scored subnets per FLOPs bucket, drawn by softmax(score / T).
+
+Each training step PSS picks a bucket uniformly; with probability `p_random` (or while the bucket's pool is not yet
+full) it trains a random subnet of that bucket, otherwise one drawn from the pool. The trained subnet's score
+(minus its cross-entropy on the batch) goes back into the pool: a known subnet's score becomes an exponential
+moving average, and a pool over capacity evicts its lowest score. `p_random` and the temperature T decay
+exponentially over training, moving the mix from exploration to the pools.
+
+All state is plain JSON (no pickle, no eval): pools, schedules, progress and the sampler's own RNG.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..spaces import RngLike, SearchSpace, Subnet
+
+__all__ = ['exponential_schedule', 'SubnetPool', 'Proposal', 'PrioritizedSubnetSampler', 'UniformSubnetSampler',
+           'bucket_targets']
+
+STATE_FORMAT = 'timm_pss.pss_sampler/1'
+
+
+def exponential_schedule(start: float, end: float, progress: float) -> float:
+    """`start * (end / start) ** progress`, progress clipped to [0, 1] (the paper's p_random and T schedules)."""
+    progress = min(max(float(progress), 0.0), 1.0)
+    return start * (end / start) ** progress
+
+
+def softmax_probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(scores / temperature), computed stably."""
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+class SubnetPool:
+    """The best-scored subnets of one bucket, at most `capacity`, scores updated as an EMA with `momentum`."""
+
+    def __init__(self, capacity: int, momentum: float = 0.9):
+        if capacity < 1:
+            raise ValueError(f'pool capacity must be at least 1, got {capacity}')
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f'pool momentum (lambda) must be in [0, 1), got {momentum}')
+        self.capacity = int(capacity)
+        self.momentum = float(momentum)
+        self._scores: Dict[Subnet, float] = {}  # insertion ordered: among equal scores the oldest is evicted
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    def __contains__(self, subnet: Subnet) -> bool:
+        return subnet in self._scores
+
+    @property
+    def full(self) -> bool:
+        return len(self._scores) >= self.capacity
+
+    def score(self, subnet: Subnet) -> float:
+        return self._scores[subnet]
+
+    def update(self, subnet: Subnet, score: float) -> None:
+        """Insert `subnet` with `score`, or blend into its score (`m * old + (1 - m) * new`); evict the lowest."""
+        score = float(score)
+        if not math.isfinite(score):
+            raise ValueError(f'a pool score must be finite, got {score}')
+        old = self._scores.get(subnet)
+        self._scores[subnet] = score if old is None else self.momentum * old + (1.0 - self.momentum) * score
+        if len(self._scores) > self.capacity:
+            worst = min(self._scores, key=self._scores.__getitem__)
+            del self._scores[worst]
+
+    def draw(self, rng: np.random.Generator, temperature: float) -> Subnet:
+        """A pooled subnet with probability softmax(score / temperature)."""
+        if not self._scores:
+            raise ValueError('cannot draw from an empty pool')
+        subnets = list(self._scores)
+        probs = softmax_probabilities(np.fromiter(self._scores.values(), float, len(subnets)), temperature)
+        return subnets[int(rng.choice(len(subnets), p=probs))]
+
+    def best(self, k: Optional[int] = None) -> List[Tuple[Subnet, float]]:
+        """The top `k` (all by default) (subnet, score) pairs, best first."""
+        ranked = sorted(self._scores.items(), key=lambda item: -item[1])
+        return ranked if k is None else ranked[:k]
+
+    def state_dict(self) -> list:
+        return [[s.to_dict(), v] for s, v in self._scores.items()]
+
+    def load_state_dict(self, entries: Sequence) -> None:
+        scores = {}
+        for entry in entries:
+            subnet, score = entry
+            scores[Subnet.from_dict(subnet)] = float(score)
+        if len(scores) > self.capacity:
+            raise ValueError(f'pool state holds {len(scores)} subnets, capacity is {self.capacity}')
+        self._scores = scores
+
+
+class Proposal(NamedTuple):
+    """One middle subnet to train: its bucket, the subnet, and whether it came from the pool."""
+    bucket: int
+    subnet: Subnet
+    from_pool: bool
+
+
+def bucket_targets(space: SearchSpace, budget_range: Optional[Tuple[float, float, float]] = None,
+                   num_pools: int = 40) -> Tuple[np.ndarray, float]:
+    """(bucket centres, step): `budget_range=(lo, hi, step)` FLOPs, both ends included, or `num_pools` centres
+    spread evenly from the min to the max subnet. Every bucket [t - step/2, t + step/2) must hold a subnet."""
+    f_min, f_max = space.flops_span
+    if budget_range is None:
+        if num_pools < 2:
+            raise ValueError(f'num_pools must be at least 2, got {num_pools}')
+        targets, step = np.linspace(f_min, f_max, num_pools), (f_max - f_min) / (num_pools - 1)
+    else:
+        lo, hi, step = (float(v) for v in budget_range)
+        if not (0 < step and lo <= hi):
+            raise ValueError(f'budget_range (lo, hi, step) needs lo <= hi and step > 0, got {budget_range}')
+        targets = np.arange(lo, hi + step / 2, step)
+    for t in targets:
+        if t + step / 2 <= f_min or t - step / 2 > f_max:
+            raise ValueError(f'the bucket {t / 1e6:.2f}M +- {step / 2e6:.2f}M holds no subnet: this space spans '
+                             f'{f_min / 1e6:.2f}M .. {f_max / 1e6:.2f}M FLOPs')
+    return targets, float(step)
+
+
+@dataclass
+class _Config:
+    targets: List[float]
+    step: float
+    pool_size: int
+    momentum: float
+    p_random: Tuple[float, float]
+    temperature: Tuple[float, float]
+
+
+class PrioritizedSubnetSampler:
+    """PSS's sampling state for one supernet: FLOPs buckets, a pool per bucket, schedules, and its own RNG.
+
+    Args:
+        space: the supernet's search space.
+        budget_range: (lo, hi, step) bucket centres in FLOPs, e.g. (110e6, 570e6, 10e6); default: `num_pools`
+            centres from the min to the max subnet.
+        pool_size: subnets kept per pool (reference: 50).
+        momentum: lambda of the score EMA (reference: 0.9).
+        p_random: (start, end) of the probability of a random in-bucket subnet (reference: 1.0 -> 0.01).
+        temperature: (start, end) of the softmax temperature (reference: 1.0 -> 0.01).
+        seed: seed of the sampler's RNG; give every rank the same seed so all ranks make the same decisions.
+    """
+
+    def __init__(
+            self,
+            space: SearchSpace,
+            budget_range: Optional[Tuple[float, float, float]] = None,
+            num_pools: int = 40,
+            pool_size: int = 50,
+            momentum: float = 0.9,
+            p_random: Tuple[float, float] = (1.0, 0.01),
+            temperature: Tuple[float, float] = (1.0, 0.01),
+            seed: RngLike = 0,
+    ):
+        for name, (start, end) in (('p_random', p_random), ('temperature', temperature)):
+            if not (start > 0 and end > 0):
+                raise ValueError(f'{name} schedule ends must be positive, got {(start, end)}')
+        if not 0 < p_random[0] <= 1 or not 0 < p_random[1] <= 1:
+            raise ValueError(f'p_random must lie in (0, 1], got {p_random}')
+        targets, step = bucket_targets(space, budget_range, num_pools)
+        self.space = space
+        self.config = _Config([float(t) for t in targets], step, int(pool_size), float(momentum),
+                              tuple(map(float, p_random)), tuple(map(float, temperature)))
+        self.pools = [SubnetPool(pool_size, momentum) for _ in targets]
+        self.rng = np.random.default_rng(seed)
+        self.progress = 0.0
+
+    # schedule
+
+    @property
+    def targets(self) -> List[float]:
+        return self.config.targets
+
+    def bucket_range(self, bucket: int) -> Tuple[float, float]:
+        t, half = self.config.targets[bucket], self.config.step / 2
+        return t - half, t + half
+
+    def set_progress(self, progress: float) -> None:
+        """Where training is, 0 (start) .. 1 (end): epoch / epochs, or per step for a finer schedule."""
+        self.progress = min(max(float(progress), 0.0), 1.0)
+
+    @property
+    def p_random(self) -> float:
+        return exponential_schedule(*self.config.p_random, self.progress)
+
+    @property
+    def temperature(self) -> float:
+        return exponential_schedule(*self.config.temperature, self.progress)
+
+    # sampling
+
+    def propose(self) -> Proposal:
+        """Pick a bucket uniformly, then a random in-bucket subnet or one from its pool (DESIGN.md section 1)."""
+        bucket = int(self.rng.integers(len(self.pools)))
+        pool = self.pools[bucket]
+        if not pool.full or self.rng.random() < self.p_random:
+            return Proposal(bucket, self.space.sample(self.rng, flops_range=self.bucket_range(bucket)), False)
+        return Proposal(bucket, pool.draw(self.rng, self.temperature), True)
+
+    def update(self, bucket: int, subnet: Subnet, score: float) -> None:
+        self.pools[bucket].update(subnet, score)
+
+    def fill(self) -> List[int]:
+        """Entries per pool."""
+        return [len(p) for p in self.pools]
+
+    # state
+
+    def state_dict(self) -> dict:
+        """Plain JSON: configuration, progress, RNG state and every pool."""
+        c = self.config
+        return {
+            'format': STATE_FORMAT,
+            'targets': list(c.targets), 'step': c.step, 'pool_size': c.pool_size, 'momentum': c.momentum,
+            'p_random': list(c.p_random), 'temperature': list(c.temperature),
+            'progress': self.progress,
+            'rng': self.rng.bit_generator.state,
+            'pools': [p.state_dict() for p in self.pools],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()`; the buckets and pool settings must match this sampler's."""
+        if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+            raise ValueError(f'not a PSS sampler state (expected "format": "{STATE_FORMAT}")')
+        c = self.config
+        ours = {'targets': list(c.targets), 'step': c.step, 'pool_size': c.pool_size, 'momentum': c.momentum}
+        theirs = {k: state.get(k) for k in ours}
+        if not (np.allclose(theirs['targets'] or [], ours['targets']) and len(theirs['targets']) == len(ours['targets'])
+                and math.isclose(theirs['step'], ours['step']) and theirs['pool_size'] == ours['pool_size']
+                and math.isclose(theirs['momentum'], ours['momentum'])):
+            raise ValueError(f'PSS sampler state was saved with other buckets or pool settings: '
+                             f'{len(theirs["targets"] or [])} buckets, step {theirs["step"]}, pool_size '
+                             f'{theirs["pool_size"]}, momentum {theirs["momentum"]}; this run has '
+                             f'{len(ours["targets"])} buckets, step {ours["step"]}, pool_size {ours["pool_size"]}, '
+                             f'momentum {ours["momentum"]}')
+        pools = [SubnetPool(c.pool_size, c.momentum) for _ in c.targets]
+        for pool, entries in zip(pools, state['pools']):
+            pool.load_state_dict(entries)
+            for subnet in pool._scores:
+                self.space.validate(subnet)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state['rng']
+        self.pools, self.rng, self.progress = pools, rng, float(state['progress'])
+        self.config.p_random = tuple(state['p_random'])
+        self.config.temperature = tuple(state['temperature'])
+
+
+class UniformSubnetSampler:
+    """The plain sandwich rule's sampler (US-Net / BigNAS style): middle subnets uniform over the space, no pools.
+
+    Same interface as `PrioritizedSubnetSampler`, for baselines and ablations.
+    """
+    format = 'timm_pss.uniform_sampler/1'
+
+    def __init__(self, space: SearchSpace, seed: RngLike = 0):
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+        self.progress = 0.0
+        self.pools: List[SubnetPool] = []
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = min(max(float(progress), 0.0), 1.0)
+
+    def propose(self) -> Proposal:
+        return Proposal(-1, self.space.sample(self.rng), False)
+
+    def update(self, bucket: int, subnet: Subnet, score: float) -> None:
+        """Uniform sampling keeps no pools."""
+
+    def fill(self) -> List[int]:
+        return []
+
+    def state_dict(self) -> dict:
+        return {'format': self.format, 'progress': self.progress, 'rng': self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get('format') != self.format:
+            raise ValueError(f'not a uniform sampler state (expected "format": "{self.format}")')
+        self.rng.bit_generator.state = state['rng']
+        self.progress = float(state['progress'])
