@@ -233,16 +233,15 @@ class PrioritizedSubnetSampler:
         if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
             raise ValueError(f'not a PSS sampler state (expected "format": "{STATE_FORMAT}")')
         c = self.config
-        ours = {'targets': list(c.targets), 'step': c.step, 'pool_size': c.pool_size, 'momentum': c.momentum}
-        theirs = {k: state.get(k) for k in ours}
-        if not (np.allclose(theirs['targets'] or [], ours['targets']) and len(theirs['targets']) == len(ours['targets'])
-                and math.isclose(theirs['step'], ours['step']) and theirs['pool_size'] == ours['pool_size']
-                and math.isclose(theirs['momentum'], ours['momentum'])):
+        theirs = (state.get('targets') or [], state.get('step'), state.get('pool_size'), state.get('momentum'))
+        same = (len(theirs[0]) == len(c.targets) and np.allclose(theirs[0], c.targets)
+                and theirs[1] is not None and math.isclose(theirs[1], c.step) and theirs[2] == c.pool_size
+                and theirs[3] is not None and math.isclose(theirs[3], c.momentum))
+        if not same:
             raise ValueError(f'PSS sampler state was saved with other buckets or pool settings: '
-                             f'{len(theirs["targets"] or [])} buckets, step {theirs["step"]}, pool_size '
-                             f'{theirs["pool_size"]}, momentum {theirs["momentum"]}; this run has '
-                             f'{len(ours["targets"])} buckets, step {ours["step"]}, pool_size {ours["pool_size"]}, '
-                             f'momentum {ours["momentum"]}')
+                             f'{len(theirs[0])} buckets, step {theirs[1]}, pool_size {theirs[2]}, momentum '
+                             f'{theirs[3]}; this run has {len(c.targets)} buckets, step {c.step}, pool_size '
+                             f'{c.pool_size}, momentum {c.momentum}')
         pools = [SubnetPool(c.pool_size, c.momentum) for _ in c.targets]
         for pool, entries in zip(pools, state['pools']):
             pool.load_state_dict(entries)

@@ -1,0 +1,302 @@
+"""Prioritized Subnet Sampling: schedules, pool rules, the sampler, the training step, DDP consistency, finalisation."""
+import copy
+import json
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import timm
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import NativeScaler
+from torch.utils.data import DataLoader, TensorDataset
+
+import timm_pss
+from timm_pss import Subnet
+from timm_pss.pss import (
+    PrioritizedSubnetSampler, PSSTask, SubnetPool, UniformSubnetSampler, bucket_targets, exponential_schedule,
+    finalize_budget_table,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+S = [Subnet(128, (8 * i,)) for i in range(1, 8)]
+
+
+def _tiny_supernet(seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model('pss_mobilenetv2', num_classes=10, resolution_range=(24, 32, 8), width_range=(0.5, 1.0))
+
+
+# schedules and pools
+
+def test_exponential_schedule():
+    assert exponential_schedule(1.0, 0.01, 0.0) == 1.0
+    assert math.isclose(exponential_schedule(1.0, 0.01, 1.0), 0.01)
+    assert math.isclose(exponential_schedule(1.0, 0.01, 0.5), 0.1)
+    assert exponential_schedule(1.0, 0.01, -3) == 1.0 and math.isclose(exponential_schedule(1.0, 0.01, 7), 0.01)
+
+
+def test_pool_insert_update_and_evict():
+    pool = SubnetPool(capacity=3, momentum=0.9)
+    pool.update(S[0], -1.0)                              # unseen: inserted as is
+    assert len(pool) == 1 and pool.score(S[0]) == -1.0
+    pool.update(S[0], -2.0)                              # re-seen: 0.9 * old + 0.1 * new
+    assert math.isclose(pool.score(S[0]), -1.1) and len(pool) == 1
+    pool.update(S[1], -0.5)
+    pool.update(S[2], -3.0)
+    assert pool.full
+    pool.update(S[3], -0.1)                              # full: the lowest (S[2]) goes
+    assert S[2] not in pool and S[3] in pool and len(pool) == 3
+    pool.update(S[4], -9.0)                              # a new lowest is evicted at once
+    assert S[4] not in pool and len(pool) == 3
+    assert [s for s, _ in pool.best()] == [S[3], S[1], S[0]] and pool.best(1) == [(S[3], -0.1)]
+
+
+def test_pool_ties_evict_the_oldest():
+    pool = SubnetPool(capacity=2)
+    pool.update(S[0], -1.0)
+    pool.update(S[1], -1.0)
+    pool.update(S[2], -1.0)
+    assert S[0] not in pool and S[1] in pool and S[2] in pool
+
+
+def test_pool_draws_follow_softmax():
+    pool = SubnetPool(capacity=3)
+    scores = [-1.0, -2.0, -3.0]
+    for s, v in zip(S, scores):
+        pool.update(s, v)
+    rng = np.random.default_rng(0)
+    for temperature in (1.0, 0.5):
+        expected = np.exp(np.array(scores) / temperature)
+        expected /= expected.sum()
+        counts = np.bincount([S.index(pool.draw(rng, temperature)) for _ in range(20000)], minlength=3) / 20000
+        assert np.allclose(counts, expected, atol=0.015), (temperature, counts, expected)
+    assert all(pool.draw(rng, 0.001) == S[0] for _ in range(50))
+    with pytest.raises(ValueError, match='empty pool'):
+        SubnetPool(2).draw(rng, 1.0)
+    with pytest.raises(ValueError, match='finite'):
+        pool.update(S[5], float('nan'))
+
+
+def test_pool_state_is_json():
+    pool = SubnetPool(capacity=3)
+    pool.update(S[0], -1.5)
+    pool.update(S[1], -0.5)
+    other = SubnetPool(capacity=3)
+    other.load_state_dict(json.loads(json.dumps(pool.state_dict())))
+    assert other.best() == pool.best()
+    with pytest.raises(ValueError, match='capacity'):
+        SubnetPool(capacity=1).load_state_dict(pool.state_dict())
+
+
+# the sampler
+
+def test_bucket_targets():
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    targets, step = bucket_targets(space, (110e6, 570e6, 10e6))
+    assert len(targets) == 47 and step == 10e6 and targets[0] == 110e6 and targets[-1] == 570e6
+    targets, step = bucket_targets(space, num_pools=5)
+    assert len(targets) == 5 and targets[0] == space.flops_span[0] and targets[-1] == space.flops_span[1]
+    with pytest.raises(ValueError, match='holds no subnet'):
+        bucket_targets(space, (50e6, 570e6, 10e6))
+
+
+def test_sampler_explores_until_pools_fill_then_uses_them():
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    sampler = PrioritizedSubnetSampler(space, num_pools=3, pool_size=2, p_random=(1.0, 0.01), seed=0)
+    first = [sampler.propose() for _ in range(20)]
+    assert not any(p.from_pool for p in first)  # pools are empty: always random, in the bucket's range
+    for p in first:
+        lo, hi = sampler.bucket_range(p.bucket)
+        assert lo <= space.flops(p.subnet) < hi
+        sampler.update(p.bucket, p.subnet, -float(space.flops(p.subnet)) / 1e9)
+    assert sampler.fill() == [2, 2, 2]
+    sampler.set_progress(1.0)
+    assert math.isclose(sampler.p_random, 0.01) and math.isclose(sampler.temperature, 0.01)
+    late = [sampler.propose() for _ in range(200)]
+    assert sum(p.from_pool for p in late) > 180
+    assert all(p.subnet in sampler.pools[p.bucket] for p in late if p.from_pool)
+
+
+def test_sampler_state_round_trip_gives_identical_continuation():
+    space = timm.create_model('pss_mobilenetv2', device='meta').space
+    a = PrioritizedSubnetSampler(space, num_pools=4, pool_size=2, seed=7)
+    for i in range(30):
+        a.set_progress(i / 30)
+        p = a.propose()
+        a.update(p.bucket, p.subnet, -i / 10)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = PrioritizedSubnetSampler(space, num_pools=4, pool_size=2, seed=999)
+    b.load_state_dict(state)
+    assert [a.propose() for _ in range(25)] == [b.propose() for _ in range(25)]
+    with pytest.raises(ValueError, match='other buckets or pool settings'):
+        PrioritizedSubnetSampler(space, num_pools=5, pool_size=2).load_state_dict(state)
+    with pytest.raises(ValueError, match='not a PSS sampler state'):
+        b.load_state_dict({'pools': []})
+
+
+# the training step, on real data
+
+def _loader(digits, n=512, batch=32, shuffle_seed=0):
+    images, labels = digits
+    g = torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(TensorDataset(images[:n], labels[:n]), batch_size=batch, shuffle=True, generator=g)
+
+
+def _train(task, optimizer, loader, steps, start=0, total=None):
+    total = total or steps
+    losses = []
+    it = iter(loader)
+    for step in range(start, start + steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        task.sampler.set_progress(step / total)
+        result = task(x, y)
+        optimizer.zero_grad()
+        result['loss'].backward()
+        optimizer.step()
+        losses.append(result['loss_max'].item())
+    return losses
+
+
+def test_training_fills_pools_moves_scores_and_learns(digits):
+    model = _tiny_supernet().train()
+    sampler = PrioritizedSubnetSampler(model.space, num_pools=4, pool_size=3, seed=0)
+    task = PSSTask(model, sampler, verbose=False)
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    mix = []
+    losses = []
+    snapshots = []
+    for chunk in range(4):
+        losses += _train(task, optimizer, _loader(digits, shuffle_seed=chunk), 10, start=chunk * 10, total=40)
+        mix.append(sum(p.from_pool for p in task.last_proposals))
+        snapshots.append({b: dict(pool._scores) for b, pool in enumerate(sampler.pools)})
+    assert len(calls) == 40 * 3, 'one forward per subnet: max, middle, min'
+    assert sum(sampler.fill()) >= 8
+    moved = [s for b in snapshots[1] for s in snapshots[1][b] if s in snapshots[-1].get(b, {})
+             and snapshots[1][b][s] != snapshots[-1][b][s]]
+    assert moved or any(set(snapshots[1][b]) != set(snapshots[-1][b]) for b in snapshots[1])
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
+    assert sampler.p_random < 0.05  # the schedule moved towards the pools
+
+
+def test_sampling_mix_moves_from_random_to_pool(digits):
+    model = _tiny_supernet().train()
+    sampler = PrioritizedSubnetSampler(model.space, num_pools=2, pool_size=2, seed=3, p_random=(1.0, 0.01))
+    task = PSSTask(model, sampler, num_middle=2, verbose=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    from_pool = []
+    loader = _loader(digits, n=128, batch=32)
+    for step in range(16):
+        _train(task, optimizer, loader, 1, start=step, total=16)
+        from_pool += [p.from_pool for p in task.last_proposals]
+    assert not any(from_pool[:6]) and sum(from_pool[-8:]) >= 6
+
+
+def test_state_round_trip_mid_training_is_identical(digits):
+    """Save model + optimizer + task state mid-training, restore into fresh objects: the same continuation."""
+    def build():
+        model = _tiny_supernet(seed=5).train()
+        sampler = PrioritizedSubnetSampler(model.space, num_pools=3, pool_size=2, seed=11)
+        return model, PSSTask(model, sampler, verbose=False), torch.optim.SGD(model.parameters(), lr=0.05,
+                                                                            momentum=0.9)
+
+    model, task, opt = build()
+    _train(task, opt, _loader(digits, shuffle_seed=1), 8, total=16)
+    saved = copy.deepcopy({'model': model.state_dict(), 'opt': opt.state_dict(),
+                           'task': json.loads(json.dumps(task.get_task_state()))})
+    _train(task, opt, _loader(digits, shuffle_seed=2), 8, start=8, total=16)
+
+    model2, task2, opt2 = build()
+    model2.load_state_dict(saved['model'])
+    opt2.load_state_dict(saved['opt'])
+    task2.load_task_state(saved['task'])
+    _train(task2, opt2, _loader(digits, shuffle_seed=2), 8, start=8, total=16)
+    assert task2.sampler.state_dict() == task.sampler.state_dict()
+    for (n, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=n)
+    with pytest.raises(ValueError, match='no PSS sampler state'):
+        task2.load_task_state({})
+    task2.load_task_state({}, strict=False)
+
+
+def test_amp_scaler_accumulation_ema_and_mixup(digits):
+    model = _tiny_supernet().train()
+    sampler = PrioritizedSubnetSampler(model.space, num_pools=2, pool_size=2, seed=0)
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    task = PSSTask(model, sampler, criterion=SoftTargetCrossEntropy(), verbose=False)
+    ema = task.setup_ema(decay=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = NativeScaler(device='cpu')
+    x, y = next(iter(_loader(digits, batch=32)))
+    optimizer.zero_grad()
+    for micro in range(2):  # gradient accumulation over two micro-batches, one optimizer step
+        xm, ym = mixup(x.clone(), y.clone())
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            result = task(xm, ym, hard_target=y)
+        scaler(result['loss'], optimizer, need_update=micro == 1)
+    task.update_ema()
+    assert sum(sampler.fill()) == 2 and all(math.isfinite(s) for p in sampler.pools for _, s in p.best())
+    assert timm_pss.find_supernet(ema).space.group_names == model.space.group_names
+    timm_pss.find_supernet(ema).set_subnet(model.space.min_subnet())
+    # soft targets without explicit hard labels: the dominant class scores the subnet
+    xm, ym = mixup(x.clone(), y.clone())
+    assert torch.isfinite(task(xm, ym)['loss'])
+
+
+def test_uniform_sampler_baseline(digits):
+    model = _tiny_supernet().train()
+    sampler = UniformSubnetSampler(model.space, seed=0)
+    task = PSSTask(model, sampler, verbose=False)
+    _train(task, torch.optim.SGD(model.parameters(), lr=0.01), _loader(digits), 2)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    other = UniformSubnetSampler(model.space, seed=5)
+    other.load_state_dict(state)
+    assert [sampler.propose() for _ in range(5)] == [other.propose() for _ in range(5)]
+
+
+def test_ddp_pools_identical_on_every_rank(tmp_path):
+    """A real 2-process torchrun group on gloo: different data per rank, identical pools and weights."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+           str(ROOT / 'tests' / 'pss_ddp_worker.py'), str(tmp_path), '10']
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
+    assert r0['local_losses'] != r1['local_losses']  # the ranks really trained on different batches
+    assert r0['sampler'] == r1['sampler'] and sum(len(p) for p in r0['sampler']['pools']) > 0
+    assert r0['checksum'] == r1['checksum']
+
+
+def test_finalize_budget_table_selects_on_heldout_data(digits):
+    model = _tiny_supernet().train()
+    sampler = PrioritizedSubnetSampler(model.space, num_pools=3, pool_size=2, seed=0)
+    task = PSSTask(model, sampler, verbose=False)
+    _train(task, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), _loader(digits), 12)
+    images, labels = digits
+    calib = DataLoader(TensorDataset(images[:256], labels[:256]), batch_size=64)
+    heldout = DataLoader(TensorDataset(images[1500:1600], labels[1500:1600]), batch_size=50)
+    table = finalize_budget_table(model, sampler, calib, heldout, top_k=2, calib_batches=2)
+    nonempty = sum(1 for p in sampler.pools if len(p))
+    subnets = [e.subnet for e in table]
+    assert model.space.max_subnet() in subnets and model.space.min_subnet() in subnets
+    assert nonempty <= len(table) <= nonempty + 2
+    assert all(0 <= e.metrics['heldout_top1'] <= 100 for e in table)
+    assert sum('score' in e.metrics for e in table) >= 1
+    for bucket, pool in enumerate(sampler.pools):
+        pooled = {s for s, _ in pool.best(2)}
+        assert not pooled or pooled & set(subnets)
+    entry = model.set_budget(table[-1].flops)
+    assert entry.subnet == table[-1].subnet
