@@ -22,7 +22,7 @@ from .slimmable import SlimBatchNormBase
 from .spaces import SearchSpace, Subnet
 
 __all__ = ['BudgetEntry', 'BudgetTable', 'parse_flops', 'TABLE_BUFFER', 'read_table_buffer', 'write_budget_table',
-           'resize_budget_buffers_on_load']
+           'resize_budget_buffers_on_load', 'set_table_metrics']
 
 TABLE_BUFFER = 'pss_budget_table'
 TABLE_FORMAT = 'timm_pss.budget_table/1'
@@ -44,7 +44,7 @@ def parse_flops(value: FlopsLike) -> float:
         if match is None:
             raise ValueError(f'cannot read {value!r} as a FLOPs budget; write a number of MACs or a string like '
                              f'"300M", "1.2G", "300 MFLOPs" (suffixes K, M, G, T)')
-        number = float(match.group(1)) * _UNITS[match.group(2).upper()]
+        number = float(round(float(match.group(1)) * _UNITS[match.group(2).upper()]))  # whole MACs
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         number = float(value)
     else:
@@ -253,3 +253,18 @@ def resize_budget_buffers_on_load(module, state_dict, prefix, local_metadata, st
             layer._buffers[buf] = torch.empty(shape, dtype=torch.float32, device=layer.weight.device)
         layer.budget_index = None
     module._buffers[TABLE_BUFFER] = torch.empty_like(state_dict[key], device=next(module.parameters()).device)
+
+
+def set_table_metrics(module: nn.Module, metrics: Sequence[Mapping[str, float]]) -> BudgetTable:
+    """Merge `metrics[i]` (e.g. {'top1': 71.2, 'top5': 90.1}) into entry i of `module`'s budget table.
+
+    Only the recorded metrics change; subnets and per-entry BN statistics stay. Returns the new table.
+    """
+    table = module.budget_table
+    if len(metrics) != len(table):
+        raise ValueError(f'{len(metrics)} metric sets for a budget table of {len(table)} entries')
+    merged = BudgetTable(table.group_names, [
+        BudgetEntry(e.flops, e.subnet, {**e.metrics, **{str(k): float(v) for k, v in m.items()}})
+        for e, m in zip(table, metrics)])
+    module._buffers[TABLE_BUFFER] = _table_tensor(merged, next(module.parameters()).device)
+    return merged

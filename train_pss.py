@@ -1,0 +1,608 @@
+#!/usr/bin/env python3
+"""Train a timm_pss supernet with Prioritized Subnet Sampling on timm's training recipe.
+
+    python train_pss.py --model pss_mobilenetv1              # embedded digits dataset, CPU, a few minutes
+    python train_pss.py --data-dir /data/imagenet -c recipes/pss_mobilenetv2_imagenet.yaml
+    torchrun --nproc_per_node=8 train_pss.py --data-dir /data/imagenet -c recipes/pss_mobilenetv2_imagenet.yaml
+
+Options shared with timm's train.py keep its names and meanings (a YAML file given with -c/--config sets their
+defaults); the PSS options are the --pss-* group. Without --data-dir/--dataset it trains on scikit-learn's bundled
+handwritten digits. The run folder gets checkpoints (last.pth.tar: model, optimizer, AMP scaler, EMA, pools and RNG
+state, loadable with weights_only=True), model.safetensors (the supernet with its budget table), results.csv /
+results.json, summary.csv, args.yaml and accuracy_vs_flops.png.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+import timm
+from timm.data import Mixup, create_dataset, create_loader, resolve_data_config
+from timm.loss import create_classification_loss
+from timm.models import load_checkpoint, resume_checkpoint
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import (
+    AverageMeter, CheckpointSaver, NativeScaler, ParseKwargs, distribute_bn, get_outdir, init_distributed_device,
+    is_primary, load_checkpoint_metadata, random_seed, setup_default_logging, update_summary,
+)
+
+from timm_pss.budget import format_flops, parse_flops, set_table_metrics
+from timm_pss.calibration import calibrate_bn
+from timm_pss.data import DigitsDataset, IndexSubset, split_indices
+from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, evaluate_accuracy, finalize_budget_table
+from timm_pss.supernet import SupernetMixin, find_supernet
+
+_logger = logging.getLogger('train_pss')
+
+# Settings of the embedded default (digits): they apply unless the command line or --config says otherwise.
+EMBEDDED_DEFAULTS = dict(
+    epochs=25, batch_size=64, opt='sgd', lr=0.1, momentum=0.9, weight_decay=5e-5, sched='cosine', warmup_epochs=2,
+    warmup_lr=0.01, min_lr=1e-4, scale=[0.7, 1.0], ratio=[0.9, 1.1], hflip=0.0, color_jitter=0.0, crop_pct=1.0,
+    interpolation='bilinear', train_interpolation='bilinear', workers=0, log_interval=10,
+    pss_resolutions=[24, 32, 4], pss_num_pools=8, pss_pool_size=8, pss_calib_batches=4, pss_top_k=2,
+)
+DIGITS_IMAGE_SIZE = 32
+
+
+def _flops(value):
+    return parse_flops(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Train a timm_pss supernet with Prioritized Subnet Sampling (options as timm train.py, '
+                    'plus --pss-*)', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file whose keys set the defaults')
+
+    group = parser.add_argument_group('Dataset')
+    group.add_argument('--data-dir', metavar='DIR', help='dataset root (ImageNet-style folders); default: the '
+                       'embedded digits dataset')
+    group.add_argument('--dataset', metavar='NAME', default='', help='timm dataset type, e.g. "torch/cifar10"')
+    group.add_argument('--train-split', metavar='NAME', default='train')
+    group.add_argument('--val-split', metavar='NAME', default='validation')
+    group.add_argument('--dataset-download', action='store_true', default=False)
+    group.add_argument('--class-map', default='', type=str, metavar='FILENAME')
+
+    group = parser.add_argument_group('Model')
+    group.add_argument('--model', default='pss_mobilenetv1', type=str, metavar='MODEL',
+                       help='a timm_pss supernet: pss_mobilenetv1, pss_mobilenetv2, pss_resnet50')
+    group.add_argument('--pretrained', action='store_true', default=False, help='start from pretrained weights')
+    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
+                       help='load these weights first, e.g. timm\'s dense mobilenetv2_100 (same keys at full width)')
+    group.add_argument('--resume', default='', type=str, metavar='PATH',
+                       help='resume from this checkpoint or run folder (its last.pth.tar)')
+    group.add_argument('--no-resume-opt', action='store_true', default=False)
+    group.add_argument('--num-classes', type=int, default=None, metavar='N')
+    group.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type')
+    group.add_argument('--img-size', type=int, default=None, metavar='N')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME')
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N')
+    group.add_argument('--grad-checkpointing', action='store_true', default=False)
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+
+    group = parser.add_argument_group('Optimizer')
+    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER')
+    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M')
+    group.add_argument('--weight-decay', type=float, default=2e-5)
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
+    group.add_argument('--clip-mode', type=str, default='norm')
+    group.add_argument('--layer-decay', type=float, default=None)
+
+    group = parser.add_argument_group('Learning rate schedule')
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER')
+    group.add_argument('--sched-on-updates', action='store_true', default=False)
+    group.add_argument('--lr', type=float, default=None, metavar='LR', help='learning rate (default: from --lr-base)')
+    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR', help='lr for --lr-base-size images')
+    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV')
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE', help='"linear" or "sqrt"')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
+    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N')
+    group.add_argument('--lr-k-decay', type=float, default=1.0)
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR')
+    group.add_argument('--min-lr', type=float, default=0, metavar='LR')
+    group.add_argument('--epochs', type=int, default=300, metavar='N')
+    group.add_argument('--start-epoch', default=None, type=int, metavar='N')
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N')
+    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N')
+    group.add_argument('--warmup-prefix', action='store_true', default=False)
+    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N')
+    group.add_argument('--patience-epochs', type=int, default=10, metavar='N')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE')
+
+    group = parser.add_argument_group('Augmentation and regularization')
+    group.add_argument('--no-aug', action='store_true', default=False)
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO')
+    group.add_argument('--hflip', type=float, default=0.5)
+    group.add_argument('--vflip', type=float, default=0.)
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT')
+    group.add_argument('--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. rand-m9-mstd0.5')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT')
+    group.add_argument('--remode', type=str, default='pixel')
+    group.add_argument('--recount', type=int, default=1)
+    group.add_argument('--mixup', type=float, default=0.0)
+    group.add_argument('--cutmix', type=float, default=0.0)
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
+    group.add_argument('--mixup-prob', type=float, default=1.0)
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
+    group.add_argument('--mixup-mode', type=str, default='batch')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N')
+    group.add_argument('--smoothing', type=float, default=0.1)
+    group.add_argument('--train-interpolation', type=str, default='random')
+    group.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate')
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT')
+    group.add_argument('--bn-momentum', type=float, default=None)
+    group.add_argument('--bn-eps', type=float, default=None)
+    group.add_argument('--dist-bn', type=str, default='reduce', help='"broadcast", "reduce" or "" at epoch end')
+
+    group = parser.add_argument_group('Model exponential moving average')
+    group.add_argument('--model-ema', action='store_true', default=False)
+    group.add_argument('--model-ema-force-cpu', action='store_true', default=False)
+    group.add_argument('--model-ema-decay', type=float, default=0.9998)
+    group.add_argument('--model-ema-warmup', action='store_true')
+
+    group = parser.add_argument_group('Miscellaneous')
+    group.add_argument('--seed', type=int, default=42, metavar='S')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N')
+    group.add_argument('--checkpoint-hist', type=int, default=3, metavar='N')
+    group.add_argument('-j', '--workers', type=int, default=4, metavar='N')
+    group.add_argument('--amp', action='store_true', default=False, help='mixed precision (bfloat16 on CPU)')
+    group.add_argument('--amp-dtype', default='float16', type=str, help='float16 or bfloat16 on GPU')
+    group.add_argument('--pin-mem', action='store_true', default=False)
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
+    group.add_argument('--output', default='', type=str, metavar='PATH', help='output root (default: ./output)')
+    group.add_argument('--experiment', default='', type=str, metavar='NAME', help='run folder name')
+    group.add_argument('--eval-metric', default='top1', type=str)
+    group.add_argument('--local_rank', '--local-rank', default=0, type=int)
+
+    group = parser.add_argument_group('Prioritized Subnet Sampling')
+    group.add_argument('--pss-budget-range', nargs=3, type=_flops, default=None, metavar=('LO', 'HI', 'STEP'),
+                       help='pool centres in FLOPs (MACs), e.g. 110M 570M 10M; default: --pss-num-pools over the span')
+    group.add_argument('--pss-num-pools', type=int, default=40, help='pools spread over the FLOPs span')
+    group.add_argument('--pss-pool-size', type=int, default=50, help='subnets per pool')
+    group.add_argument('--pss-momentum', type=float, default=0.9, help='lambda of the score moving average')
+    group.add_argument('--pss-p-random', nargs=2, type=float, default=[1.0, 0.01], metavar=('START', 'END'),
+                       help='probability of a random in-bucket subnet, decayed exponentially')
+    group.add_argument('--pss-temperature', nargs=2, type=float, default=[1.0, 0.01], metavar=('START', 'END'),
+                       help='softmax temperature of pool draws, decayed exponentially')
+    group.add_argument('--pss-schedule', choices=('epoch', 'step'), default='epoch',
+                       help='advance p_random and the temperature per epoch or per step')
+    group.add_argument('--pss-num-middle', type=int, default=1, help='middle subnets per step')
+    group.add_argument('--pss-width-range', nargs=2, type=float, default=None, metavar=('LO', 'HI'),
+                       help='width multipliers of the space (default: the model\'s)')
+    group.add_argument('--pss-resolutions', nargs=3, type=int, default=None, metavar=('MIN', 'MAX', 'STEP'),
+                       help='input resolutions of the space (default: the model\'s, 128 224 8)')
+    group.add_argument('--pss-wd-depthwise', action=argparse.BooleanOptionalAction, default=True,
+                       help='apply weight decay to depthwise convs (the reference does not)')
+    group.add_argument('--pss-heldout-frac', type=float, default=0.1,
+                       help='share of the training data held out to choose the budget table\'s subnets')
+    group.add_argument('--pss-top-k', type=int, default=3, help='best subnets per pool compared on held-out data')
+    group.add_argument('--pss-calib-batches', type=int, default=8, help='batches to calibrate BN per subnet')
+    group.add_argument('--pss-eval-budgets', nargs='*', type=_flops, default=[],
+                       help='budgets (FLOPs) whose best pooled subnet is evaluated each epoch')
+    group.add_argument('--pss-finalize-only', action='store_true', default=False,
+                       help='skip training: build the budget table from --resume\'s weights and pools')
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if not known.data_dir and not known.dataset:
+        parser.set_defaults(**EMBEDDED_DEFAULTS)
+    if known.config:
+        with open(known.config) as f:
+            config = yaml.safe_load(f) or {}
+        unknown = sorted(set(config) - set(vars(known)))
+        if unknown:
+            parser.error(f'{known.config}: unknown keys {unknown}; keys are option names with "_", e.g. batch_size')
+        parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    try:  # list defaults from --config are not converted by argparse
+        if args.pss_budget_range is not None:
+            args.pss_budget_range = [parse_flops(v) for v in args.pss_budget_range]
+        args.pss_eval_budgets = [parse_flops(v) for v in args.pss_eval_budgets]
+    except ValueError as e:
+        parser.error(str(e))
+    if args.grad_accum_steps < 1:
+        parser.error('--grad-accum-steps must be at least 1')
+    if args.pss_finalize_only and not args.resume:
+        parser.error('--pss-finalize-only needs --resume CHECKPOINT')
+    if not 0 < args.pss_heldout_frac < 1:
+        parser.error('--pss-heldout-frac must lie in (0, 1)')
+    return args, yaml.safe_dump(vars(args), default_flow_style=False)
+
+
+# process RNG state, carried in the task state so a resumed run continues exactly
+
+def capture_rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            'python': random.getstate()}
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state['torch'])
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+
+
+class ResumablePSSTask(PSSTask):
+    """PSSTask whose checkpoint state also carries the process RNGs (torch, numpy, random) for an exact resume."""
+
+    def get_task_state(self, module=None, ema=False):
+        state = super().get_task_state(module, ema)
+        if not ema:
+            state['rng'] = capture_rng_state()
+        return state
+
+    def load_task_state(self, state, strict=True, module=None, ema=False):
+        super().load_task_state(state, strict=strict, module=module, ema=ema)
+        if state and 'rng' in state and not ema:
+            restore_rng_state(state['rng'])
+
+
+def check_pools_identical(sampler, world_size: int) -> None:
+    """Under DDP every rank must hold the same pools: compare a hash of the sampler state across ranks."""
+    digest = hashlib.sha256(json.dumps(sampler.state_dict(), sort_keys=True).encode()).hexdigest()
+    digests = [None] * world_size
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f'PSS pools diverged across ranks: {digests}')
+
+
+# data
+
+def create_datasets(args):
+    """(train, calibration, held-out, validation) datasets; calibration is the training data without augmentation."""
+    if not args.data_dir and not args.dataset:
+        kw = dict(image_size=DIGITS_IMAGE_SIZE, heldout_fraction=args.pss_heldout_frac, seed=args.seed)
+        return (DigitsDataset('train', **kw), DigitsDataset('train', **kw), DigitsDataset('heldout', **kw),
+                DigitsDataset('val', **kw))
+    kw = dict(root=args.data_dir, split=args.train_split, class_map=args.class_map, download=args.dataset_download,
+              batch_size=args.batch_size, seed=args.seed)
+    train_full = create_dataset(args.dataset, is_training=True, **kw)
+    eval_full = create_dataset(args.dataset, is_training=False, **kw)
+    heldout_idx, train_idx = split_indices(len(train_full), [args.pss_heldout_frac, 1.0], args.seed)
+    val = create_dataset(args.dataset, root=args.data_dir, split=args.val_split, is_training=False,
+                         class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size)
+    calib_full = create_dataset(args.dataset, is_training=False, **kw)
+    return (IndexSubset(train_full, train_idx), IndexSubset(calib_full, train_idx), IndexSubset(eval_full, heldout_idx),
+            val)
+
+
+def create_loaders(args, data_config, datasets, mixup_active, device):
+    train, calib, heldout, val = datasets
+    common = dict(input_size=data_config['input_size'], interpolation=data_config['interpolation'],
+                  mean=data_config['mean'], std=data_config['std'], num_workers=args.workers,
+                  pin_memory=args.pin_mem, use_prefetcher=False, device=device)
+    train_loader = create_loader(
+        train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
+        re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
+        vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa, distributed=args.distributed,
+        **dict(common, interpolation=args.train_interpolation))
+    eval_batch = args.validation_batch_size or args.batch_size
+    eval_kw = dict(common, batch_size=eval_batch, is_training=False, crop_pct=data_config['crop_pct'],
+                   distributed=False)
+    return (train_loader, create_loader(calib, **eval_kw), create_loader(heldout, **eval_kw),
+            create_loader(val, **eval_kw))
+
+
+# training and evaluation
+
+def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_scheduler, mixup_fn, amp_autocast,
+                    args, device):
+    task.train()
+    sampler = task.sampler
+    accum = args.grad_accum_steps
+    last_idx = len(loader) - 1
+    updates_per_epoch = (len(loader) + accum - 1) // accum
+    num_updates = epoch * updates_per_epoch
+    losses, distill = AverageMeter(), AverageMeter()
+    start = time.time()
+    seen = 0
+    optimizer.zero_grad()
+    for batch_idx, (images, target) in enumerate(loader):
+        images, target = images.to(device), target.to(device)
+        hard_target = target
+        if mixup_fn is not None:
+            images, target = mixup_fn(images, target)
+        if args.pss_schedule == 'step':
+            sampler.set_progress((epoch + batch_idx / len(loader)) / num_epochs)
+        need_update = (batch_idx + 1) % accum == 0 or batch_idx == last_idx
+        with (nullcontext() if need_update else task.no_sync()):
+            with amp_autocast():
+                result = task(images, target, hard_target=hard_target)
+            loss = result['loss'] / accum
+            if loss_scaler is not None:
+                loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                            parameters=task.trainable_module.parameters(), need_update=need_update)
+            else:
+                loss.backward()
+                if need_update:
+                    if args.clip_grad is not None:
+                        timm.utils.dispatch_clip_grad(task.trainable_module.parameters(), args.clip_grad,
+                                                      mode=args.clip_mode)
+                    optimizer.step()
+        losses.update(result['loss_max'].item(), images.shape[0])
+        distill.update(result['loss_distill'].item(), images.shape[0])
+        seen += images.shape[0]
+        if need_update:
+            optimizer.zero_grad()
+            num_updates += 1
+            task.update_ema(step=num_updates)
+            lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+        if is_primary(args) and (batch_idx % args.log_interval == 0 or batch_idx == last_idx):
+            now = time.time()
+            lr = optimizer.param_groups[0]['lr']
+            fill = sampler.fill()
+            _logger.info(
+                f'Train: {epoch} [{batch_idx:>4d}/{len(loader)} ({100. * batch_idx / max(last_idx, 1):>3.0f}%)]  '
+                f'loss(max) {losses.val:.3f} ({losses.avg:.3f})  distill {distill.avg:.3f}  lr {lr:.3e}  '
+                f'{seen * args.world_size / max(now - start, 1e-9):.0f} img/s  pools {sum(fill)}/'
+                f'{len(fill) * sampler.config.pool_size}  p_random {sampler.p_random:.3f}')
+    return OrderedDict(loss=losses.avg, distill=distill.avg, time=time.time() - start)
+
+
+def best_pooled_subnet(sampler, budget):
+    """The best-scored pooled subnet of the highest pool at or below `budget`, or None."""
+    for bucket in sorted(range(len(sampler.pools)), key=lambda b: -sampler.targets[b]):
+        if sampler.targets[bucket] <= budget and len(sampler.pools[bucket]):
+            return sampler.pools[bucket].best(1)[0][0]
+    return None
+
+
+def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches):
+    """{name: (top1, top5)} for each (name, subnet), each with BN calibrated first."""
+    supernet = find_supernet(model)
+    previous = supernet.active_subnet
+    results = OrderedDict()
+    for name, subnet in subnets.items():
+        supernet.set_subnet(subnet)
+        calibrate_bn(supernet, calib_loader, num_batches=calib_batches)
+        results[name] = evaluate_accuracy(supernet, val_loader)
+    supernet.set_subnet(previous)
+    return results
+
+
+# outputs
+
+def write_results(output_dir: Path, model, space):
+    rows = []
+    for i, entry in enumerate(find_supernet(model).budget_table):
+        m = entry.metrics
+        rows.append(OrderedDict(
+            entry=i, flops=entry.flops, mflops=round(entry.flops / 1e6, 3), resolution=entry.subnet.resolution,
+            widths=' '.join(map(str, entry.subnet.widths)), top1=m.get('top1'), top5=m.get('top5'),
+            heldout_top1=m.get('heldout_top1'), score=m.get('score')))
+    with open(output_dir / 'results.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(output_dir / 'results.json', 'w') as f:
+        json.dump({'group_names': list(space.group_names), 'entries': rows}, f, indent=2)
+    return rows
+
+
+def plot_results(rows, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot([r['mflops'] for r in rows], [r['top1'] for r in rows], 'o-', label='budget table (val top-1)')
+    ax.set_xlabel('MFLOPs (MACs)')
+    ax.set_ylabel('top-1 (%)')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    setup_default_logging()
+    args, args_text = parse_args(argv)
+    device = init_distributed_device(args)
+    primary = is_primary(args)
+    random_seed(args.seed, args.rank)
+    embedded = not args.data_dir and not args.dataset
+    if primary:
+        _logger.info(f'Training {args.model} on {"the embedded digits dataset" if embedded else args.data_dir} '
+                     f'({args.world_size} process{"es" if args.world_size > 1 else ""}, device {device})')
+
+    model_kwargs = dict(args.model_kwargs)
+    if args.pss_resolutions:
+        model_kwargs['resolution_range'] = tuple(args.pss_resolutions)
+    if args.pss_width_range:
+        model_kwargs['width_range'] = tuple(args.pss_width_range)
+    for key, value in (('num_classes', 10 if embedded and args.num_classes is None else args.num_classes),
+                       ('in_chans', args.in_chans), ('global_pool', args.gp), ('drop_path_rate', args.drop_path),
+                       ('bn_momentum', args.bn_momentum), ('bn_eps', args.bn_eps)):
+        if value is not None:
+            model_kwargs[key] = value
+    if args.drop:
+        model_kwargs['drop_rate'] = args.drop
+    model = timm.create_model(args.model, pretrained=args.pretrained, **model_kwargs)
+    if not isinstance(model, SupernetMixin):
+        raise SystemExit(f'--model {args.model} is not a timm_pss supernet; use one of {timm.list_models("pss_*")}')
+    if args.initial_checkpoint:
+        load_checkpoint(model, args.initial_checkpoint)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+    model.to(device)
+
+    if args.lr is None:
+        batch = args.batch_size * args.world_size * args.grad_accum_steps
+        scale = batch / args.lr_base_size
+        scale = scale ** 0.5 if args.lr_base_scale == 'sqrt' else scale
+        args.lr = args.lr_base * scale
+    if args.pss_wd_depthwise:
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    else:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            depthwise = p.ndim == 4 and p.shape[1] == 1
+            (no_decay if p.ndim <= 1 or depthwise else decay).append(p)
+        groups = [{'params': no_decay, 'weight_decay': 0.0}, {'params': decay, 'weight_decay': args.weight_decay}]
+        optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
+
+    amp_autocast, loss_scaler = nullcontext, None
+    if args.amp:
+        amp_dtype = torch.bfloat16 if device.type == 'cpu' or args.amp_dtype == 'bfloat16' else torch.float16
+        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
+        if amp_dtype == torch.float16:
+            loss_scaler = NativeScaler(device=device.type)
+
+    space = model.space
+    sampler = PrioritizedSubnetSampler(
+        space, budget_range=args.pss_budget_range, num_pools=args.pss_num_pools, pool_size=args.pss_pool_size,
+        momentum=args.pss_momentum, p_random=tuple(args.pss_p_random), temperature=tuple(args.pss_temperature),
+        seed=args.seed)
+    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    criterion = create_classification_loss(smoothing=args.smoothing, soft_targets=mixup_active)
+    task = ResumablePSSTask(model, sampler, num_middle=args.pss_num_middle, criterion=criterion, device=device,
+                            verbose=primary)
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                       device='cpu' if args.model_ema_force_cpu else None)
+
+    resume_epoch = None
+    if args.resume:
+        path = Path(args.resume)
+        path = path / 'last.pth.tar' if path.is_dir() else path
+        resume_epoch = resume_checkpoint(model, str(path), optimizer=None if args.no_resume_opt else optimizer,
+                                         loss_scaler=loss_scaler, log_info=primary)
+        meta = load_checkpoint_metadata(str(path))
+        task.load_task_state(meta.get('task_state'))
+        if task.has_ema() and 'state_dict_ema' in meta:
+            task.load_checkpoint_state(meta['state_dict_ema'], meta.get('task_state_ema'), ema=True, strict=False)
+        if primary:
+            _logger.info(f'Resumed from {path} at epoch {resume_epoch} with {sum(sampler.fill())} pooled subnets')
+
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None)
+
+    datasets = create_datasets(args)
+    mixup_fn = None
+    if mixup_active:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=model.num_classes)
+    train_loader, calib_loader, heldout_loader, val_loader = create_loaders(args, data_config, datasets,
+                                                                            mixup_active, device)
+    updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                   updates_per_epoch=updates_per_epoch)
+    start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
+    if start_epoch > 0:
+        lr_scheduler.step(start_epoch) if not args.sched_on_updates else lr_scheduler.step_update(
+            start_epoch * updates_per_epoch)
+
+    output_dir = saver = None
+    if primary:
+        exp_name = args.experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), args.model])
+        output_dir = Path(get_outdir(args.output or './output/train', exp_name, inc=not args.resume and not
+                                     args.experiment))
+        (output_dir / 'args.yaml').write_text(args_text)
+        saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+                                checkpoint_dir=str(output_dir), recovery_dir=str(output_dir), decreasing=False,
+                                max_history=args.checkpoint_hist, task=task)
+        if args.resume and Path(args.resume).resolve().parent == output_dir.resolve():
+            saver.load_state_dict_from_checkpoint(str(path))
+        _logger.info(f'Run folder: {output_dir}')
+        _logger.info(f'Space: {space}; {len(sampler.pools)} pools of {args.pss_pool_size}, centres '
+                     f'{format_flops(sampler.targets[0])} .. {format_flops(sampler.targets[-1])}')
+
+    eval_model = task.get_trainable_module(ema=True).module if task.has_ema() else model
+    if not args.pss_finalize_only:
+        for epoch in range(start_epoch, num_epochs):
+            if args.distributed and hasattr(train_loader.sampler, 'set_epoch'):
+                train_loader.sampler.set_epoch(epoch)
+            if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                mixup_fn.mixup_enabled = False
+            if args.pss_schedule == 'epoch':
+                sampler.set_progress(epoch / num_epochs)
+            train_metrics = train_one_epoch(epoch, num_epochs, task, train_loader, optimizer, loss_scaler,
+                                            lr_scheduler, mixup_fn, amp_autocast, args, device)
+            if args.distributed:
+                check_pools_identical(sampler, args.world_size)
+                if args.dist_bn in ('broadcast', 'reduce'):
+                    distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+            eval_metrics = OrderedDict()
+            if primary:
+                subnets = OrderedDict(max=space.max_subnet(), min=space.min_subnet())
+                for budget in args.pss_eval_budgets:
+                    subnet = best_pooled_subnet(sampler, budget)
+                    if subnet is not None:
+                        subnets[format_flops(budget)] = subnet
+                results = evaluate_subnets(eval_model, subnets, calib_loader, val_loader, args.pss_calib_batches)
+                eval_metrics['top1'], eval_metrics['top5'] = results['max']
+                eval_metrics['min_top1'] = results['min'][0]
+                for name, (top1, _) in results.items():
+                    if name not in ('max', 'min'):
+                        eval_metrics[f'top1@{name}'] = top1
+                _logger.info(f'Epoch {epoch}: ' + '  '.join(
+                    f'{name} ({format_flops(space.flops(subnets[name]))}) top-1 {top1:.2f}'
+                    for name, (top1, _) in results.items()) + f'  [{train_metrics["time"]:.1f}s]')
+                update_summary(epoch, train_metrics, eval_metrics, filename=str(output_dir / 'summary.csv'),
+                               lr=optimizer.param_groups[0]['lr'], write_header=epoch == 0)
+            lr_scheduler.step(epoch + 1, eval_metrics.get('top1'))
+            if primary:
+                saver.save_checkpoint(epoch, metric=eval_metrics['top1'])
+            if args.distributed:
+                dist.barrier()
+
+    if primary:
+        _logger.info('Finalising: choosing each pool\'s subnet on the held-out slice, calibrating BN per entry')
+        finalize_budget_table(eval_model, sampler, calib_loader, heldout_loader, top_k=args.pss_top_k,
+                              calib_batches=args.pss_calib_batches)
+        supernet = find_supernet(eval_model)
+        metrics = []
+        for entry in supernet.budget_table:
+            supernet.set_budget(entry.flops)
+            top1, top5 = evaluate_accuracy(supernet, val_loader)
+            metrics.append({'top1': top1, 'top5': top5})
+        supernet.set_subnet(space.max_subnet())
+        table = set_table_metrics(supernet, metrics)
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in supernet.state_dict().items()}, str(output_dir / 'model.safetensors'))
+        rows = write_results(output_dir, supernet, space)
+        plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS)')
+        print(f'\n{args.model}: budget table with validation accuracy\n{table}\n', flush=True)
+        _logger.info(f'Wrote {output_dir / "model.safetensors"}, results.csv/json, accuracy_vs_flops.png')
+    if args.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()
