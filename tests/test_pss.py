@@ -300,3 +300,20 @@ def test_finalize_budget_table_selects_on_heldout_data(digits):
         assert not pooled or pooled & set(subnets)
     entry = model.set_budget(table[-1].flops)
     assert entry.subnet == table[-1].subnet
+
+
+def test_sparse_bucket_pool_counts_as_full_with_every_subnet_it_offers():
+    """MobileNetV2's top bucket holds fewer distinct subnets than pool_size: its pool must still come into use."""
+    space = timm.create_model('pss_mobilenetv2', device='meta').space
+    sampler = PrioritizedSubnetSampler(space, budget_range=(70e6, 300e6, 10e6), pool_size=50, seed=0)
+    top = len(sampler.pools) - 1
+    available = space.num_candidates(sampler.bucket_range(top))
+    assert 0 < available < 50 and sampler.fill_targets[top] == available
+    sampler.set_progress(1.0)
+    for _ in range(3000):
+        p = sampler.propose()
+        if p.bucket == top:
+            sampler.update(p.bucket, p.subnet, -1.0)
+    assert len(sampler.pools[top]) == available
+    draws = [sampler.propose() for _ in range(400)]
+    assert any(p.from_pool for p in draws if p.bucket == top)

@@ -291,6 +291,12 @@ class SearchSpace:
 
     bank_size: int = 1 << 18
 
+    def num_candidates(self, flops_range: Tuple[float, float]) -> int:
+        """How many distinct subnets `sample(flops_range=...)` draws from (0: the range is served by the walk)."""
+        bank_flops, _ = self._bank
+        first, stop = np.searchsorted(bank_flops, [float(flops_range[0]), float(flops_range[1])], side='left')
+        return int(stop - first)
+
     @property
     def _bank(self) -> Tuple[np.ndarray, np.ndarray]:
         """(flops ascending, choice indices) of up to `bank_size` distinct subnets spread over the FLOPs span."""

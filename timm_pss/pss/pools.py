@@ -172,6 +172,9 @@ class PrioritizedSubnetSampler:
         self.config = _Config([float(t) for t in targets], step, int(pool_size), float(momentum),
                               tuple(map(float, p_random)), tuple(map(float, temperature)))
         self.pools = [SubnetPool(pool_size, momentum) for _ in targets]
+        # a bucket with fewer distinct subnets than pool_size counts as full once it holds all it can get
+        self.fill_targets = [
+            min(pool_size, space.num_candidates(self.bucket_range(b)) or pool_size) for b in range(len(targets))]
         self.rng = np.random.default_rng(seed)
         self.progress = 0.0
 
@@ -200,10 +203,13 @@ class PrioritizedSubnetSampler:
     # sampling
 
     def propose(self) -> Proposal:
-        """Pick a bucket uniformly, then a random in-bucket subnet or one from its pool (DESIGN.md section 1)."""
+        """Pick a bucket uniformly, then a random in-bucket subnet or one from its pool (DESIGN.md section 1).
+
+        A pool is drawn from once it is full: `pool_size` subnets, or every distinct subnet its bucket offers.
+        """
         bucket = int(self.rng.integers(len(self.pools)))
         pool = self.pools[bucket]
-        if not pool.full or self.rng.random() < self.p_random:
+        if len(pool) < self.fill_targets[bucket] or self.rng.random() < self.p_random:
             return Proposal(bucket, self.space.sample(self.rng, flops_range=self.bucket_range(bucket)), False)
         return Proposal(bucket, pool.draw(self.rng, self.temperature), True)
 
