@@ -438,6 +438,9 @@ def main(argv=None):
         _logger.info(f'Training {args.model} on {"the embedded digits dataset" if embedded else args.data_dir} '
                      f'({args.world_size} process{"es" if args.world_size > 1 else ""}, device {device})')
 
+    supernets = timm.list_models('pss_*')
+    if ':' not in args.model and args.model.split('.')[0] not in supernets:
+        raise SystemExit(f'--model {args.model} is not a timm_pss supernet; use one of {supernets}')
     model_kwargs = dict(args.model_kwargs)
     if args.pss_resolutions:
         model_kwargs['resolution_range'] = tuple(args.pss_resolutions)
@@ -452,7 +455,7 @@ def main(argv=None):
         model_kwargs['drop_rate'] = args.drop
     model = timm.create_model(args.model, pretrained=args.pretrained, **model_kwargs)
     if not isinstance(model, SupernetMixin):
-        raise SystemExit(f'--model {args.model} is not a timm_pss supernet; use one of {timm.list_models("pss_*")}')
+        raise SystemExit(f'--model {args.model} is not a timm_pss supernet; use one of {supernets}')
     if args.initial_checkpoint:
         load_checkpoint(model, args.initial_checkpoint)
     if args.grad_checkpointing:

@@ -1,0 +1,134 @@
+"""train_pss.py end to end on the embedded digits: outputs, safe checkpoints, kill + resume, torchrun, config."""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import yaml
+from safetensors.torch import load_file
+from timm.utils import load_checkpoint_metadata
+
+import timm_pss  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--model', 'pss_mobilenetv1', '-b', '128', '--pss-num-pools', '3', '--pss-pool-size', '2', '--pss-top-k',
+        '1', '--pss-calib-batches', '1', '--pss-resolutions', '16', '24', '8', '--log-interval', '5']
+
+
+def _cmd(*args, launcher=None):
+    return (launcher or [sys.executable]) + [str(ROOT / 'train_pss.py'), *TINY, *args]
+
+
+def _run(*args, launcher=None, timeout=600):
+    proc = subprocess.run(_cmd(*args, launcher=launcher), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def _rows(run_dir):
+    with open(run_dir / 'results.csv') as f:
+        return list(csv.DictReader(f))
+
+
+def test_help_reads_well():
+    out = subprocess.run([sys.executable, str(ROOT / 'train_pss.py'), '--help'], capture_output=True, text=True,
+                         cwd=ROOT).stdout
+    for option in ('--model', '--data-dir', '--batch-size', '--model-ema', '--mixup', '--resume', '--config',
+                   '--pss-budget-range', '--pss-pool-size', '--pss-p-random', '--pss-heldout-frac'):
+        assert option in out
+    assert 'Prioritized Subnet Sampling' in out
+
+
+def test_embedded_run_writes_every_output(tmp_path):
+    log = _run('--epochs', '2', '--output', str(tmp_path), '--experiment', 'run')
+    run = tmp_path / 'run'
+    assert 'budget table with validation accuracy' in log and 'Train: 1' in log and 'pools ' in log
+    for name in ('model.safetensors', 'results.csv', 'results.json', 'summary.csv', 'args.yaml',
+                 'accuracy_vs_flops.png', 'last.pth.tar'):
+        assert (run / name).is_file(), name
+    assert (run / 'accuracy_vs_flops.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert yaml.safe_load((run / 'args.yaml').read_text())['model'] == 'pss_mobilenetv1'
+    rows = _rows(run)
+    model = timm.create_model('pss_mobilenetv1', num_classes=10, resolution_range=(16, 24, 8))
+    model.load_state_dict(load_file(str(run / 'model.safetensors')), strict=True)
+    table = model.budget_table
+    assert [e.flops for e in table] == [int(r['flops']) for r in rows] and len(rows) >= 3
+    assert all(0 <= float(r['top1']) <= 100 and r['heldout_top1'] for r in rows)
+    assert table[-1].subnet == model.space.max_subnet() and table[0].subnet == model.space.min_subnet()
+    assert model.set_budget(table[1].flops) == table[1]
+    # the checkpoint loads without unpickling arbitrary objects and carries pools and RNG state
+    meta = load_checkpoint_metadata(str(run / 'last.pth.tar'))
+    assert meta['epoch'] == 1 and 'optimizer' in meta
+    assert meta['task_state']['pss_sampler']['format'] == 'timm_pss.pss_sampler/1'
+    assert set(meta['task_state']['rng']) == {'torch', 'numpy', 'python'}
+
+
+def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
+    """SIGKILL mid-epoch, resume from the last checkpoint: the same final table as an uninterrupted run."""
+    args = ['--epochs', '3', '--output', str(tmp_path)]
+    _run(*args, '--experiment', 'straight')
+    proc = subprocess.Popen(_cmd(*args, '--experiment', 'killed'), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    first = tmp_path / 'killed' / 'checkpoint-0.pth.tar'
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # well into epoch 1
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / 'killed' / 'results.csv').exists()
+    log = _run(*args, '--experiment', 'killed', '--resume', str(tmp_path / 'killed'))
+    assert 'Resumed from' in log and 'at epoch 1' in log
+    straight, resumed = _rows(tmp_path / 'straight'), _rows(tmp_path / 'killed')
+    assert [(r['flops'], r['resolution'], r['widths']) for r in resumed] == \
+           [(r['flops'], r['resolution'], r['widths']) for r in straight]
+    assert [r['top1'] for r in resumed] == [r['top1'] for r in straight]
+
+
+def test_torchrun_two_processes(tmp_path):
+    """A real torchrun gloo group: DDP training, pools checked identical across ranks, only rank 0 writes."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}']
+    log = _run('--epochs', '1', '--output', str(tmp_path), '--experiment', 'ddp', launcher=launcher)
+    assert '2 processes' in log
+    assert [p.name for p in tmp_path.iterdir()] == ['ddp']
+    assert len(_rows(tmp_path / 'ddp')) >= 3
+    meta = load_checkpoint_metadata(str(tmp_path / 'ddp' / 'last.pth.tar'))
+    assert sum(len(p) for p in meta['task_state']['pss_sampler']['pools']) > 0
+
+
+def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train_pss
+    finally:
+        sys.path.remove(str(ROOT))
+    config = tmp_path / 'c.yaml'
+    config.write_text('epochs: 7\npss_budget_range: [110M, 570M, 10M]\npss_pool_size: 9\n')
+    args, _ = train_pss.parse_args(['-c', str(config), '--pss-pool-size', '5'])
+    assert args.epochs == 7 and args.pss_pool_size == 5 and args.pss_budget_range == [110e6, 570e6, 10e6]
+    embedded, _ = train_pss.parse_args([])
+    assert embedded.epochs == train_pss.EMBEDDED_DEFAULTS['epochs']
+    imagenet, _ = train_pss.parse_args(['--data-dir', '/data', '-c', str(ROOT / 'recipes/pss_mobilenetv1_imagenet.yaml')])
+    assert imagenet.epochs == 250 and imagenet.pss_budget_range == [110e6, 570e6, 10e6] and not imagenet.pss_wd_depthwise
+    config.write_text('epochz: 7\n')
+    with pytest.raises(SystemExit):
+        train_pss.parse_args(['-c', str(config)])
+    with pytest.raises(SystemExit):
+        train_pss.parse_args(['--pss-finalize-only'])
+
+
+def test_rejects_a_model_that_is_not_a_supernet(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / 'train_pss.py'), '--model', 'resnet18', '--epochs', '1',
+                           '--output', str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and 'not a timm_pss supernet' in proc.stderr
