@@ -30,7 +30,9 @@ Run from the repository root:
 
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
 """
-from common import DEFAULT_MODELS, format_table, machine_lines, max_abs_diff, yes_no  # first: sets 1 thread
+from common import (  # first: sets 1 thread
+    benchmark_parser, format_table, machine_lines, max_abs_diff, parse_benchmark_args, yes_no,
+)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -52,9 +54,7 @@ ATOL = 1e-5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
-                        help='supernets to benchmark (space or comma separated)')
+    parser = benchmark_parser(__doc__.split('\n', 1)[0])
     parser.add_argument('--entries', type=int, default=10,
                         help='subnets in the budget table (min, max and one per FLOPs bucket between them)')
     parser.add_argument('--fill-batches', type=int, default=2,
@@ -66,11 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='calibrate_bn batches of the baseline (num_batches)')
     parser.add_argument('--calib-batch-size', type=int, default=32, help='images per baseline calibration batch')
     parser.add_argument('--calib-repeats', type=int, default=3, help='timed baseline runs per budget (median)')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny settings (4 entries, 1-2 calibration batches of 2-4 images, 1 baseline run)')
-    args = parser.parse_args(argv)
-    args.models = [m for item in args.models for m in item.split(',') if m]
+    args = parse_benchmark_args(parser, argv)
     if args.quick:
         args.entries = min(args.entries, 4)
         args.fill_batches = min(args.fill_batches, 1)
@@ -235,7 +231,7 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
           f'{args.calib_batches} batches of {args.calib_batch_size} random {IMAGE_SIZE}px images, median of '
           f'{args.calib_repeats}. Speed-up: baseline / set_budget.')
     print('Forwards: model forward calls per switch (a forward pre-hook); set_budget\'s count covers the check '
-          f'and all timed calls and must be 0.')
+          'and all timed calls and must be 0.')
     print(f'Equality: logits on a fixed input after set_budget vs after set_subnet + calibrate_bn on the '
           f'{args.fill_batches} x {args.fill_batch_size} images that filled the table, torch.allclose(atol={ATOL:g}), '
           f'max |difference| in brackets. Shared-stats diff: max |difference| with the shared BN statistics '
@@ -253,10 +249,6 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    unknown = [m for m in args.models if m not in timm.list_models('pss_*')]
-    if unknown:
-        print(f'unknown models {unknown}; available: {timm.list_models("pss_*")}', file=sys.stderr)
-        return 2
     print_machine(args)
     torch.set_num_threads(args.threads)
     ok = report([bench_budget(name, args) for name in args.models], args)

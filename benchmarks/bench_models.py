@@ -25,7 +25,9 @@ Run from the repository root:
 
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
 """
-from common import DEFAULT_MODELS, format_table, machine_lines, max_abs_diff, yes_no  # first: sets 1 thread
+from common import (  # first: sets 1 thread
+    benchmark_parser, format_table, machine_lines, max_abs_diff, parse_benchmark_args, yes_no,
+)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -46,9 +48,7 @@ ATOL = 1e-5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
-                        help='supernets to benchmark (space or comma separated)')
+    parser = benchmark_parser(__doc__.split('\n', 1)[0])
     parser.add_argument('--num-subnets', type=int, default=1_000_000,
                         help='random subnets for the vectorised flops_many timing')
     parser.add_argument('--scalar-subnets', type=int, default=2_000,
@@ -57,11 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=1, help='batch size of the latency forward passes')
     parser.add_argument('--repeats', type=int, default=50, help='timed forward passes per model variant')
     parser.add_argument('--warmup', type=int, default=5, help='untimed forward passes per variant first')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads for the latency part')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny settings (20k subnets, 3 forward passes) for a smoke test')
-    args = parser.parse_args(argv)
-    args.models = [m for item in args.models for m in item.split(',') if m]
+    args = parse_benchmark_args(parser, argv)
     if args.quick:
         args.num_subnets = min(args.num_subnets, 20_000)
         args.scalar_subnets = min(args.scalar_subnets, 200)
@@ -211,10 +207,6 @@ def report_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    unknown = [m for m in args.models if m not in timm.list_models('pss_*')]
-    if unknown:
-        print(f'unknown models {unknown}; available: {timm.list_models("pss_*")}', file=sys.stderr)
-        return 2
     print_machine(args)
 
     torch.set_num_threads(1)

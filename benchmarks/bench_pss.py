@@ -46,7 +46,7 @@ The tables are markdown, ready to paste into the README. The exit status is 1 if
 a non-finite loss); the
 throughput and step-time targets are reported, not enforced.
 """
-from common import format_table, machine_lines, yes_no  # first: sets 1 thread
+from common import benchmark_parser, format_table, machine_lines, parse_benchmark_args, yes_no  # first: 1 thread
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
@@ -71,9 +71,7 @@ POOL_SIZE = 50
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    parser.add_argument('--models', nargs='+', default=['pss_mobilenetv1'],
-                        help='supernets to benchmark, both parts (space or comma separated); default pss_mobilenetv1')
+    parser = benchmark_parser(__doc__.split('\n', 1)[0], default_models=('pss_mobilenetv1',))
     parser.add_argument('--per-bucket', type=int, default=2000, help='in-bucket draws per bucket (ours, vectorised)')
     parser.add_argument('--baseline-sizes', nargs='+', type=int, default=[REFERENCE_MAP_SIZE, 1_000_000],
                         help='uniform subnets drawn by the rejection-sampling baseline, one run per size')
@@ -85,11 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=3, help='untimed training steps per variant first')
     parser.add_argument('--overhead-calls', type=int, default=2000, help='timed propose + update calls per sampler')
     parser.add_argument('--progress', type=float, default=0.5, help='PSS schedule progress during the timing')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads for the training part')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny settings (200 per bucket, N up to 100k, 32px batch of 8, 3 steps)')
-    args = parser.parse_args(argv)
-    args.models = [m for item in args.models for m in item.split(',') if m]
+    args = parse_benchmark_args(parser, argv)
     if args.quick:
         args.per_bucket = min(args.per_bucket, 200)
         args.baseline_sizes = [min(n, 100_000) for n in args.baseline_sizes]
@@ -400,10 +394,6 @@ def report_training(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    unknown = [m for m in args.models if m not in timm.list_models('pss_*')]
-    if unknown:
-        print(f'unknown models {unknown}; available: {timm.list_models("pss_*")}', file=sys.stderr)
-        return 2
     print_machine(args)
 
     torch.set_num_threads(1)

@@ -5,6 +5,7 @@ import os
 for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ.setdefault(_var, '1')
 
+import argparse  # noqa: E402
 import platform  # noqa: E402
 from typing import Sequence  # noqa: E402
 
@@ -62,3 +63,23 @@ def yes_no(ok: bool) -> str:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
+
+
+def benchmark_parser(description: str, default_models=DEFAULT_MODELS) -> argparse.ArgumentParser:
+    """An argparse parser with the options every benchmark has: --models, --threads, --quick."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--models', nargs='+', default=list(default_models),
+                        help='supernets to benchmark (space or comma separated)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads for the timed model runs')
+    parser.add_argument('--quick', action='store_true', help='tiny settings, for a smoke test')
+    return parser
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, split comma-separated --models and refuse names that are not timm_pss supernets (exit 2)."""
+    args = parser.parse_args(argv)
+    args.models = [m for item in args.models for m in item.split(',') if m]
+    unknown = [m for m in args.models if m not in timm.list_models('pss_*')]
+    if unknown:
+        parser.error(f'unknown models {unknown}; available: {timm.list_models("pss_*")}')
+    return args

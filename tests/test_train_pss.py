@@ -132,3 +132,20 @@ def test_rejects_a_model_that_is_not_a_supernet(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / 'train_pss.py'), '--model', 'resnet18', '--epochs', '1',
                            '--output', str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0 and 'not a timm_pss supernet' in proc.stderr
+
+
+def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(tmp_path):
+    """--data-dir with class folders goes through timm's create_dataset; the timm recipe options work together."""
+    from timm_pss.data import DigitsDataset
+    for split, folder in (('train', 'train'), ('val', 'validation')):
+        for i, (image, label) in enumerate(DigitsDataset(split, image_size=24)):
+            if i >= 120:
+                break
+            (tmp_path / 'data' / folder / f'c{label}').mkdir(parents=True, exist_ok=True)
+            image.save(tmp_path / 'data' / folder / f'c{label}' / f'{i}.png')
+    log = _run('--data-dir', str(tmp_path / 'data'), '--num-classes', '10', '--epochs', '1', '-b', '16',
+               '--grad-accum-steps', '2', '--mixup', '0.2', '--cutmix', '0.5', '--model-ema', '--model-ema-decay',
+               '0.9', '--amp', '--workers', '0', '--output', str(tmp_path), '--experiment', 'folder')
+    assert 'budget table with validation accuracy' in log
+    meta = load_checkpoint_metadata(str(tmp_path / 'folder' / 'last.pth.tar'))
+    assert 'state_dict_ema' in meta and len(_rows(tmp_path / 'folder')) >= 3
