@@ -23,3 +23,8 @@ def test_bench_budget_quick():
     out = _run('bench_budget.py', '--quick', '--models', 'pss_mobilenetv2')
     assert 'set_budget' in out and 'speed-up' in out
     assert '| pss_mobilenetv2 |' in out
+
+
+def test_bench_pss_quick():
+    out = _run('bench_pss.py', '--quick')
+    assert 'buckets reached' in out and '47/47' in out and 'PSS/uniform' in out
