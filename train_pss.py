@@ -8,8 +8,10 @@
 Options shared with timm's train.py keep its names and meanings (a YAML file given with -c/--config sets their
 defaults); the PSS options are the --pss-* group. Without --data-dir/--dataset it trains on scikit-learn's bundled
 handwritten digits. The run folder gets checkpoints (last.pth.tar: model, optimizer, AMP scaler, EMA, pools and RNG
-state, loadable with weights_only=True), model.safetensors (the supernet with its budget table), results.csv /
-results.json, summary.csv, args.yaml and accuracy_vs_flops.png.
+state, loadable with weights_only=True), model.safetensors (the supernet with its budget table) and timm's
+config.json, so the folder loads with timm.create_model('local-dir:RUN') and publishes with
+`python -m timm_pss.publish RUN --repo-id ORG/NAME`; results.csv / results.json, summary.csv, args.yaml and
+accuracy_vs_flops.png.
 """
 import argparse
 import csv
@@ -31,7 +33,7 @@ import yaml
 import timm
 from timm.data import Mixup, create_dataset, create_loader, resolve_data_config
 from timm.loss import create_classification_loss
-from timm.models import load_checkpoint, resume_checkpoint
+from timm.models import load_checkpoint, resume_checkpoint, save_for_hf
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
@@ -596,12 +598,12 @@ def main(argv=None):
             metrics.append({'top1': top1, 'top5': top5})
         supernet.set_subnet(space.max_subnet())
         table = set_table_metrics(supernet, metrics)
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in supernet.state_dict().items()}, str(output_dir / 'model.safetensors'))
+        save_for_hf(supernet, str(output_dir), safe_serialization=True)  # config.json + model.safetensors
         rows = write_results(output_dir, supernet, space)
         plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS)')
         print(f'\n{args.model}: budget table with validation accuracy\n{table}\n', flush=True)
-        _logger.info(f'Wrote {output_dir / "model.safetensors"}, results.csv/json, accuracy_vs_flops.png')
+        _logger.info(f'Wrote {output_dir}: model.safetensors + config.json (load with timm.create_model('
+                     f'"local-dir:{output_dir}"), publish with python -m timm_pss.publish), results.csv/json, plot')
     if args.distributed:
         dist.barrier()
         dist.destroy_process_group()

@@ -17,12 +17,13 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.models import FeatureListNet, build_model_with_cfg
+from timm.models import FeatureListNet, build_model_with_cfg, resolve_pretrained_cfg
 
 from .budget import (
     TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, parse_flops, read_table_buffer, resize_budget_buffers_on_load,
 )
 from .channel_plan import ChannelPlan
+from .hub import missing_weights_error
 from .slimmable import SlimBatchNormBase, apply_widths, convert_to_slimmable, slimmable_layers
 from .spaces import Channels, SearchSpace, Subnet
 
@@ -191,7 +192,14 @@ def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cf
     """timm's `build_model_with_cfg` for supernets: `features_only=True` gives a switchable `SupernetFeatures`,
     and the pretrained_cfg follows the active subnet from the start."""
     feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
-    model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    try:
+        model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    except OSError as e:  # huggingface_hub / download failures: offline, no such repo or file
+        if not pretrained:
+            raise
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+        raise missing_weights_error(variant, cfg, e) from e
     if isinstance(model, SubnetSwitch):
         model.set_subnet(model.active_subnet)
     return model

@@ -24,6 +24,7 @@ from timm.models.efficientnet import EfficientNet
 
 from ..channel_plan import Activation, ChannelPlan
 from ..spaces import Channels
+from ..hub import hub_repo_id
 from ..supernet import SupernetMixin, build_supernet
 
 __all__ = ['PssEfficientNet']
@@ -168,8 +169,8 @@ def _cfg(url: str = '', **kwargs):
 
 
 default_cfgs = generate_default_cfgs({
-    'pss_mobilenetv1': _cfg(),
-    'pss_mobilenetv2': _cfg(),
+    'pss_mobilenetv1.pss_in1k': _cfg(hf_hub_id=hub_repo_id('pss_mobilenetv1.pss_in1k')),
+    'pss_mobilenetv2.pss_in1k': _cfg(hf_hub_id=hub_repo_id('pss_mobilenetv2.pss_in1k')),
 })
 
 

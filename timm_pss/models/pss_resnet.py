@@ -20,6 +20,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..channel_plan import ChannelPlan
+from ..hub import hub_repo_id
 from ..supernet import SupernetMixin, build_supernet
 
 __all__ = ['PssResNet']
@@ -102,7 +103,7 @@ def _cfg(url: str = '', **kwargs):
 
 
 default_cfgs = generate_default_cfgs({
-    'pss_resnet50': _cfg(),
+    'pss_resnet50.pss_in1k': _cfg(hf_hub_id=hub_repo_id('pss_resnet50.pss_in1k')),
 })
 
 

@@ -1,0 +1,195 @@
+"""Hub I/O offline: publish folders, a real Hugging Face cache layout, registry tags, hf-hub:, local-dir:, torch.hub."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import timm
+import yaml
+from timm.models import save_for_hf
+from torch.utils.data import DataLoader, TensorDataset
+
+import timm_pss
+from timm_pss.budget import set_table_metrics
+from timm_pss.publish import main as publish_main
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = 'timm-pss/pss_mobilenetv2.pss_in1k'
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    """A finished run folder as train_pss.py writes it: a 1000-class pss_mobilenetv2 with a 3-entry table."""
+    torch.manual_seed(0)
+    model = timm.create_model('pss_mobilenetv2').eval()
+    loader = DataLoader(TensorDataset(torch.randn(8, 3, 128, 128), torch.zeros(8, dtype=torch.long)), batch_size=8)
+    space = model.space
+    subnets = [space.min_subnet(), space.sample(rng=0, flops_range=(150e6, 200e6)), space.max_subnet()]
+    timm_pss.fill_budget_table(model, subnets, loader, num_batches=1)
+    set_table_metrics(model, [{'top1': 61.25, 'top5': 80.5}, {'top1': 66.75, 'top5': 85.0},
+                              {'top1': 71.5, 'top5': 90.25}])
+    run = tmp_path_factory.mktemp('run')
+    save_for_hf(model, str(run), safe_serialization=True)
+    (run / 'args.yaml').write_text(yaml.safe_dump({'model': 'pss_mobilenetv2', 'epochs': 3, 'pss_pool_size': 50}))
+    shutil.copyfile(ROOT / 'tests' / 'data' / 'plot.png', run / 'accuracy_vs_flops.png')
+    return run
+
+
+@pytest.fixture(scope='module')
+def published(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp('hub') / 'folder'
+    assert publish_main([str(run_dir), '--repo-id', REPO, '--dry-run', str(out)]) == 0
+    return out
+
+
+def _outputs(model, x):
+    outs = []
+    with torch.no_grad():
+        for entry in model.budget_table:
+            model.set_budget(entry.flops)
+            outs.append(model(x))
+    return outs
+
+
+def test_publish_folder_contents(published, run_dir):
+    names = {p.name for p in published.iterdir()}
+    assert {'config.json', 'model.safetensors', 'README.md', 'accuracy_vs_flops.png', 'training_args.yaml'} <= names
+    config = json.loads((published / 'config.json').read_text())
+    assert config['architecture'] == 'pss_mobilenetv2'
+    assert config['pretrained_cfg']['input_size'] == [3, 224, 224]  # the max subnet's resolution
+    assert 'model_args' in config
+    card = (published / 'README.md').read_text()
+    assert card.startswith('---\nlibrary_name: timm') and f'# {REPO}' in card and '${' not in card
+    assert '71.50' in card and '66.75' in card and '61.25' in card  # the measured table, as measured
+    assert 'hf-hub:' + REPO in card and 'pss_pool_size: 50' in card and 'accuracy_vs_flops.png' in card
+
+
+def test_local_dir_round_trip(published, run_dir):
+    x = torch.randn(2, 3, 160, 160)
+    original = timm.create_model(f'local-dir:{run_dir}', pretrained=True).eval()
+    loaded = timm.create_model(f'local-dir:{published}', pretrained=True).eval()
+    assert loaded.budget_table == original.budget_table and len(loaded.budget_table) == 3
+    for a, b in zip(_outputs(original, x), _outputs(loaded, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """The layout huggingface_hub keeps: models--ORG--NAME/{refs/main, snapshots/<sha>/...}."""
+    sha = '0123456789abcdef0123456789abcdef01234567'
+    repo = cache / ('models--' + repo_id.replace('/', '--'))
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(sha)
+    shutil.copytree(folder, repo / 'snapshots' / sha)
+
+
+LOAD_SCRIPT = r'''
+import json, sys, torch, timm, timm_pss
+cache, out = sys.argv[1], sys.argv[2]
+x = torch.load(sys.argv[3])
+res = {}
+def outputs(m):
+    m.eval()
+    ys = []
+    for e in m.budget_table:
+        m.set_budget(e.flops)
+        with torch.no_grad():
+            ys.append(m(x).tolist())
+    return ys
+res['hf_hub'] = outputs(timm.create_model('hf-hub:%s' % sys.argv[4], pretrained=True, cache_dir=cache))
+res['tag'] = outputs(timm.create_model('pss_mobilenetv2.pss_in1k', pretrained=True, cache_dir=cache))
+m = timm.create_model('pss_mobilenetv2.pss_in1k', pretrained=True, cache_dir=cache, num_classes=10, in_chans=1)
+res['new_head'] = [len(m.budget_table), m.num_classes, list(m.conv_stem.weight.shape),
+                   [e.flops == m.space.flops(e.subnet) for e in m.budget_table]]
+try:
+    timm.create_model('pss_resnet50.pss_in1k', pretrained=True, cache_dir=cache)
+except RuntimeError as e:
+    res['missing'] = str(e)
+json.dump(res, open(out, 'w'))
+'''
+
+
+def test_offline_hf_cache_registry_tag_and_hf_hub(published, tmp_path):
+    cache = tmp_path / 'cache'
+    _hf_cache(cache, REPO, published)
+    x = torch.randn(2, 3, 224, 224)
+    torch.save(x, tmp_path / 'x.pt')
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf_home'))
+    proc = subprocess.run([sys.executable, '-c', LOAD_SCRIPT, str(cache), str(tmp_path / 'res.json'),
+                           str(tmp_path / 'x.pt'), REPO], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / 'res.json').read_text())
+    expected = [y.tolist() for y in _outputs(timm.create_model(f'local-dir:{published}', pretrained=True).eval(), x)]
+    for key in ('hf_hub', 'tag'):
+        assert len(res[key]) == 3
+        for got, want in zip(res[key], expected):
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=0)
+    # timm's num_classes / in_chans adaptation: new head, 1-channel stem, the table kept with FLOPs recounted
+    assert res['new_head'] == [3, 10, [32, 1, 3, 3], [True, True, True]]
+    # a repo that is not there: the error names it and says how to load local weights
+    assert 'timm-pss/pss_resnet50.pss_in1k' in res['missing'] and 'pretrained_cfg_overlay' in res['missing']
+
+
+def test_publish_uploads_through_huggingface_hub(run_dir, monkeypatch):
+    import huggingface_hub
+    calls = {}
+
+    class Repo:
+        repo_id = 'someone/pss'
+
+    class Commit:
+        commit_url = 'https://huggingface.co/someone/pss/commit/abc'
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kw):
+        calls['create'] = dict(repo_id=repo_id, private=private, exist_ok=exist_ok)
+        return Repo()
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, **kw):
+        calls['upload'] = dict(repo_id=repo_id, files=sorted(p.name for p in Path(folder_path).iterdir()),
+                               message=commit_message)
+        return Commit()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, 'create_repo', create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder', upload_folder)
+    url = timm_pss.hub.publish(run_dir, 'someone/pss', private=True)
+    assert url == Commit.commit_url
+    assert calls['create'] == dict(repo_id='someone/pss', private=True, exist_ok=True)
+    assert calls['upload']['repo_id'] == 'someone/pss'
+    assert {'config.json', 'model.safetensors', 'README.md'} <= set(calls['upload']['files'])
+
+
+def test_publish_refuses_bad_input(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        publish_main([str(run_dir), '--repo-id', 'no-slash', '--dry-run', str(tmp_path / 'x')])
+    assert e.value.code == 2 and 'ORG/NAME' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        publish_main([str(tmp_path), '--repo-id', 'a/b', '--dry-run', str(tmp_path / 'y')])
+    assert 'needs config.json and model.safetensors' in capsys.readouterr().err
+    untrained = tmp_path / 'untrained'
+    save_for_hf(timm.create_model('pss_mobilenetv2'), str(untrained), safe_serialization=True)
+    with pytest.raises(SystemExit):
+        publish_main([str(untrained), '--repo-id', 'a/b', '--dry-run', str(tmp_path / 'z')])
+    assert '--pss-finalize-only' in capsys.readouterr().err
+
+
+def test_torch_hub_local(run_dir):
+    model = torch.hub.load(str(ROOT), 'pss_mobilenetv2', source='local', num_classes=5)
+    assert isinstance(model, timm_pss.PssEfficientNet) and model.num_classes == 5
+    with pytest.raises(RuntimeError, match='no budget table'):
+        torch.hub.load(str(ROOT), 'pss_mobilenetv1', source='local', budget='300M')
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('hubconf', ROOT / 'hubconf.py')
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    public = sorted(n for n in vars(hubconf) if callable(getattr(hubconf, n)) and not n.startswith('_'))
+    assert public == ['pss_mobilenetv1', 'pss_mobilenetv2', 'pss_resnet50']
+    assert all('budget' in getattr(hubconf, n).__doc__ for n in public)
+    assert {'torch', 'timm'} <= set(hubconf.dependencies)
+
+
+def test_model_card_at_the_repo_root():
+    card = (ROOT / 'MODEL_CARD.md').read_text()
+    assert '<!-- card -->' in card and '${results_table}' in card and 'Prioritized Subnet Sampling' in card

@@ -1,0 +1,34 @@
+"""Publish a trained supernet to the Hugging Face Hub.
+
+    python -m timm_pss.publish output/train/RUN --repo-id ORG/NAME               # write and upload
+    python -m timm_pss.publish output/train/RUN --repo-id ORG/NAME --dry-run DIR # write the folder only
+
+The folder is timm's Hub layout (config.json, model.safetensors with the budget table) plus README.md (the model
+card from MODEL_CARD.md, filled with the run's measurements), accuracy_vs_flops.png, results.csv/json and
+training_args.yaml. Log in with `hf auth login` or set HF_TOKEN; no token is read, printed or stored here.
+"""
+import argparse
+import sys
+
+from .hub import publish
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m timm_pss.publish', description=__doc__.split('\n', 1)[0])
+    parser.add_argument('source', help='a finished train_pss.py run folder (or a file inside one)')
+    parser.add_argument('--repo-id', required=True, help='the Hub repository, ORG/NAME')
+    parser.add_argument('--dry-run', metavar='DIR', default=None, help='write the Hub folder to DIR, upload nothing')
+    parser.add_argument('--private', action='store_true', help='create the repository as private')
+    parser.add_argument('--commit-message', default='Add timm_pss supernet')
+    args = parser.parse_args(argv)
+    try:
+        where = publish(args.source, args.repo_id, dry_run=args.dry_run, private=args.private,
+                        commit_message=args.commit_message)
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f'error: {e}\n')
+    print(f'{"wrote" if args.dry_run else "published"} {where}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
