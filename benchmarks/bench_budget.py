@@ -19,8 +19,8 @@ What it measures, per model (`pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50
    atol 1e-5) those after `set_subnet(entry.subnet)` + `calibrate_bn` on the same loader and batch count that
    filled the table; the chosen entry is the one with the highest FLOPs <= budget; and `set_budget` ran no
    forward pass (a forward pre-hook on the model counts calls, over the check and all timed calls: must be 0).
-   For contrast, the table also shows how far the logits are off with the shared BN statistics left by
-   `fill_budget_table` (those of the largest entry) instead of the entry's own.
+   For contrast, the table also shows how far the logits are off with the model's shared BN statistics (which
+   `fill_budget_table` leaves as they were: here, a freshly built model's) instead of the entry's own.
 
 Run from the repository root:
 
@@ -153,7 +153,7 @@ def bench_budget(name: str, args: argparse.Namespace) -> dict:
     counter = ForwardCounter(model)
     rows = [dict(fraction=p, budget=b) for p, b in zip(BUDGET_FRACTIONS, budgets)]
 
-    # 2a. set_budget outputs, and the outputs with the shared BN statistics fill_budget_table left (largest entry).
+    # 2a. set_budget outputs, and the outputs with the model's shared BN statistics instead of the entry's.
     for row in rows:
         before = counter.count
         entry = model.set_budget(row['budget'])
@@ -235,7 +235,7 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(f'Equality: logits on a fixed input after set_budget vs after set_subnet + calibrate_bn on the '
           f'{args.fill_batches} x {args.fill_batch_size} images that filled the table, torch.allclose(atol={ATOL:g}), '
           f'max |difference| in brackets. Shared-stats diff: max |difference| with the shared BN statistics '
-          f'fill_budget_table leaves (the largest entry\'s) instead, what the per-entry statistics avoid.')
+          'of the model (left as they were by fill_budget_table) instead, what the per-entry statistics avoid.')
     print('Budget tables (setup, not timed as a result):')
     for r in results:
         print(f'- {r["model"]}: {r["entries"]} entries over {r["f_min"] / 1e6:.1f} .. {r["f_max"] / 1e6:.1f} '

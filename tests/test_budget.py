@@ -340,3 +340,12 @@ def test_reset_classifier_keeps_table(filled, x):
     assert len(model.budget_table) == 4
     with torch.no_grad():
         assert model(x).shape == (2, 3)
+
+
+def test_fill_budget_table_leaves_shared_statistics_alone():
+    model = timm.create_model(NAME, num_classes=10).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'num_batches' in k}
+    timm_pss.fill_budget_table(model, _subnets(model.space, 3), _loader(), num_batches=1)
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key

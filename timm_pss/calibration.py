@@ -73,8 +73,8 @@ def fill_budget_table(
     """Calibrate BN for each subnet and make them the model's budget table (replacing the old one).
 
     `metrics` (one mapping per subnet, e.g. {'top1': 71.3, 'score': -0.9}) are recorded with the entries. A
-    subnet given twice is stored once, with its first metrics. The previously active subnet is restored, with the
-    shared running statistics left as calibrated for the last subnet. Returns the new table.
+    subnet given twice is stored once, with its first metrics. The previously active subnet and the shared BN
+    running statistics are restored afterwards. Returns the new table.
     """
     supernet = find_supernet(model)
     space = supernet.space
@@ -90,6 +90,8 @@ def fill_budget_table(
     layers = [(n, m) for n, m in supernet.named_modules() if isinstance(m, SlimBatchNormBase)]
     stats = {n: (torch.zeros(len(order), m.num_features), torch.ones(len(order), m.num_features)) for n, m in layers}
     previous = supernet.active_subnet
+    shared = {n: {k: v.clone() for k, v in m._buffers.items() if v is not None and not k.startswith('budget_')}
+              for n, m in layers}
     for row, subnet in enumerate(order):
         supernet.set_subnet(subnet)
         calibrate_bn(supernet, loader, num_batches=num_batches)
@@ -99,5 +101,8 @@ def fill_budget_table(
             stats[name][1][row, :c] = layer.running_var[:c].float().cpu()
     table = BudgetTable(space.group_names, [BudgetEntry(space.flops(s), s, unique[s]) for s in order])
     write_budget_table(supernet, table, stats)
+    for name, layer in layers:
+        for key, value in shared[name].items():
+            layer._buffers[key].copy_(value)
     supernet.set_subnet(previous)
     return table

@@ -1,0 +1,134 @@
+"""The reference-checkpoint converter, on checkpoints written in the reference layout (DESIGN.md section 5)."""
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+import timm
+from torch import nn
+
+import timm_pss
+from timm_pss.convert_reference import main as convert_main
+
+V2_BLOCK_CONVS = [(0, 1), (3, 4), (6, 7)]  # body indices of (conv, BN) pairs; ReLU6 between
+
+
+def _reference_names(model_name):
+    if model_name == 'pss_mobilenetv1':
+        names = ['features.0.0', 'features.0.1']
+        for i in range(1, 14):
+            names += [f'features.{i}.{j}' for j in (0, 1, 3, 4)]
+        return names + ['classifier.0']
+    names = ['features.0.0', 'features.0.1']
+    for i in range(1, 18):
+        pairs = V2_BLOCK_CONVS[:2] if i == 1 else V2_BLOCK_CONVS  # the t=1 block has no expand conv
+        names += [f'features.{i}.body.{j}' for pair in pairs for j in pair]
+    return names + ['features.18.0', 'features.18.1', 'classifier.0']
+
+
+def _write_reference(path: Path, model_name: str, pools: dict):
+    torch.manual_seed(1)
+    model = timm.create_model(model_name).eval()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    names = _reference_names(model_name)
+    assert len(names) == len(layers)
+    state = OrderedDict()
+    for ref, m in zip(names, layers):
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            state[f'module.{ref}.weight'] = m.weight.detach().clone()
+            state[f'module.{ref}.bias'] = m.bias.detach().clone()
+            state[f'module.{ref}.bn.running_mean'] = m.running_mean.clone()
+            state[f'module.{ref}.bn.running_var'] = m.running_var.clone()
+            state[f'module.{ref}.bn.num_batches_tracked'] = torch.tensor(100)
+        else:
+            state[f'module.{ref}.weight'] = m.weight.detach().clone()
+            if m.bias is not None:
+                state[f'module.{ref}.bias'] = m.bias.detach().clone()
+    arch_pools = {'pools': {'flops': {t: {str(cfg): score for cfg, score in entries} for t, entries in pools.items()}}}
+    torch.save({'model': state, 'optimizer': {}, 'lr_scheduler': {}, 'last_epoch': 249, 'arch_pools': arch_pools,
+                'torch_rng_state': torch.get_rng_state()}, path)
+    return model
+
+
+def _cfg(space, subnet, target):
+    mults = [w / base for w, base in zip(subnet.widths, space.max_widths)]
+    return {'resolution': subnet.resolution, 'stage_cout_mults': mults, 'infer_metric': 'flops',
+            'infer_metric_target': target}
+
+
+@pytest.fixture(scope='module')
+def calib_folder(tmp_path_factory):
+    from timm_pss.data import DigitsDataset
+    root = tmp_path_factory.mktemp('calib')
+    for i, (image, label) in enumerate(DigitsDataset('val', image_size=32)):
+        if i >= 16:
+            break
+        (root / f'c{label}').mkdir(exist_ok=True)
+        image.save(root / f'c{label}' / f'{i}.png')
+    return root
+
+
+def _pools(space):
+    a1, a2 = space.sample(rng=1, flops_range=(140e6, 160e6)), space.sample(rng=2, flops_range=(140e6, 160e6))
+    b1 = space.sample(rng=3, flops_range=(240e6, 260e6))
+    return {150: [(_cfg(space, a1, 150), -1.2), (_cfg(space, a2, 150), -0.7)], 250: [(_cfg(space, b1, 250), -0.5)]}, \
+        [a2, b1]
+
+
+def test_convert_with_calibration(tmp_path, calib_folder, capsys):
+    space = timm.create_model('pss_mobilenetv2', device='meta').space
+    pools, best = _pools(space)
+    original = _write_reference(tmp_path / 'ref.pth', 'pss_mobilenetv2', pools)
+    out = tmp_path / 'out'
+    assert convert_main([str(tmp_path / 'ref.pth'), '--model', 'pss_mobilenetv2', '--out', str(out), '--trust-pickle',
+                         '--calib-data', str(calib_folder), '--calib-batches', '1']) == 0
+    assert 'calibrated budget table' in capsys.readouterr().out
+    model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    ours, theirs = model.state_dict(), original.state_dict()
+    for key, value in theirs.items():
+        if not key.endswith('num_batches_tracked'):
+            torch.testing.assert_close(ours[key], value, rtol=0, atol=0, msg=key)
+    subnets = [e.subnet for e in model.budget_table]
+    assert sorted(subnets, key=space.flops) == sorted(best + [space.max_subnet(), space.min_subnet()], key=space.flops)
+    scores = {e.subnet: e.metrics.get('score') for e in model.budget_table}
+    assert scores[best[0]] == -0.7 and scores[best[1]] == -0.5
+    entry = model.set_budget('200M')
+    assert entry.subnet == best[0]
+
+
+def test_convert_without_calibration_leaves_set_budget_refusing(tmp_path, capsys):
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    s = space.sample(rng=0, flops_range=(300e6, 310e6))
+    _write_reference(tmp_path / 'ref.pth', 'pss_mobilenetv1', {300: [(_cfg(space, s, 300), -0.3)]})
+    out = tmp_path / 'out'
+    assert convert_main([str(tmp_path / 'ref.pth'), '--model', 'pss_mobilenetv1', '--out', str(out),
+                         '--trust-pickle']) == 0
+    assert 'NOT calibrated' in capsys.readouterr().out
+    assert (out / 'reference_subnets.json').is_file()
+    model = timm.create_model(f'local-dir:{out}', pretrained=True)
+    with pytest.raises(RuntimeError, match='no budget table'):
+        model.set_budget('400M')
+
+
+def test_convert_refuses_untrusted_pickles_and_wrong_models(tmp_path, capsys):
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    s = space.sample(rng=0)
+    _write_reference(tmp_path / 'ref.pth', 'pss_mobilenetv1', {300: [(_cfg(space, s, 300), -0.3)]})
+    with pytest.raises(SystemExit) as e:
+        convert_main([str(tmp_path / 'ref.pth'), '--model', 'pss_mobilenetv1', '--out', str(tmp_path / 'o')])
+    assert e.value.code == 2 and 'trust-pickle' in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+    with pytest.raises(SystemExit):
+        convert_main([str(tmp_path / 'ref.pth'), '--model', 'pss_mobilenetv2', '--out', str(tmp_path / 'o'),
+                      '--trust-pickle'])
+    assert 'not the same architecture' in capsys.readouterr().err
+    bad = tmp_path / 'bad.pth'
+    ckpt = torch.load(tmp_path / 'ref.pth', weights_only=False)
+    ckpt['arch_pools'] = {'pools': {'flops': {300: {"__import__('os').system('echo pwned')": 1.0}}}}
+    torch.save(ckpt, bad)
+    with pytest.raises(SystemExit):
+        convert_main([str(bad), '--model', 'pss_mobilenetv1', '--out', str(tmp_path / 'o2'), '--trust-pickle'])
+    err = capsys.readouterr()
+    assert 'cannot read subnet' in err.err and 'pwned' not in err.out
