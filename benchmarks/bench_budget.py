@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='calibrate_bn batches of the baseline (num_batches)')
     parser.add_argument('--calib-batch-size', type=int, default=32, help='images per baseline calibration batch')
     parser.add_argument('--calib-repeats', type=int, default=3, help='timed baseline runs per budget (median)')
-    args = parse_benchmark_args(parser, argv)
+    args = parse_benchmark_args(parser, argv, positive=(
+        'fill_batches', 'fill_batch_size', 'switch_calls', 'calib_batches', 'calib_batch_size', 'calib_repeats'))
     if args.quick:
         args.entries = min(args.entries, 4)
         args.fill_batches = min(args.fill_batches, 1)
@@ -75,10 +76,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.calib_batches = min(args.calib_batches, 2)
         args.calib_batch_size = min(args.calib_batch_size, 4)
         args.calib_repeats = min(args.calib_repeats, 1)
-    for name in ('fill_batches', 'fill_batch_size', 'switch_calls', 'calib_batches', 'calib_batch_size',
-                 'calib_repeats', 'threads'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be at least 1')
     if args.entries < 3:
         parser.error('--entries must be at least 3 (min, max and one sampled subnet)')
     return args

@@ -57,16 +57,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=1, help='batch size of the latency forward passes')
     parser.add_argument('--repeats', type=int, default=50, help='timed forward passes per model variant')
     parser.add_argument('--warmup', type=int, default=5, help='untimed forward passes per variant first')
-    args = parse_benchmark_args(parser, argv)
+    args = parse_benchmark_args(parser, argv, positive=(
+        'num_subnets', 'scalar_subnets', 'flops_repeats', 'batch_size', 'repeats'))
     if args.quick:
         args.num_subnets = min(args.num_subnets, 20_000)
         args.scalar_subnets = min(args.scalar_subnets, 200)
         args.flops_repeats = min(args.flops_repeats, 2)
         args.repeats = min(args.repeats, 3)
         args.warmup = min(args.warmup, 1)
-    for name in ('num_subnets', 'scalar_subnets', 'flops_repeats', 'batch_size', 'repeats', 'threads'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be at least 1')
     args.scalar_subnets = min(args.scalar_subnets, args.num_subnets)
     return args
 

@@ -83,7 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=3, help='untimed training steps per variant first')
     parser.add_argument('--overhead-calls', type=int, default=2000, help='timed propose + update calls per sampler')
     parser.add_argument('--progress', type=float, default=0.5, help='PSS schedule progress during the timing')
-    args = parse_benchmark_args(parser, argv)
+    args = parse_benchmark_args(parser, argv, positive=(
+        'per_bucket', 'single_draws', 'repeats', 'image_size', 'batch_size', 'steps', 'overhead_calls'))
     if args.quick:
         args.per_bucket = min(args.per_bucket, 200)
         args.baseline_sizes = [min(n, 100_000) for n in args.baseline_sizes]
@@ -94,10 +95,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.steps = min(args.steps, 3)
         args.warmup = min(args.warmup, 1)
         args.overhead_calls = min(args.overhead_calls, 300)
-    for name in ('per_bucket', 'single_draws', 'repeats', 'image_size', 'batch_size', 'steps', 'overhead_calls',
-                 'threads'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be at least 1')
     if args.warmup < 0 or any(n < 1 for n in args.baseline_sizes):
         parser.error('--warmup must be >= 0 and every --baseline-sizes entry >= 1')
     if not 0.0 <= args.progress <= 1.0:

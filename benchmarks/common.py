@@ -75,11 +75,16 @@ def benchmark_parser(description: str, default_models=DEFAULT_MODELS) -> argpars
     return parser
 
 
-def parse_benchmark_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse, split comma-separated --models and refuse names that are not timm_pss supernets (exit 2)."""
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv=None,
+                         positive: Sequence[str] = ()) -> argparse.Namespace:
+    """Parse, split comma-separated --models, refuse names that are not timm_pss supernets and values of the
+    `positive` options (and --threads) below 1 (exit 2)."""
     args = parser.parse_args(argv)
     args.models = [m for item in args.models for m in item.split(',') if m]
     unknown = [m for m in args.models if m not in timm.list_models('pss_*')]
     if unknown:
         parser.error(f'unknown models {unknown}; available: {timm.list_models("pss_*")}')
+    for name in (*positive, 'threads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1')
     return args

@@ -14,6 +14,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
+from support import outputs_per_budget
 from timm_pss import BudgetEntry, BudgetTable, Subnet, parse_flops
 
 NAME = 'pss_mobilenetv2'
@@ -51,18 +52,9 @@ def x():
     return torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(1))
 
 
-def _outputs_per_budget(model, x):
-    outs = []
-    with torch.no_grad():
-        for entry in model.budget_table:
-            model.set_budget(entry.flops)
-            outs.append(model(x))
-    return outs
-
-
 def _assert_same_model(a, b, x):
     assert a.budget_table == b.budget_table
-    for ya, yb in zip(_outputs_per_budget(a, x), _outputs_per_budget(b, x)):
+    for ya, yb in zip(outputs_per_budget(a, x), outputs_per_budget(b, x)):
         torch.testing.assert_close(ya, yb, rtol=0, atol=0)
 
 

@@ -14,6 +14,7 @@ from timm.models import save_for_hf
 from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
+from support import outputs_per_budget
 from timm_pss.budget import set_table_metrics
 from timm_pss.publish import main as publish_main
 
@@ -46,15 +47,6 @@ def published(run_dir, tmp_path_factory):
     return out
 
 
-def _outputs(model, x):
-    outs = []
-    with torch.no_grad():
-        for entry in model.budget_table:
-            model.set_budget(entry.flops)
-            outs.append(model(x))
-    return outs
-
-
 def test_publish_folder_contents(published, run_dir):
     names = {p.name for p in published.iterdir()}
     assert {'config.json', 'model.safetensors', 'README.md', 'accuracy_vs_flops.png', 'training_args.yaml'} <= names
@@ -73,7 +65,7 @@ def test_local_dir_round_trip(published, run_dir):
     original = timm.create_model(f'local-dir:{run_dir}', pretrained=True).eval()
     loaded = timm.create_model(f'local-dir:{published}', pretrained=True).eval()
     assert loaded.budget_table == original.budget_table and len(loaded.budget_table) == 3
-    for a, b in zip(_outputs(original, x), _outputs(loaded, x)):
+    for a, b in zip(outputs_per_budget(original, x), outputs_per_budget(loaded, x)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -122,7 +114,8 @@ def test_offline_hf_cache_registry_tag_and_hf_hub(published, tmp_path):
                            str(tmp_path / 'x.pt'), REPO], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / 'res.json').read_text())
-    expected = [y.tolist() for y in _outputs(timm.create_model(f'local-dir:{published}', pretrained=True).eval(), x)]
+    reference = timm.create_model(f'local-dir:{published}', pretrained=True).eval()
+    expected = [y.tolist() for y in outputs_per_budget(reference, x)]
     for key in ('hf_hub', 'tag'):
         assert len(res[key]) == 3
         for got, want in zip(res[key], expected):

@@ -119,7 +119,8 @@ def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
     assert args.epochs == 7 and args.pss_pool_size == 5 and args.pss_budget_range == [110e6, 570e6, 10e6]
     embedded, _ = train_pss.parse_args([])
     assert embedded.epochs == train_pss.EMBEDDED_DEFAULTS['epochs']
-    imagenet, _ = train_pss.parse_args(['--data-dir', '/data', '-c', str(ROOT / 'recipes/pss_mobilenetv1_imagenet.yaml')])
+    recipe = str(ROOT / 'recipes/pss_mobilenetv1_imagenet.yaml')
+    imagenet, _ = train_pss.parse_args(['--data-dir', '/data', '-c', recipe])
     assert imagenet.epochs == 250 and imagenet.pss_budget_range == [110e6, 570e6, 10e6] and not imagenet.pss_wd_depthwise
     config.write_text('epochz: 7\n')
     with pytest.raises(SystemExit):

@@ -28,7 +28,8 @@ TABLE_BUFFER = 'pss_budget_table'
 TABLE_FORMAT = 'timm_pss.budget_table/1'
 _BN_BUFFERS = ('budget_running_mean', 'budget_running_var')
 _UNITS = {'': 1.0, 'K': 1e3, 'M': 1e6, 'G': 1e9, 'T': 1e12}
-_BUDGET_RE = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*(?:FLOPs?|MACs?|flops?|macs?)?\s*$')
+_BUDGET_RE = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*'
+                        r'(?:FLOPs?|MACs?|flops?|macs?)?\s*$')
 
 FlopsLike = Union[int, float, str]
 

@@ -36,7 +36,8 @@ def missing_weights_error(variant: str, pretrained_cfg: Optional[dict], error: E
     return RuntimeError(
         f'{variant}: could not load pretrained weights from {source} ({type(error).__name__}: {error}). '
         f'No timm_pss weights are published on the Hugging Face Hub yet. To load local weights use '
-        f'timm.create_model("{variant}", pretrained=True, pretrained_cfg_overlay=dict(file="path/to/model.safetensors"))'
+        f'timm.create_model("{variant}", pretrained=True, '
+        f'pretrained_cfg_overlay=dict(file="path/to/model.safetensors"))'
         f' or timm.create_model("local-dir:path/to/folder").')
 
 

@@ -7,5 +7,6 @@ from .task import PSSTask, hard_labels, inplace_distillation_loss
 
 __all__ = [
     'bucket_targets', 'evaluate_accuracy', 'exponential_schedule', 'finalize_budget_table', 'hard_labels',
-    'inplace_distillation_loss', 'PrioritizedSubnetSampler', 'Proposal', 'PSSTask', 'SubnetPool', 'UniformSubnetSampler',
+    'inplace_distillation_loss', 'PrioritizedSubnetSampler', 'Proposal', 'PSSTask', 'SubnetPool',
+    'UniformSubnetSampler',
 ]
