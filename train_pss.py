@@ -541,7 +541,7 @@ def main(argv=None):
         saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
                                 checkpoint_dir=str(output_dir), recovery_dir=str(output_dir), decreasing=False,
                                 max_history=args.checkpoint_hist, task=task)
-        if args.resume and Path(args.resume).resolve().parent == output_dir.resolve():
+        if args.resume and path.resolve().parent == output_dir.resolve():  # continue its checkpoint history
             saver.load_state_dict_from_checkpoint(str(path))
         _logger.info(f'Run folder: {output_dir}')
         _logger.info(f'Space: {space}; {len(sampler.pools)} pools of {args.pss_pool_size}, centres '

@@ -91,6 +91,8 @@ def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
     assert [(r['flops'], r['resolution'], r['widths']) for r in resumed] == \
            [(r['flops'], r['resolution'], r['widths']) for r in straight]
     assert [r['top1'] for r in resumed] == [r['top1'] for r in straight]
+    history = load_checkpoint_metadata(str(tmp_path / 'killed' / 'last.pth.tar'))['saver']['checkpoint_files']
+    assert 'checkpoint-0.pth.tar' in [name for name, _ in history]  # the saver's history went on from before the kill
 
 
 def test_torchrun_two_processes(tmp_path):
