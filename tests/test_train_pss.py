@@ -152,3 +152,12 @@ def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(tmp_path):
     assert 'budget table with validation accuracy' in log
     meta = load_checkpoint_metadata(str(tmp_path / 'folder' / 'last.pth.tar'))
     assert 'state_dict_ema' in meta and len(_rows(tmp_path / 'folder')) >= 3
+
+
+@pytest.mark.parametrize('model_name', ['pss_mobilenetv2', 'pss_resnet50'])
+def test_other_models_train_on_the_embedded_default(tmp_path, model_name):
+    log = _run('--model', model_name, '--epochs', '1', '--pss-top-k', '1', '--output', str(tmp_path),
+               '--experiment', 'run')
+    assert f'{model_name}: budget table with validation accuracy' in log
+    rows = _rows(tmp_path / 'run')
+    assert len(rows) >= 3 and all(0 <= float(r['top1']) <= 100 for r in rows)
