@@ -42,9 +42,8 @@ from timm.utils import (
 )
 
 from timm_pss.budget import format_flops, parse_flops, set_table_metrics
-from timm_pss.calibration import calibrate_bn
 from timm_pss.data import DigitsDataset, IndexSubset, split_indices
-from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, evaluate_accuracy, finalize_budget_table
+from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, evaluate_accuracy, evaluate_subnet, finalize_budget_table
 from timm_pss.supernet import SupernetMixin, find_supernet
 
 _logger = logging.getLogger('train_pss')
@@ -57,10 +56,6 @@ EMBEDDED_DEFAULTS = dict(
     pss_resolutions=[24, 32, 4], pss_num_pools=8, pss_pool_size=8, pss_calib_batches=4, pss_top_k=2,
 )
 DIGITS_IMAGE_SIZE = 32
-
-
-def _flops(value):
-    return parse_flops(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--local_rank', '--local-rank', default=0, type=int)
 
     group = parser.add_argument_group('Prioritized Subnet Sampling')
-    group.add_argument('--pss-budget-range', nargs=3, type=_flops, default=None, metavar=('LO', 'HI', 'STEP'),
+    group.add_argument('--pss-budget-range', nargs=3, type=parse_flops, default=None, metavar=('LO', 'HI', 'STEP'),
                        help='pool centres in FLOPs (MACs), e.g. 110M 570M 10M; default: --pss-num-pools over the span')
     group.add_argument('--pss-num-pools', type=int, default=40, help='pools spread over the FLOPs span')
     group.add_argument('--pss-pool-size', type=int, default=50, help='subnets per pool')
@@ -205,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='share of the training data held out to choose the budget table\'s subnets')
     group.add_argument('--pss-top-k', type=int, default=3, help='best subnets per pool compared on held-out data')
     group.add_argument('--pss-calib-batches', type=int, default=8, help='batches to calibrate BN per subnet')
-    group.add_argument('--pss-eval-budgets', nargs='*', type=_flops, default=[],
+    group.add_argument('--pss-eval-budgets', nargs='*', type=parse_flops, default=[],
                        help='budgets (FLOPs) whose best pooled subnet is evaluated each epoch')
     group.add_argument('--pss-finalize-only', action='store_true', default=False,
                        help='skip training: build the budget table from --resume\'s weights and pools')
@@ -387,9 +382,7 @@ def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches):
     previous = supernet.active_subnet
     results = OrderedDict()
     for name, subnet in subnets.items():
-        supernet.set_subnet(subnet)
-        calibrate_bn(supernet, calib_loader, num_batches=calib_batches)
-        results[name] = evaluate_accuracy(supernet, val_loader)
+        results[name] = evaluate_subnet(supernet, subnet, calib_loader, val_loader, calib_batches)
     supernet.set_subnet(previous)
     return results
 

@@ -19,7 +19,7 @@ from ..spaces import Subnet
 from ..supernet import find_supernet
 from .pools import PrioritizedSubnetSampler
 
-__all__ = ['evaluate_accuracy', 'finalize_budget_table']
+__all__ = ['evaluate_accuracy', 'evaluate_subnet', 'finalize_budget_table']
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +50,15 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable, num_batches: Optional[
     return correct1 / total, correct5 / total
 
 
+def evaluate_subnet(model: nn.Module, subnet: Subnet, calib_loader: Iterable, eval_loader: Iterable,
+                    calib_batches: int = 8, eval_batches: Optional[int] = None) -> Tuple[float, float]:
+    """(top-1, top-5) of `subnet`, made active with BN calibrated on `calib_loader` first."""
+    supernet = find_supernet(model)
+    supernet.set_subnet(subnet)
+    calibrate_bn(supernet, calib_loader, num_batches=calib_batches)
+    return evaluate_accuracy(supernet, eval_loader, eval_batches)
+
+
 def finalize_budget_table(
         model: nn.Module,
         sampler: PrioritizedSubnetSampler,
@@ -73,9 +82,7 @@ def finalize_budget_table(
     metrics: List[dict] = []
 
     def measure(subnet: Subnet) -> Tuple[float, float]:
-        supernet.set_subnet(subnet)
-        calibrate_bn(supernet, calib_loader, num_batches=calib_batches)
-        return evaluate_accuracy(supernet, heldout_loader, heldout_batches)
+        return evaluate_subnet(supernet, subnet, calib_loader, heldout_loader, calib_batches, heldout_batches)
 
     for bucket, pool in enumerate(sampler.pools):
         candidates = pool.best(top_k)
