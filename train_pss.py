@@ -43,7 +43,9 @@ from timm.utils import (
 
 from timm_pss.budget import format_flops, parse_flops, set_table_metrics
 from timm_pss.data import DigitsDataset, IndexSubset, split_indices
-from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, evaluate_accuracy, evaluate_subnet, finalize_budget_table
+from timm_pss.costs import METRICS, FlopsCost, LatencyCost
+from timm_pss.latency import LatencyTable, record_latency
+from timm_pss.pss import SAMPLERS, MultiCostSampler, PSSTask, create_sampler, evaluate_accuracy, evaluate_subnet, finalize_budget_table
 from timm_pss.supernet import SupernetMixin, find_supernet
 
 _logger = logging.getLogger('train_pss')
@@ -180,7 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('Prioritized Subnet Sampling')
     group.add_argument('--pss-budget-range', nargs=3, type=parse_flops, default=None, metavar=('LO', 'HI', 'STEP'),
                        help='pool centres in FLOPs (MACs), e.g. 110M 570M 10M; default: --pss-num-pools over the span')
-    group.add_argument('--pss-num-pools', type=int, default=40, help='pools spread over the FLOPs span')
+    group.add_argument('--pss-num-pools', type=int, default=40, help='pools per metric, spread over its span')
+    group.add_argument('--pss-metrics', nargs='+', choices=METRICS, default=['flops'],
+                       help='what the pools bucket by: flops, latency (needs --pss-latency-table), or both at once '
+                            '(PSS-Net\'s multi-constraint variant)')
+    group.add_argument('--pss-latency-table', default=None, metavar='JSON',
+                       help='latency lookup table from timm_pss.latency.build_lut for this model and device; its '
+                            'predicted latency is recorded in the budget table (set_budget(latency_ms=...))')
+    group.add_argument('--pss-latency-range', nargs=3, type=float, default=None, metavar=('LO', 'HI', 'STEP'),
+                       help='latency pool centres in ms, e.g. 4 12 0.5; default: --pss-num-pools over the span')
     group.add_argument('--pss-pool-size', type=int, default=50, help='subnets per pool')
     group.add_argument('--pss-momentum', type=float, default=0.9, help='lambda of the score moving average')
     group.add_argument('--pss-p-random', nargs=2, type=float, default=[1.0, 0.01], metavar=('START', 'END'),
@@ -189,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='softmax temperature of pool draws, decayed exponentially')
     group.add_argument('--pss-schedule', choices=('epoch', 'step'), default='epoch',
                        help='advance p_random and the temperature per epoch or per step')
+    group.add_argument('--pss-sampler', choices=SAMPLERS, default='prioritized',
+                       help='middle-subnet rule: prioritized (PSS), uniform (random in-bucket, the paper\'s '
+                            'p_random=1 ablation) or global_width (US-Net style, one width level for all groups); '
+                            'all keep the same pools for finalisation')
     group.add_argument('--pss-num-middle', type=int, default=1, help='middle subnets per step')
     group.add_argument('--pss-width-range', nargs=2, type=float, default=None, metavar=('LO', 'HI'),
                        help='width multipliers of the space (default: the model\'s)')
@@ -232,6 +246,13 @@ def parse_args(argv=None):
         parser.error('--pss-finalize-only needs --resume CHECKPOINT')
     if not 0 < args.pss_heldout_frac < 1:
         parser.error('--pss-heldout-frac must lie in (0, 1)')
+    if 'latency' in args.pss_metrics and not args.pss_latency_table:
+        parser.error('--pss-metrics latency needs --pss-latency-table JSON (build one with '
+                     'python -m timm_pss.latency --model MODEL --device DEVICE --output JSON)')
+    if len(set(args.pss_metrics)) != len(args.pss_metrics):
+        parser.error(f'--pss-metrics lists a metric twice: {args.pss_metrics}')
+    if len(args.pss_metrics) > 1 and args.pss_sampler == 'global_width':
+        parser.error('--pss-sampler global_width keeps pools for one metric only; drop the other --pss-metrics')
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
 
 
@@ -314,6 +335,19 @@ def create_loaders(args, data_config, datasets, mixup_active, device):
 
 # training and evaluation
 
+def build_sampler(args, space, latency_table=None):
+    """The --pss-sampler over --pss-metrics: one metric's sampler, or one per metric behind a MultiCostSampler."""
+    samplers = []
+    for i, metric in enumerate(args.pss_metrics):
+        cost = FlopsCost(space) if metric == 'flops' else LatencyCost(space, latency_table)
+        budget_range = args.pss_budget_range if metric == 'flops' else args.pss_latency_range
+        samplers.append(create_sampler(
+            args.pss_sampler, space, budget_range=budget_range, num_pools=args.pss_num_pools,
+            pool_size=args.pss_pool_size, momentum=args.pss_momentum, p_random=tuple(args.pss_p_random),
+            temperature=tuple(args.pss_temperature), seed=args.seed + i, cost=cost))
+    return samplers[0] if len(samplers) == 1 else MultiCostSampler(samplers, seed=args.seed)
+
+
 def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_scheduler, mixup_fn, amp_autocast,
                     args, device):
     task.train()
@@ -369,8 +403,9 @@ def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_
 
 
 def best_pooled_subnet(sampler, budget):
-    """The best-scored pooled subnet of the highest pool at or below `budget`, or None."""
-    for bucket in sorted(range(len(sampler.pools)), key=lambda b: -sampler.targets[b]):
+    """The best-scored pooled subnet of the highest FLOPs pool at or below `budget` FLOPs, or None."""
+    flops_buckets = [b for b, c in enumerate(sampler.bucket_costs) if c.metric == 'flops']
+    for bucket in sorted(flops_buckets, key=lambda b: -sampler.targets[b]):
         if sampler.targets[bucket] <= budget and len(sampler.pools[bucket]):
             return sampler.pools[bucket].best(1)[0][0]
     return None
@@ -481,10 +516,11 @@ def main(argv=None):
             loss_scaler = NativeScaler(device=device.type)
 
     space = model.space
-    sampler = PrioritizedSubnetSampler(
-        space, budget_range=args.pss_budget_range, num_pools=args.pss_num_pools, pool_size=args.pss_pool_size,
-        momentum=args.pss_momentum, p_random=tuple(args.pss_p_random), temperature=tuple(args.pss_temperature),
-        seed=args.seed)
+    latency_table = None
+    if args.pss_latency_table:
+        latency_table = LatencyTable.load(args.pss_latency_table)
+        latency_table.check_model(model)
+    sampler = build_sampler(args, space, latency_table)
     mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     criterion = create_classification_loss(smoothing=args.smoothing, soft_targets=mixup_active)
     task = ResumablePSSTask(model, sampler, num_middle=args.pss_num_middle, criterion=criterion, device=device,
@@ -538,7 +574,7 @@ def main(argv=None):
             saver.load_state_dict_from_checkpoint(str(path))
         _logger.info(f'Run folder: {output_dir}')
         _logger.info(f'Space: {space}; {len(sampler.pools)} pools of {args.pss_pool_size}, centres '
-                     f'{format_flops(sampler.targets[0])} .. {format_flops(sampler.targets[-1])}')
+                     f'{sampler.describe_bucket(0)} .. {sampler.describe_bucket(len(sampler.pools) - 1)}')
 
     eval_model = task.get_trainable_module(ema=True).module if task.has_ema() else model
     if not args.pss_finalize_only:
@@ -585,12 +621,14 @@ def main(argv=None):
                               calib_batches=args.pss_calib_batches)
         supernet = find_supernet(eval_model)
         metrics = []
-        for entry in supernet.budget_table:
-            supernet.set_budget(entry.flops)
+        for index in range(len(supernet.budget_table)):
+            supernet.set_budget_entry(index)
             top1, top5 = evaluate_accuracy(supernet, val_loader)
             metrics.append({'top1': top1, 'top5': top5})
         supernet.set_subnet(space.max_subnet())
         table = set_table_metrics(supernet, metrics)
+        if latency_table is not None:
+            table = record_latency(supernet, latency_table)
         save_for_hf(supernet, str(output_dir), safe_serialization=True)  # config.json + model.safetensors
         rows = write_results(output_dir, supernet, space)
         plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS)')

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import timm_pss
 from timm_pss import Subnet
 from timm_pss.pss import (
-    PrioritizedSubnetSampler, PSSTask, SubnetPool, UniformSubnetSampler, bucket_targets, exponential_schedule,
-    finalize_budget_table,
+    GlobalWidthSampler, PrioritizedSubnetSampler, PSSTask, SubnetPool, UniformSubnetSampler, bucket_targets,
+    create_sampler, exponential_schedule, finalize_budget_table,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,6 +265,53 @@ def test_uniform_sampler_baseline(digits):
     assert [sampler.propose() for _ in range(5)] == [other.propose() for _ in range(5)]
 
 
+def test_uniform_in_bucket_ablation_never_draws_from_pools():
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    sampler = create_sampler('uniform', space, num_pools=3, pool_size=2, seed=0)
+    for i in range(60):
+        sampler.set_progress(i / 59)
+        p = sampler.propose()
+        assert not p.from_pool and sampler.p_random == 1.0
+        lo, hi = sampler.bucket_range(p.bucket)
+        assert lo <= space.flops(p.subnet) < hi
+        sampler.update(p.bucket, p.subnet, -i)
+    assert sampler.fill() == [2, 2, 2]  # the pools still record scores, for finalisation
+    with pytest.raises(ValueError, match='unknown sampler .*prioritized, uniform, global_width'):
+        create_sampler('bogus', space)
+
+
+def test_global_width_sampler_moves_every_group_together():
+    space = timm.create_model('pss_mobilenetv1', device='meta', width_range=(0.25, 1.0)).space
+    sampler = create_sampler('global_width', space, num_pools=5, pool_size=50, seed=0)
+    assert isinstance(sampler, GlobalWidthSampler)
+    levels, resolutions = set(), set()
+    for _ in range(400):
+        p = sampler.propose()
+        assert not p.from_pool
+        # one level for every group: each width sits at the same relative position of its choices
+        # (the nearest choice to min + u * (max - min) of its group, for one u shared by all groups)
+        rel = np.array([(w - c[0]) / (c[-1] - c[0]) for w, c in zip(p.subnet.widths, space.width_choices)])
+        half_step = np.array([0.5 / (len(c) - 1) for c in space.width_choices]) + 1e-9
+        assert (rel - half_step).max() <= (rel + half_step).min()
+        levels.add(round(float(np.median(rel)), 1))
+        resolutions.add(p.subnet.resolution)
+        flops = space.flops(p.subnet)
+        if p.bucket >= 0:
+            lo, hi = sampler.bucket_range(p.bucket)
+            assert lo <= flops < hi
+        else:
+            assert all(not (lo <= flops < hi) for lo, hi in map(sampler.bucket_range, range(5)))
+        sampler.update(p.bucket, p.subnet, 0.0)
+    assert len(levels) >= 10 and resolutions == set(space.resolutions)
+    assert all(n > 0 for n in sampler.fill())
+    state = json.loads(json.dumps(sampler.state_dict()))
+    with pytest.raises(ValueError, match="saved by a 'global_width' sampler; this run uses 'prioritized'"):
+        create_sampler('prioritized', space, num_pools=5, pool_size=50).load_state_dict(state)
+    other = create_sampler('global_width', space, num_pools=5, pool_size=50, seed=3)
+    other.load_state_dict(state)
+    assert [sampler.propose() for _ in range(10)] == [other.propose() for _ in range(10)]
+
+
 def test_ddp_pools_identical_on_every_rank(tmp_path):
     """A real 2-process torchrun group on gloo: different data per rank, identical pools and weights."""
     with socket.socket() as s:
@@ -298,8 +345,9 @@ def test_finalize_budget_table_selects_on_heldout_data(digits):
     for bucket, pool in enumerate(sampler.pools):
         pooled = {s for s, _ in pool.best(2)}
         assert not pooled or pooled & set(subnets)
-    entry = model.set_budget(table[-1].flops)
-    assert entry.subnet == table[-1].subnet
+    # set_budget picks the best held-out accuracy among the entries that fit, so a dominated entry is never used
+    entry = model.set_budget(max(e.flops for e in table))
+    assert entry == max(table, key=lambda e: (e.metrics['heldout_top1'], e.flops))
 
 
 def test_sparse_bucket_pool_counts_as_full_with_every_subnet_it_offers():

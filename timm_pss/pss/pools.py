@@ -16,10 +16,11 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..costs import FlopsCost, SubnetCost
 from ..spaces import RngLike, SearchSpace, Subnet
 
-__all__ = ['exponential_schedule', 'SubnetPool', 'Proposal', 'PrioritizedSubnetSampler', 'UniformSubnetSampler',
-           'bucket_targets']
+__all__ = ['exponential_schedule', 'SubnetPool', 'Proposal', 'PrioritizedSubnetSampler', 'GlobalWidthSampler',
+           'MultiCostSampler', 'UniformSubnetSampler', 'bucket_targets', 'SAMPLERS', 'create_sampler']
 
 STATE_FORMAT = 'timm_pss.pss_sampler/1'
 
@@ -107,10 +108,12 @@ class Proposal(NamedTuple):
 
 
 def bucket_targets(space: SearchSpace, budget_range: Optional[Tuple[float, float, float]] = None,
-                   num_pools: int = 40) -> Tuple[np.ndarray, float]:
-    """(bucket centres, step): `budget_range=(lo, hi, step)` FLOPs, both ends included, or `num_pools` centres
-    spread evenly from the min to the max subnet. Every bucket [t - step/2, t + step/2) must hold a subnet."""
-    f_min, f_max = space.flops_span
+                   num_pools: int = 40, cost: Optional[SubnetCost] = None) -> Tuple[np.ndarray, float]:
+    """(bucket centres, step): `budget_range=(lo, hi, step)` in the cost's unit (default FLOPs), both ends
+    included, or `num_pools` centres spread evenly over the space's cost span. Every bucket
+    [t - step/2, t + step/2) must overlap that span."""
+    cost = cost or FlopsCost(space)
+    f_min, f_max = cost.span
     if budget_range is None:
         if num_pools < 2:
             raise ValueError(f'num_pools must be at least 2, got {num_pools}')
@@ -122,8 +125,8 @@ def bucket_targets(space: SearchSpace, budget_range: Optional[Tuple[float, float
         targets = np.arange(lo, hi + step / 2, step)
     for t in targets:
         if t + step / 2 <= f_min or t - step / 2 > f_max:
-            raise ValueError(f'the bucket {t / 1e6:.2f}M +- {step / 2e6:.2f}M holds no subnet: this space spans '
-                             f'{f_min / 1e6:.2f}M .. {f_max / 1e6:.2f}M FLOPs')
+            raise ValueError(f'the bucket {cost.format(t)} +- {cost.format(step / 2)} holds no subnet: this space '
+                             f'spans {cost.format(f_min)} .. {cost.format(f_max)} ({cost.metric})')
     return targets, float(step)
 
 
@@ -138,18 +141,21 @@ class _Config:
 
 
 class PrioritizedSubnetSampler:
-    """PSS's sampling state for one supernet: FLOPs buckets, a pool per bucket, schedules, and its own RNG.
+    """PSS's sampling state for one supernet: budget buckets, a pool per bucket, schedules, and its own RNG.
 
     Args:
         space: the supernet's search space.
-        budget_range: (lo, hi, step) bucket centres in FLOPs, e.g. (110e6, 570e6, 10e6); default: `num_pools`
-            centres from the min to the max subnet.
+        budget_range: (lo, hi, step) bucket centres in the cost's unit, e.g. (110e6, 570e6, 10e6) FLOPs; default:
+            `num_pools` centres spread over the space's span.
         pool_size: subnets kept per pool (reference: 50).
         momentum: lambda of the score EMA (reference: 0.9).
         p_random: (start, end) of the probability of a random in-bucket subnet (reference: 1.0 -> 0.01).
         temperature: (start, end) of the softmax temperature (reference: 1.0 -> 0.01).
         seed: seed of the sampler's RNG; give every rank the same seed so all ranks make the same decisions.
+        cost: what the buckets measure: `FlopsCost(space)` (default) or a `LatencyCost` (predicted ms).
     """
+
+    kind = 'prioritized'
 
     def __init__(
             self,
@@ -161,20 +167,22 @@ class PrioritizedSubnetSampler:
             p_random: Tuple[float, float] = (1.0, 0.01),
             temperature: Tuple[float, float] = (1.0, 0.01),
             seed: RngLike = 0,
+            cost: Optional[SubnetCost] = None,
     ):
         for name, (start, end) in (('p_random', p_random), ('temperature', temperature)):
             if not (start > 0 and end > 0):
                 raise ValueError(f'{name} schedule ends must be positive, got {(start, end)}')
         if not 0 < p_random[0] <= 1 or not 0 < p_random[1] <= 1:
             raise ValueError(f'p_random must lie in (0, 1], got {p_random}')
-        targets, step = bucket_targets(space, budget_range, num_pools)
+        self.cost = cost or FlopsCost(space)
+        targets, step = bucket_targets(space, budget_range, num_pools, self.cost)
         self.space = space
         self.config = _Config([float(t) for t in targets], step, int(pool_size), float(momentum),
                               tuple(map(float, p_random)), tuple(map(float, temperature)))
         self.pools = [SubnetPool(pool_size, momentum) for _ in targets]
         # a bucket with fewer distinct subnets than pool_size counts as full once it holds all it can get
         self.fill_targets = [
-            min(pool_size, space.num_candidates(self.bucket_range(b)) or pool_size) for b in range(len(targets))]
+            min(pool_size, self.cost.num_candidates(self.bucket_range(b)) or pool_size) for b in range(len(targets))]
         self.rng = np.random.default_rng(seed)
         self.progress = 0.0
 
@@ -183,6 +191,14 @@ class PrioritizedSubnetSampler:
     @property
     def targets(self) -> List[float]:
         return self.config.targets
+
+    @property
+    def bucket_costs(self) -> List[SubnetCost]:
+        """The cost each bucket measures (one per pool)."""
+        return [self.cost] * len(self.pools)
+
+    def describe_bucket(self, bucket: int) -> str:
+        return f'{self.cost.format(self.config.targets[bucket])} {self.cost.metric}'
 
     def bucket_range(self, bucket: int) -> Tuple[float, float]:
         t, half = self.config.targets[bucket], self.config.step / 2
@@ -207,10 +223,13 @@ class PrioritizedSubnetSampler:
 
         A pool is drawn from once it is full: `pool_size` subnets, or every distinct subnet its bucket offers.
         """
-        bucket = int(self.rng.integers(len(self.pools)))
+        return self.propose_in(int(self.rng.integers(len(self.pools))))
+
+    def propose_in(self, bucket: int) -> Proposal:
+        """A random subnet of `bucket`, or one drawn from its pool (see `propose`)."""
         pool = self.pools[bucket]
         if len(pool) < self.fill_targets[bucket] or self.rng.random() < self.p_random:
-            return Proposal(bucket, self.space.sample(self.rng, flops_range=self.bucket_range(bucket)), False)
+            return Proposal(bucket, self.cost.sample(self.rng, self.bucket_range(bucket)), False)
         return Proposal(bucket, pool.draw(self.rng, self.temperature), True)
 
     def update(self, bucket: int, subnet: Subnet, score: float) -> None:
@@ -227,6 +246,8 @@ class PrioritizedSubnetSampler:
         c = self.config
         return {
             'format': STATE_FORMAT,
+            'kind': self.kind,
+            'metric': self.cost.metric,
             'targets': list(c.targets), 'step': c.step, 'pool_size': c.pool_size, 'momentum': c.momentum,
             'p_random': list(c.p_random), 'temperature': list(c.temperature),
             'progress': self.progress,
@@ -238,6 +259,13 @@ class PrioritizedSubnetSampler:
         """Restore from `state_dict()`; the buckets and pool settings must match this sampler's."""
         if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
             raise ValueError(f'not a PSS sampler state (expected "format": "{STATE_FORMAT}")')
+        kind = state.get('kind', 'prioritized')
+        if kind != self.kind:
+            raise ValueError(f'sampler state was saved by a {kind!r} sampler; this run uses {self.kind!r}')
+        metric = state.get('metric', 'flops')
+        if metric != self.cost.metric:
+            raise ValueError(f'sampler state has pools keyed by {metric!r}; this run keys them by '
+                             f'{self.cost.metric!r}')
         c = self.config
         theirs = (state.get('targets') or [], state.get('step'), state.get('pool_size'), state.get('momentum'))
         same = (len(theirs[0]) == len(c.targets) and np.allclose(theirs[0], c.targets)
@@ -258,6 +286,127 @@ class PrioritizedSubnetSampler:
         self.pools, self.rng, self.progress = pools, rng, float(state['progress'])
         self.config.p_random = tuple(state['p_random'])
         self.config.temperature = tuple(state['temperature'])
+
+
+class GlobalWidthSampler(PrioritizedSubnetSampler):
+    """US-Net / MutualNet style middle subnets for baselines: one global width level for every group.
+
+    Each proposal draws a level u ~ U[0, 1] (every group at its min width + u * (max - min), rounded to its nearest
+    width choice) and a uniform resolution, anywhere in the space. Training never draws from the pools; they only
+    record the scores of the global subnets seen in each bucket, so finalisation works as for PSS.
+    """
+    kind = 'global_width'
+
+    def propose(self) -> Proposal:
+        space = self.space
+        level = self.rng.random()
+        widths = tuple(min(c, key=lambda w: (abs(w - (c[0] + level * (c[-1] - c[0]))), w))
+                       for c in space.width_choices)
+        subnet = Subnet(space.resolutions[int(self.rng.integers(len(space.resolutions)))], widths)
+        return Proposal(self.bucket_of(self.cost.of(subnet)), subnet, False)
+
+    def bucket_of(self, value: float) -> int:
+        """The bucket holding cost `value`, or -1 when it lies outside every bucket."""
+        first = self.config.targets[0] - self.config.step / 2
+        bucket = int(math.floor((value - first) / self.config.step))
+        return bucket if 0 <= bucket < len(self.pools) else -1
+
+    def update(self, bucket: int, subnet: Subnet, score: float) -> None:
+        if bucket >= 0:
+            super().update(bucket, subnet, score)
+
+
+MULTI_STATE_FORMAT = 'timm_pss.pss_multi_sampler/1'
+
+
+class MultiCostSampler:
+    """Pools for several metrics at once (PSS-Net's multi-constraint variant, e.g. FLOPs and latency buckets).
+
+    Each step picks one bucket uniformly among all metrics' buckets and lets that metric's sampler propose; bucket
+    indices run over the samplers in order. Same interface as `PrioritizedSubnetSampler`.
+    """
+
+    def __init__(self, samplers: Sequence[PrioritizedSubnetSampler], seed: RngLike = 0):
+        if not samplers:
+            raise ValueError('MultiCostSampler needs at least one sampler')
+        if any(type(s) is not PrioritizedSubnetSampler for s in samplers):
+            raise ValueError('several metrics at once work with the prioritized and uniform samplers only')
+        metrics = [s.cost.metric for s in samplers]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f'one sampler per metric, got {metrics}')
+        self.samplers = list(samplers)
+        self.space = samplers[0].space
+        self.rng = np.random.default_rng(seed)
+        self._owner = [(i, b) for i, s in enumerate(self.samplers) for b in range(len(s.pools))]
+
+    @property
+    def config(self) -> _Config:
+        return self.samplers[0].config
+
+    @property
+    def pools(self) -> List[SubnetPool]:
+        return [p for s in self.samplers for p in s.pools]
+
+    @property
+    def targets(self) -> List[float]:
+        return [t for s in self.samplers for t in s.targets]
+
+    @property
+    def bucket_costs(self) -> List[SubnetCost]:
+        return [c for s in self.samplers for c in s.bucket_costs]
+
+    def describe_bucket(self, bucket: int) -> str:
+        i, b = self._owner[bucket]
+        return self.samplers[i].describe_bucket(b)
+
+    def bucket_range(self, bucket: int) -> Tuple[float, float]:
+        i, b = self._owner[bucket]
+        return self.samplers[i].bucket_range(b)
+
+    @property
+    def progress(self) -> float:
+        return self.samplers[0].progress
+
+    def set_progress(self, progress: float) -> None:
+        for s in self.samplers:
+            s.set_progress(progress)
+
+    @property
+    def p_random(self) -> float:
+        return self.samplers[0].p_random
+
+    @property
+    def temperature(self) -> float:
+        return self.samplers[0].temperature
+
+    def propose(self) -> Proposal:
+        bucket = int(self.rng.integers(len(self._owner)))
+        i, b = self._owner[bucket]
+        proposal = self.samplers[i].propose_in(b)
+        return Proposal(bucket, proposal.subnet, proposal.from_pool)
+
+    def update(self, bucket: int, subnet: Subnet, score: float) -> None:
+        i, b = self._owner[bucket]
+        self.samplers[i].update(b, subnet, score)
+
+    def fill(self) -> List[int]:
+        return [n for s in self.samplers for n in s.fill()]
+
+    def state_dict(self) -> dict:
+        return {'format': MULTI_STATE_FORMAT, 'rng': self.rng.bit_generator.state,
+                'samplers': [s.state_dict() for s in self.samplers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get('format') != MULTI_STATE_FORMAT:
+            raise ValueError(f'not a multi-metric PSS sampler state (expected "format": "{MULTI_STATE_FORMAT}"); '
+                             f'was the run trained with one metric?')
+        theirs = [s.get('metric', 'flops') for s in state['samplers']]
+        ours = [s.cost.metric for s in self.samplers]
+        if theirs != ours:
+            raise ValueError(f'sampler state has pools for metrics {theirs}; this run has {ours}')
+        for s, sub in zip(self.samplers, state['samplers']):
+            s.load_state_dict(sub)
+        self.rng.bit_generator.state = state['rng']
 
 
 class UniformSubnetSampler:
@@ -293,3 +442,21 @@ class UniformSubnetSampler:
             raise ValueError(f'not a uniform sampler state (expected "format": "{self.format}")')
         self.rng.bit_generator.state = state['rng']
         self.progress = float(state['progress'])
+
+
+SAMPLERS = ('prioritized', 'uniform', 'global_width')
+
+
+def create_sampler(kind: str, space: SearchSpace, **kwargs) -> PrioritizedSubnetSampler:
+    """A pool-keeping sampler by name, for training and ablations (same buckets, pools and finalisation).
+
+    'prioritized': PSS. 'uniform': the paper's ablation, a random in-bucket subnet every step (p_random fixed
+    at 1; pools only record scores). 'global_width': US-Net style, one global width level (see GlobalWidthSampler).
+    """
+    if kind == 'prioritized':
+        return PrioritizedSubnetSampler(space, **kwargs)
+    if kind == 'uniform':
+        return PrioritizedSubnetSampler(space, **{**kwargs, 'p_random': (1.0, 1.0)})
+    if kind == 'global_width':
+        return GlobalWidthSampler(space, **kwargs)
+    raise ValueError(f'unknown sampler {kind!r}; choose one of {", ".join(SAMPLERS)}')
