@@ -83,13 +83,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- reporting
 
+def settings_line(args: argparse.Namespace) -> str:
+    """The settings this benchmark runs with, one line (also printed by benchmarks/speed.py)."""
+    return (f'table of {args.entries} subnets filled with {args.fill_batches} x {args.fill_batch_size} '
+            f'images; set_budget median of {args.switch_calls} calls per budget; baseline calibrate_bn on '
+            f'{args.calib_batches} x {args.calib_batch_size} images at {IMAGE_SIZE}px, median of '
+            f'{args.calib_repeats}{" (--quick)" if args.quick else ""}')
+
+
 def print_machine(args: argparse.Namespace) -> None:
     print(machine_lines('timm_pss budget-switch benchmark'))
     print(f'- threads: {args.threads} (torch), BLAS 1')
-    print(f'- settings: table of {args.entries} subnets filled with {args.fill_batches} x {args.fill_batch_size} '
-          f'images; set_budget median of {args.switch_calls} calls per budget; baseline calibrate_bn on '
-          f'{args.calib_batches} x {args.calib_batch_size} images at {IMAGE_SIZE}px, median of '
-          f'{args.calib_repeats}{" (--quick)" if args.quick else ""}')
+    print(f'- settings: {settings_line(args)}')
     print()
 
 

@@ -71,12 +71,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- reporting
 
+def settings_line(args: argparse.Namespace) -> str:
+    """The settings this benchmark runs with, one line (also printed by benchmarks/speed.py)."""
+    return (f'{args.num_subnets:,} subnets (scalar baseline {args.scalar_subnets:,}), FLOPs best of '
+            f'{args.flops_repeats}; latency batch {args.batch_size}, median of {args.repeats} after '
+            f'{args.warmup} warm-up{" (--quick)" if args.quick else ""}')
+
+
 def print_machine(args: argparse.Namespace) -> None:
     print(machine_lines('timm_pss benchmark'))
     print(f'- threads: FLOPs part 1 (torch + BLAS), latency part {args.threads} (torch)')
-    print(f'- settings: {args.num_subnets:,} subnets (scalar baseline {args.scalar_subnets:,}), FLOPs best of '
-          f'{args.flops_repeats}; latency batch {args.batch_size}, median of {args.repeats} after '
-          f'{args.warmup} warm-up{" (--quick)" if args.quick else ""}')
+    print(f'- settings: {settings_line(args)}')
     print()
 
 
@@ -164,7 +169,14 @@ def bench_latency(name: str, args: argparse.Namespace) -> dict:
     """Supernet at the mid subnet vs its export vs an independent dense timm baseline: checks, then latency."""
     torch.manual_seed(0)
     supernet = timm.create_model(name).eval()
-    subnet = supernet.set_subnet(mid_subnet(supernet.space))
+    return dict(model=name, **bench_subnet_latency(supernet, mid_subnet(supernet.space), args))
+
+
+@torch.no_grad()
+def bench_subnet_latency(supernet, subnet: Subnet, args: argparse.Namespace) -> dict:
+    """`supernet` (eval mode) set to `subnet` vs its export vs an independent dense timm baseline: outputs checked,
+    then interleaved median latency (`args.batch_size`, `args.repeats`, `args.warmup`) at the subnet's resolution."""
+    subnet = supernet.set_subnet(subnet)
     exported = timm_pss.export_subnet(supernet)
     dense = build_dense_baseline(supernet, exported)
     x = torch.randn(args.batch_size, 3, subnet.resolution, subnet.resolution)
@@ -172,7 +184,7 @@ def bench_latency(name: str, args: argparse.Namespace) -> dict:
     ms_super, ms_export, ms_dense = interleaved_median_ms(
         [lambda: supernet(x), lambda: exported(x), lambda: dense(x)], args.repeats, args.warmup)
     return dict(
-        model=name, subnet=subnet, mmacs=supernet.space.flops(subnet) / 1e6,
+        subnet=subnet, mmacs=supernet.space.flops(subnet) / 1e6,
         params=sum(p.numel() for p in exported.parameters()) / 1e6,
         ms_super=ms_super, ms_export=ms_export, ms_dense=ms_dense,
         super_eq_export=torch.allclose(y_super, y_export, atol=ATOL), diff_super=max_abs_diff(y_super, y_export),
@@ -180,18 +192,24 @@ def bench_latency(name: str, args: argparse.Namespace) -> dict:
     )
 
 
+LATENCY_HEADERS = ['model', 'res', 'MMACs', 'params (M)', 'supernet', 'exported', 'dense', 'supernet/dense',
+                   'exported/dense', 'supernet == exported', 'dense == exported']
+
+
+def latency_cells(r: dict) -> List[str]:
+    """One latency table row (LATENCY_HEADERS) of a bench_latency / bench_subnet_latency result with its model."""
+    return [r['model'], str(r['subnet'].resolution), f'{r["mmacs"]:.1f}', f'{r["params"]:.2f}',
+            f'{r["ms_super"]:.2f}', f'{r["ms_export"]:.2f}', f'{r["ms_dense"]:.2f}',
+            f'{r["ms_super"] / r["ms_dense"]:.2f}x', f'{r["ms_export"] / r["ms_dense"]:.2f}x',
+            f'{yes_no(r["super_eq_export"])} ({r["diff_super"]:.1e})',
+            f'{yes_no(r["dense_eq_export"])} ({r["diff_dense"]:.1e})']
+
+
 def report_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(f'## Forward latency at the mid subnet: supernet vs exported vs dense timm baseline '
           f'(batch {args.batch_size}, {args.threads} thread{"s" if args.threads > 1 else ""}, median ms)')
     print()
-    headers = ['model', 'res', 'MMACs', 'params (M)', 'supernet', 'exported', 'dense', 'supernet/dense',
-               'exported/dense', 'supernet == exported', 'dense == exported']
-    rows = [[r['model'], str(r['subnet'].resolution), f'{r["mmacs"]:.1f}', f'{r["params"]:.2f}',
-             f'{r["ms_super"]:.2f}', f'{r["ms_export"]:.2f}', f'{r["ms_dense"]:.2f}',
-             f'{r["ms_super"] / r["ms_dense"]:.2f}x', f'{r["ms_export"] / r["ms_dense"]:.2f}x',
-             f'{yes_no(r["super_eq_export"])} ({r["diff_super"]:.1e})',
-             f'{yes_no(r["dense_eq_export"])} ({r["diff_dense"]:.1e})'] for r in results]
-    print(format_table(headers, rows))
+    print(format_table(LATENCY_HEADERS, [latency_cells(r) for r in results]))
     print()
     print(f'Equality: torch.allclose(atol={ATOL:g}) on the logits, max |difference| in brackets.')
     print('Mid subnets (resolution, widths per group):')

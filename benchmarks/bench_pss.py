@@ -104,14 +104,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- reporting
 
+def settings_line(args: argparse.Namespace) -> str:
+    """The settings this benchmark runs with, one line (also printed by benchmarks/speed.py)."""
+    return (f'{args.per_bucket:,} draws per bucket, rejection baseline N = '
+            f'{", ".join(f"{n:,}" for n in args.baseline_sizes)}, best of {args.repeats}; '
+            f'{args.single_draws:,} single draws; training {args.image_size}px batch {args.batch_size}, median of '
+            f'{args.steps} steps after {args.warmup} warm-up, progress {args.progress:g}'
+            f'{" (--quick)" if args.quick else ""}')
+
+
 def print_machine(args: argparse.Namespace) -> None:
     print(machine_lines('timm_pss PSS sampling and training-step benchmark'))
     print(f'- threads: sampling part 1 (torch + BLAS), training part {args.threads} (torch), BLAS 1')
-    print(f'- settings: {args.per_bucket:,} draws per bucket, rejection baseline N = '
-          f'{", ".join(f"{n:,}" for n in args.baseline_sizes)}, best of {args.repeats}; '
-          f'{args.single_draws:,} single draws; training {args.image_size}px batch {args.batch_size}, median of '
-          f'{args.steps} steps after {args.warmup} warm-up, progress {args.progress:g}'
-          f'{" (--quick)" if args.quick else ""}')
+    print(f'- settings: {settings_line(args)}')
     print()
 
 

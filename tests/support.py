@@ -6,7 +6,7 @@ def outputs_per_budget(model, x):
     """The model's logits for `x` at every budget-table entry, in table order."""
     outs = []
     with torch.no_grad():
-        for entry in model.budget_table:
-            model.set_budget(entry.flops)
+        for index in range(len(model.budget_table)):
+            model.set_budget_entry(index)
             outs.append(model(x))
     return outs

@@ -341,3 +341,42 @@ def test_fill_budget_table_leaves_shared_statistics_alone():
     after = model.state_dict()
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+def test_select_by_latency_rules():
+    s = [Subnet(128, (8 * i,)) for i in range(1, 5)]
+    table = BudgetTable(['g'], [BudgetEntry(100 * i, sub, {'latency_ms': 1.0 + i, 'top1': 10.0 * i})
+                                for i, sub in enumerate(s)], info={'latency_device': 'cpu'})
+    assert table.select(latency_ms=3.5)[0] == 2 and table.select(latency_ms='3ms')[0] == 2
+    assert table.select(latency_ms=100)[0] == 3 and table.select(latency_ms='1 ms')[0] == 0
+    assert table.select(150)[0] == 1  # FLOPs selection unchanged
+    with pytest.raises(ValueError, match='latency budget 0.5 ms is below the smallest budget-table entry, 1 ms'):
+        table.select(latency_ms=0.5)
+    assert table.select(latency_ms=0.5, strict=False)[0] == 0
+    with pytest.raises(ValueError, match='exactly one budget'):
+        table.select(150, latency_ms=2)
+    with pytest.raises(ValueError, match='exactly one budget'):
+        table.select()
+    for bad in ('fast', -1, 0, float('nan'), '5 s', True):
+        with pytest.raises(ValueError, match='latency budget'):
+            table.select(latency_ms=bad)
+    no_latency = BudgetTable(['g'], [BudgetEntry(100, s[0], {'top1': 1.0})])
+    with pytest.raises(ValueError, match='records no predicted latency .*record_latency'):
+        no_latency.select(latency_ms=5)
+    assert BudgetTable.from_json(table.to_json()) == table and table.info == {'latency_device': 'cpu'}
+
+
+def test_select_skips_entries_a_cheaper_one_beats_on_heldout_data():
+    s = [Subnet(128, (8 * i,)) for i in range(1, 5)]
+    held = [70.0, 60.0, 80.0, 80.0]  # entry 1 is dominated by entry 0; 2 and 3 tie, so the larger wins
+    table = BudgetTable(['g'], [BudgetEntry(100 * (i + 1), sub, {'heldout_top1': h}) for i, (sub, h)
+                                in enumerate(zip(s, held))])
+    assert [table.select(b)[0] for b in (100, 250, 300, 1000)] == [0, 0, 2, 3]
+
+
+def test_set_budget_entry_activates_that_entry(filled):
+    for i, entry in enumerate(filled.budget_table):
+        assert filled.set_budget_entry(i) == entry and filled.active_budget_index == i
+    assert filled.set_budget_entry(-1) == filled.budget_table[-1]
+    with pytest.raises(IndexError, match='entry 99 does not exist; the table has 4 entries'):
+        filled.set_budget_entry(99)

@@ -13,7 +13,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 from .slimmable import SlimBatchNormBase
 from .spaces import SearchSpace, Subnet
 
-__all__ = ['BudgetEntry', 'BudgetTable', 'parse_flops', 'TABLE_BUFFER', 'read_table_buffer', 'write_budget_table',
+__all__ = ['BudgetEntry', 'BudgetTable', 'parse_flops', 'parse_latency', 'LATENCY_METRIC', 'TABLE_BUFFER', 'read_table_buffer', 'write_budget_table',
            'resize_budget_buffers_on_load', 'set_table_metrics']
 
 TABLE_BUFFER = 'pss_budget_table'
@@ -32,6 +32,9 @@ _BUDGET_RE = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT
                         r'(?:FLOPs?|MACs?|flops?|macs?)?\s*$')
 
 FlopsLike = Union[int, float, str]
+LATENCY_METRIC = 'latency_ms'  # the budget-table metric that set_budget(latency_ms=...) selects by
+SELECTION_METRIC = 'heldout_top1'  # set_budget's choice among the entries that fit a budget
+_LATENCY_RE = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?:ms)?\s*$')
 
 
 def parse_flops(value: FlopsLike) -> float:
@@ -55,6 +58,23 @@ def parse_flops(value: FlopsLike) -> float:
     return number
 
 
+def parse_latency(value: Union[int, float, str]) -> float:
+    """A latency budget in milliseconds: `5`, `2.5`, `'5ms'`, `'5 ms'`; must be positive and finite."""
+    if isinstance(value, str):
+        match = _LATENCY_RE.match(value)
+        if match is None:
+            raise ValueError(f'cannot read {value!r} as a latency budget; write milliseconds as a number or a '
+                             f'string like "5ms"')
+        number = float(match.group(1))
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ValueError(f'a latency budget is a number of milliseconds, got {type(value).__name__} {value!r}')
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f'a latency budget must be a positive finite number of milliseconds, got {value!r}')
+    return number
+
+
 def format_flops(flops: float) -> str:
     return f'{flops / 1e9:.3g}G' if flops >= 1e9 else f'{flops / 1e6:.2f}M'
 
@@ -74,12 +94,15 @@ class BudgetTable(Sequence[BudgetEntry]):
     """Budget-table entries for a space with the given channel group names.
 
     The order is the storage order (row i of every per-entry BN buffer belongs to entry i) and is never changed;
-    `fill_budget_table` stores entries by ascending FLOPs.
+    `fill_budget_table` stores entries by ascending FLOPs. `info` holds table-wide facts as strings, e.g. the device
+    the entries' `latency_ms` were predicted for.
     """
 
-    def __init__(self, group_names: Sequence[str], entries: Sequence[BudgetEntry] = ()):
+    def __init__(self, group_names: Sequence[str], entries: Sequence[BudgetEntry] = (),
+                 info: Optional[Mapping[str, str]] = None):
         self.group_names = tuple(group_names)
         self.entries: Tuple[BudgetEntry, ...] = tuple(entries)
+        self.info: Dict[str, str] = {str(k): str(v) for k, v in (info or {}).items()}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -91,34 +114,55 @@ class BudgetTable(Sequence[BudgetEntry]):
         return iter(self.entries)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, BudgetTable) and (self.group_names, self.entries) == (other.group_names,
-                                                                                       other.entries)
+        return isinstance(other, BudgetTable) and ((self.group_names, self.entries, self.info)
+                                                   == (other.group_names, other.entries, other.info))
 
-    def select(self, budget: FlopsLike, strict: bool = True) -> Tuple[int, BudgetEntry]:
-        """(index, entry) with the highest FLOPs <= budget; ties go to the higher top1, then the earlier entry.
+    def select(self, budget: Optional[FlopsLike] = None, strict: bool = True, *,
+               latency_ms: Union[None, float, str] = None) -> Tuple[int, BudgetEntry]:
+        """(index, entry): the best entry with FLOPs <= `budget`, or with recorded `latency_ms` <= `latency_ms`
+        (exactly one of the two). Best: the highest `heldout_top1` (accuracy on held-out training data, recorded by
+        finalisation), so an entry beaten by a cheaper one is never picked; then the highest FLOPs (latency), then
+        the higher top1, then the earlier entry. Without held-out accuracies: the highest FLOPs (latency).
 
         A budget below the smallest entry raises ValueError, or with `strict=False` gives the smallest entry.
         """
-        flops = parse_flops(budget)
+        if (budget is None) == (latency_ms is None):
+            raise ValueError('give exactly one budget: flops (MACs, or a string like "300M") or latency_ms '
+                             '(milliseconds on the device the table\'s latencies were predicted for)')
         if not self.entries:
             raise RuntimeError('this model has no budget table: load trained weights that carry one '
                                '(pretrained=True or a checkpoint saved by timm_pss), or build one with '
                                'timm_pss.fill_budget_table(model, subnets, loader)')
-        fitting = [i for i, e in enumerate(self.entries) if e.flops <= flops]
+        if latency_ms is None:
+            limit, what = parse_flops(budget), 'budget {} FLOPs'
+            unit, exact = format_flops, (lambda v: f'{format_flops(v)} ({int(v)} MACs)')
+            values = [float(e.flops) for e in self.entries]
+        else:
+            limit, what = parse_latency(latency_ms), 'latency budget {}'
+            unit = exact = (lambda v: f'{v:.4g} ms')
+            values = [e.metrics.get(LATENCY_METRIC) for e in self.entries]
+            if any(v is None for v in values):
+                raise ValueError(f'this budget table records no predicted latency for entries '
+                                 f'{[i for i, v in enumerate(values) if v is None][:5]}: record it with '
+                                 f'timm_pss.latency.record_latency(model, table) for a LatencyTable of your device')
+        fitting = [i for i, v in enumerate(values) if v <= limit]
         if not fitting:
-            smallest = min(range(len(self.entries)), key=lambda i: (self.entries[i].flops, i))
+            smallest = min(range(len(values)), key=lambda i: (values[i], i))
             if strict:
-                f = self.entries[smallest].flops
-                raise ValueError(f'budget {format_flops(flops)} FLOPs is below the smallest budget-table entry, '
-                                 f'{format_flops(f)} ({f} MACs); pass a budget of at least that, '
-                                 f'or strict=False to get the smallest entry')
+                raise ValueError(f'{what.format(unit(limit))} is below the smallest budget-table entry, '
+                                 f'{exact(values[smallest])}; pass a budget of at least that, or strict=False to get '
+                                 f'the smallest entry')
             return smallest, self.entries[smallest]
-        best = max(fitting, key=lambda i: (self.entries[i].flops, self.entries[i].metrics.get('top1', -math.inf), -i))
+        best = max(fitting, key=lambda i: (self.entries[i].metrics.get(SELECTION_METRIC, -math.inf), values[i],
+                                           self.entries[i].metrics.get('top1', -math.inf), -i))
         return best, self.entries[best]
 
     def to_json(self) -> str:
-        return json.dumps({'format': TABLE_FORMAT, 'group_names': list(self.group_names),
-                           'entries': [e.to_dict() for e in self.entries]}, sort_keys=True)
+        doc = {'format': TABLE_FORMAT, 'group_names': list(self.group_names),
+               'entries': [e.to_dict() for e in self.entries]}
+        if self.info:
+            doc['info'] = dict(self.info)
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str = 'budget table') -> 'BudgetTable':
@@ -143,7 +187,10 @@ class BudgetTable(Sequence[BudgetEntry]):
             except (KeyError, TypeError, ValueError, AttributeError) as err:
                 raise ValueError(f'{where}: entry {i} is malformed ({err})') from None
             entries.append(entry)
-        return cls(names, entries)
+        info = doc.get('info', {})
+        if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+            raise ValueError(f'{where}: "info" must map names to strings')
+        return cls(names, entries, info)
 
     def conform(self, space: SearchSpace, where: str = 'budget table') -> 'BudgetTable':
         """This table for a model of `space`: same groups and subnets required (else ValueError), FLOPs recounted.
@@ -161,7 +208,7 @@ class BudgetTable(Sequence[BudgetEntry]):
             except ValueError as err:
                 raise ValueError(f'{where}: entry {i} is not in this model\'s space: {err}') from None
             entries.append(BudgetEntry(space.flops(e.subnet), e.subnet, e.metrics))
-        return BudgetTable(self.group_names, entries)
+        return BudgetTable(self.group_names, entries, self.info)
 
     def __str__(self) -> str:
         metric_names = sorted({k for e in self.entries for k in e.metrics})
@@ -256,8 +303,10 @@ def resize_budget_buffers_on_load(module, state_dict, prefix, local_metadata, st
     module._buffers[TABLE_BUFFER] = torch.empty_like(state_dict[key], device=next(module.parameters()).device)
 
 
-def set_table_metrics(module: nn.Module, metrics: Sequence[Mapping[str, float]]) -> BudgetTable:
-    """Merge `metrics[i]` (e.g. {'top1': 71.2, 'top5': 90.1}) into entry i of `module`'s budget table.
+def set_table_metrics(module: nn.Module, metrics: Sequence[Mapping[str, float]],
+                      info: Optional[Mapping[str, str]] = None) -> BudgetTable:
+    """Merge `metrics[i]` (e.g. {'top1': 71.2, 'top5': 90.1}) into entry i of `module`'s budget table, and `info`
+    into the table's info.
 
     Only the recorded metrics change; subnets and per-entry BN statistics stay. Returns the new table.
     """
@@ -266,6 +315,6 @@ def set_table_metrics(module: nn.Module, metrics: Sequence[Mapping[str, float]])
         raise ValueError(f'{len(metrics)} metric sets for a budget table of {len(table)} entries')
     merged = BudgetTable(table.group_names, [
         BudgetEntry(e.flops, e.subnet, {**e.metrics, **{str(k): float(v) for k, v in m.items()}})
-        for e, m in zip(table, metrics)])
+        for e, m in zip(table, metrics)], {**table.info, **(info or {})})
     module._buffers[TABLE_BUFFER] = _table_tensor(merged, next(module.parameters()).device)
     return merged

@@ -10,7 +10,7 @@ import json
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from timm.layers import make_divisible
@@ -312,18 +312,23 @@ class SearchSpace:
             self._bank_cache = (flops[order], idx[order].astype(np.int16))
         return self._bank_cache
 
-    def _walk_sample(self, n: int, rng: np.random.Generator, lo: float, hi: float, max_rounds: int = 32):
-        level = float(np.interp((lo + hi) / 2, self._ladder[1], self._ladder[0]))
+    def _walk_sample(self, n: int, rng: np.random.Generator, lo: float, hi: float, max_rounds: int = 32,
+                     values: Optional[Callable[[np.ndarray], np.ndarray]] = None, unit: str = 'FLOPs'):
+        """`n` subnets with `values` (default: FLOPs) in [lo, hi), walked in from candidates at that level."""
+        values = values or self._flops_of_indices
+        levels, ladder = self._ladder if values == self._flops_of_indices else self._value_ladder(values)
+        level = float(np.interp((lo + hi) / 2, ladder, levels))
         kept, have = [], 0
         for _ in range(max_rounds):
             want = n - have
-            idx, flops = self._walk_into_range(self._tilted_indices(rng, 2 * want + 8, level), lo, hi, rng)
-            inside = np.flatnonzero((flops >= lo) & (flops < hi))[:want]
+            idx, found = self._walk_into_range(self._tilted_indices(rng, 2 * want + 8, level), lo, hi, rng,
+                                               values=values)
+            inside = np.flatnonzero((found >= lo) & (found < hi))[:want]
             kept.append(idx[inside])
             have += inside.size
             if have >= n:
                 return self._batch_from_indices(np.concatenate(kept))
-        raise ValueError(f'found only {have} of {n} subnets with FLOPs in [{lo:.4g}, {hi:.4g}); the range is too '
+        raise ValueError(f'found only {have} of {n} subnets with {unit} in [{lo:.4g}, {hi:.4g}); the range is too '
                          f'narrow for this space\'s width and resolution steps')
 
     def _check_flops_range(self, flops_range) -> Tuple[float, float]:
@@ -356,10 +361,14 @@ class SearchSpace:
     def _ladder(self) -> Tuple[np.ndarray, np.ndarray]:
         """(levels, flops): FLOPs of the subnet at a shared level u in [0, 1] of every choice list (monotone)."""
         if not hasattr(self, '_ladder_cache'):
-            levels = np.linspace(0.0, 1.0, 513)
-            idx = np.minimum((levels[:, None] * self._sizes).astype(np.int64), self._sizes - 1)
-            self._ladder_cache = (levels, np.maximum.accumulate(self._flops_of_indices(idx)).astype(np.float64))
+            self._ladder_cache = self._value_ladder(self._flops_of_indices)
         return self._ladder_cache
+
+    def _value_ladder(self, values: Callable[[np.ndarray], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+        """(levels, values) of the subnets at shared levels u in [0, 1] of every choice list, made monotone."""
+        levels = np.linspace(0.0, 1.0, 513)
+        idx = np.minimum((levels[:, None] * self._sizes).astype(np.int64), self._sizes - 1)
+        return levels, np.maximum.accumulate(values(idx)).astype(np.float64)
 
     def _batch_from_indices(self, idx: np.ndarray) -> SubnetBatch:
         widths = self._choice_matrix[np.arange(self.num_groups), idx[:, :-1]]
@@ -379,10 +388,13 @@ class SearchSpace:
         return np.minimum((u * self._sizes).astype(np.int64), self._sizes - 1)
 
     def _walk_into_range(self, idx: np.ndarray, lo: float, hi: float, rng: np.random.Generator,
-                         max_steps: int = 400) -> Tuple[np.ndarray, np.ndarray]:
-        """Random walk: each row outside [lo, hi) moves one random column a step towards it."""
+                         max_steps: int = 400, values: Optional[Callable[[np.ndarray], np.ndarray]] = None
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+        """Random walk: each row whose value (default: FLOPs) lies outside [lo, hi) moves one column a step
+        towards it (every value grows with every choice index)."""
+        values = values or self._flops_of_indices
         sizes = self._sizes
-        flops = self._flops_of_indices(idx)
+        flops = values(idx)
         active = np.flatnonzero((flops < lo) | (flops >= hi))
         for _ in range(max_steps):
             if active.size == 0:
@@ -392,7 +404,7 @@ class SearchSpace:
             new = idx[active, col] + np.where(up, 1, -1)
             ok = (new >= 0) & (new < sizes[col])
             idx[active[ok], col[ok]] = new[ok]
-            flops[active] = self._flops_of_indices(idx[active])
+            flops[active] = values(idx[active])
             active = active[(flops[active] < lo) | (flops[active] >= hi)]
         return idx, flops
 

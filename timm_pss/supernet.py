@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,8 @@ from torch import nn
 from timm.models import FeatureListNet, build_model_with_cfg, resolve_pretrained_cfg
 
 from .budget import (
-    TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, parse_flops, read_table_buffer, resize_budget_buffers_on_load,
+    LATENCY_METRIC, TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, parse_flops, parse_latency, read_table_buffer,
+    resize_budget_buffers_on_load,
 )
 from .channel_plan import ChannelPlan
 from .hub import missing_weights_error
@@ -98,19 +99,48 @@ class SubnetSwitch:
             self._table_cache = (key, read_table_buffer(tensor, self.space.group_names))
         return self._table_cache[1]
 
-    def set_budget(self, flops: FlopsLike, strict: bool = True) -> BudgetEntry:
-        """Switch to the budget-table entry with the highest FLOPs <= `flops`, with its calibrated BN statistics.
+    def set_budget(self, flops: Optional[FlopsLike] = None, strict: bool = True, *,
+                   latency_ms: Union[None, float, str] = None) -> BudgetEntry:
+        """Switch to the best budget-table entry with FLOPs <= `flops`, or predicted latency <= `latency_ms` (give
+        exactly one), with its calibrated BN statistics. Best: highest held-out accuracy, then highest FLOPs
+        (latency); see `BudgetTable.select`.
 
-        `flops` is a number of MACs or a string like "300M", "1.2G", "300 MFLOPs". No data or forward pass is
-        needed. Below the smallest entry: ValueError, or with `strict=False` the smallest entry and a warning.
-        Returns the chosen entry.
+        `flops` is a number of MACs or a string like "300M", "1.2G", "300 MFLOPs"; `latency_ms` is milliseconds on
+        the device the table's latencies were predicted for (`timm_pss.latency.record_latency`). No data or
+        forward pass is needed. Below the smallest entry: ValueError, or with `strict=False` the smallest entry
+        and a warning. Returns the chosen entry.
         """
-        index, entry = self.budget_table.select(flops, strict=strict)
-        if entry.flops > parse_flops(flops):
+        table = self.budget_table
+        if latency_ms is not None and flops is None:
+            self._check_latency_device(table)
+        index, entry = table.select(flops, strict=strict, latency_ms=latency_ms)
+        if flops is not None and entry.flops > parse_flops(flops):
             warnings.warn(f'budget {flops!r} is below the smallest budget-table entry; using that entry '
                           f'({entry.flops} FLOPs)', stacklevel=2)
+        if latency_ms is not None and entry.metrics[LATENCY_METRIC] > parse_latency(latency_ms):
+            warnings.warn(f'latency budget {latency_ms!r} ms is below the smallest budget-table entry; using '
+                          f'that entry ({entry.metrics[LATENCY_METRIC]:.4g} ms)', stacklevel=2)
         self._activate(entry.subnet, index)
         return entry
+
+    def set_budget_entry(self, index: int) -> BudgetEntry:
+        """Switch to budget-table entry `index` itself, with its BN statistics (e.g. to measure every entry)."""
+        table = self.budget_table
+        if not -len(table) <= index < len(table):
+            raise IndexError(f'budget-table entry {index} does not exist; the table has {len(table)} entries')
+        index %= len(table)
+        self._activate(table[index].subnet, index)
+        return table[index]
+
+    def _check_latency_device(self, table: BudgetTable) -> None:
+        """The table's latencies hold for one device type; refuse a model that now lives on another."""
+        recorded = table.info.get('latency_device')
+        here = next(iter(self.parameters()), torch.empty(0)).device.type
+        if recorded is not None and recorded.split(':')[0] != here:
+            raise ValueError(f'this budget table\'s latencies were predicted for {recorded} '
+                             f'({table.info.get("latency_device_name", "unknown")}); the model is on {here}: record '
+                             f'latencies for this device with timm_pss.latency.record_latency(model, table) and a '
+                             f'table from timm_pss.latency.build_lut(model, device={here!r})')
 
 
 class SupernetMixin(SubnetSwitch):
@@ -219,18 +249,21 @@ def find_supernet(model: nn.Module) -> SubnetSwitch:
                     f'(looked through .module and ._orig_mod)')
 
 
-def set_budget(model: nn.Module, flops: FlopsLike, strict: bool = True) -> BudgetEntry:
-    """`model.set_budget(flops)` for a supernet or anything wrapping one (DDP, ModelEma, torch.compile,
-    features_only). Returns the chosen budget-table entry."""
-    return find_supernet(model).set_budget(flops, strict=strict)
+def set_budget(model: nn.Module, flops: Optional[FlopsLike] = None, strict: bool = True, *,
+               latency_ms: Union[None, float, str] = None) -> BudgetEntry:
+    """`model.set_budget(flops)` / `model.set_budget(latency_ms=...)` for a supernet or anything wrapping one
+    (DDP, ModelEma, torch.compile, features_only). Returns the chosen budget-table entry."""
+    return find_supernet(model).set_budget(flops, strict=strict, latency_ms=latency_ms)
 
 
 @contextlib.contextmanager
-def budget(model: nn.Module, flops: FlopsLike, strict: bool = True) -> Iterator[BudgetEntry]:
-    """`with timm_pss.budget(model, '300M') as entry:` runs that budget, then restores the previous subnet."""
+def budget(model: nn.Module, flops: Optional[FlopsLike] = None, strict: bool = True, *,
+           latency_ms: Union[None, float, str] = None) -> Iterator[BudgetEntry]:
+    """`with timm_pss.budget(model, '300M') as entry:` (or `latency_ms=5`) runs that budget, then restores the
+    previous subnet."""
     supernet = find_supernet(model)
     previous = supernet.active_subnet, supernet.active_budget_index
     try:
-        yield supernet.set_budget(flops, strict=strict)
+        yield supernet.set_budget(flops, strict=strict, latency_ms=latency_ms)
     finally:
         supernet._activate(*previous)

@@ -90,11 +90,15 @@ def finalize_budget_table(
             continue
         results = [(measure(subnet), score, subnet) for subnet, score in candidates]
         (top1, top5), score, subnet = max(results, key=lambda r: (r[0][0], r[1]))
+        if subnet in chosen:  # pools of several metrics can pick the same subnet: one entry serves both
+            continue
         chosen.append(subnet)
         metrics.append({'score': score, 'heldout_top1': top1, 'heldout_top5': top5})
-        _logger.info(f'pool {bucket} ({sampler.targets[bucket] / 1e6:.1f}M): chose {subnet} of {len(results)}, '
+        _logger.info(f'pool {bucket} ({sampler.describe_bucket(bucket)}): chose {subnet} of {len(results)}, '
                      f'held-out top-1 {top1:.2f}')
     for subnet in (space.max_subnet(), space.min_subnet()):
+        if subnet in chosen:
+            continue
         top1, top5 = measure(subnet)
         chosen.append(subnet)
         metrics.append({'heldout_top1': top1, 'heldout_top5': top5})

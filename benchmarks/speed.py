@@ -1,0 +1,381 @@
+"""Speed of timm_pss against the baselines, one run: every ratio measured against a baseline in the same process.
+
+What it measures, per model (`--models`, default `pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50`), in six
+sections (`--sections`, default all, in this order). The first four reuse the other benchmarks' functions and
+print their tables; see those scripts for the details.
+
+1. `flops` (bench_models.py, 1 thread): vectorised `space.flops_many(batch)` on 1,000,000 random subnets vs the
+   scalar `space.flops(subnet)` loop; subnets/s, speed-up, identical FLOPs.
+2. `sampling` (bench_pss.py, 1 thread): in-bucket sampling `space.sample_many(k, rng, flops_range=bucket)` over 47
+   FLOPs buckets vs the reference's rejection sampling from N uniform subnets (N = 30,000, its FLOPs map, and
+   1,000,000); in-bucket draws/s, ratio ours / baseline, buckets reached (ours must reach all).
+3. `step` (bench_pss.py): one PSS training step (prioritized pools, max + 1 middle + min subnet, SGD) vs the
+   uniform sandwich step, 64px batch 32; median ms, ratio PSS / uniform.
+4. `budget` (bench_budget.py): `model.set_budget(flops)` vs `set_subnet` + `calibrate_bn` (the reference's BN
+   recalibration) at three budgets; median ms, speed-up, logits equal to the recalibrated ones, no forward pass.
+   Here the baseline calibrates on `--calib-batches` (default 4) x 32 images, `--calib-repeats` (default 1) run
+   per budget, fewer than bench_budget.py's 8 x 32 x 3, to keep the run short; the speed-up scales with them.
+5. `latency`: forward latency (eval, `torch.no_grad`, batch `--batch-size`, default 1) at three budgets,
+   `--budgets` (default 25, 50 and 100 % of the max subnet's FLOPs), of
+     a. the supernet with that subnet active (`set_subnet`),
+     b. the exported model `timm_pss.export_subnet(model)`,
+     c. the baseline: a dense timm model of the same widths built independently with timm's pruning helper
+        (bench_models.build_dense_baseline), loaded with the exported weights,
+   each fed an input at the subnet's own resolution, interleaved (one forward each per round, `--repeats` rounds
+   after `--warmup`), median ms, with the ratios supernet/dense and exported/dense. Outputs are checked first
+   (supernet == exported, dense == exported, `torch.allclose` atol 1e-5). The subnet of a budget: the max subnet
+   at 100 %, else `space.sample(rng=<level>, flops_range=level x (1 -+ --tolerance))` (default +-3 %), or the min
+   subnet where that range lies below the space's smallest subnet.
+6. `scaling`: latency of the exported subnet along a ladder of FLOPs levels, `--levels` (default 10, 25, 50,
+   75, 100 % of the max subnet's FLOPs; 100 % is always included, it is the reference), subnets chosen as in 5
+   (the same subnet for a level both sections have), all levels timed interleaved in the same rounds. Reported:
+   FLOPs / max, latency / max, the speed-up over the max subnet, and latency ratio / FLOPs ratio (1: latency
+   proportional to FLOPs; above 1: the small subnet saves less time than FLOPs). Checked: exported == supernet at
+   every level, every sampled subnet's FLOPs inside its level's range.
+
+The run ends with a summary table of the headline ratios per model and the wall time of every section. The
+exit status is 1 if any correctness check fails (the ones the other benchmarks enforce, plus those of 5 and 6);
+throughput and latency targets are reported, not enforced.
+
+Run from the repository root:
+
+    python benchmarks/speed.py                  # full settings, three models: estimated ~6 min on a 2-core VM
+    python benchmarks/speed.py --quick --models pss_mobilenetv2          # tiny settings, ~20 s (smoke test)
+    python benchmarks/speed.py --sections latency scaling --models pss_resnet50 --batch-size 8 --threads 4
+
+(The full-run estimate adds up per-section costs measured on a 2-core AMD EPYC VM at one thread, dominated by the
+training steps and the BN calibration of pss_resnet50; it was not measured end to end.)
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark modules
+
+from common import (  # noqa: E402  first of the benchmark modules: sets 1 thread before numpy and torch load
+    benchmark_parser, format_table, machine_lines, max_abs_diff, parse_benchmark_args, yes_no,
+)
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+from typing import Dict, List, Sequence, Tuple  # noqa: E402
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import bench_budget  # noqa: E402
+import bench_models  # noqa: E402
+import bench_pss  # noqa: E402
+import timm_pss  # noqa: E402
+from timm_pss import Subnet  # noqa: E402
+
+SECTIONS = ('flops', 'sampling', 'step', 'budget', 'latency', 'scaling')
+ATOL = bench_models.ATOL
+FULL_RUN_ESTIMATE = 'about 6 min on a 2-core VM at 1 thread for the three default models (estimated)'
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = benchmark_parser(__doc__.split('\n', 1)[0])
+    parser.add_argument('--sections', nargs='+', default=list(SECTIONS),
+                        help=f'sections to run (space or comma separated), of: {" ".join(SECTIONS)}')
+    parser.add_argument('--batch-size', type=int, default=1, help='batch size of the latency forward passes (5, 6)')
+    parser.add_argument('--repeats', type=int, default=50, help='timed latency rounds (5, 6), median kept')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed latency rounds first (5, 6)')
+    parser.add_argument('--budgets', nargs='+', type=float, default=[25, 50, 100],
+                        help='latency budgets (5), %% of the max subnet\'s FLOPs')
+    parser.add_argument('--levels', nargs='+', type=float, default=[10, 25, 50, 75, 100],
+                        help='FLOPs ladder (6), %% of the max subnet\'s FLOPs (100 is always added)')
+    parser.add_argument('--tolerance', type=float, default=0.03,
+                        help='subnets of a level have FLOPs within level x (1 -+ tolerance)')
+    parser.add_argument('--train-steps', type=int, default=20, help='timed training steps per variant (3)')
+    parser.add_argument('--calib-batches', type=int, default=4, help='calibrate_bn batches of the baseline (4)')
+    parser.add_argument('--calib-repeats', type=int, default=1, help='timed baseline runs per budget (4)')
+    args = parse_benchmark_args(parser, argv, positive=(
+        'batch_size', 'repeats', 'train_steps', 'calib_batches', 'calib_repeats'))
+    args.sections = [s for item in args.sections for s in item.split(',') if s]
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown or not args.sections:
+        parser.error(f'unknown sections {unknown}; available: {" ".join(SECTIONS)}')
+    args.sections = [s for s in SECTIONS if s in args.sections]  # the documented order, each once
+    if args.warmup < 0:
+        parser.error('--warmup must be >= 0')
+    if not 0 < args.tolerance < 1:
+        parser.error('--tolerance must lie in (0, 1)')
+    if any(not 0 < p <= 100 for p in args.budgets + args.levels):
+        parser.error('--budgets and --levels are percentages in (0, 100]')
+    args.budgets = sorted(set(p / 100 for p in args.budgets))
+    args.levels = sorted(set(p / 100 for p in args.levels) | {1.0})
+
+    # the other benchmarks' settings: their own parsers (defaults, --quick limits) with this run's overrides
+    shared = ['--models', *args.models, '--threads', str(args.threads)] + (['--quick'] if args.quick else [])
+    args.models_args = bench_models.parse_args(shared + [
+        '--batch-size', str(args.batch_size), '--repeats', str(args.repeats), '--warmup', str(args.warmup)])
+    args.pss_args = bench_pss.parse_args(shared + ['--steps', str(args.train_steps)])
+    args.budget_args = bench_budget.parse_args(shared + [
+        '--calib-batches', str(args.calib_batches), '--calib-repeats', str(args.calib_repeats)])
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+def threads(n: int) -> str:
+    return f'{n} thread{"s" if n > 1 else ""}'
+
+
+def percent(p: float) -> str:
+    return f'{100 * p:g}%'
+
+
+def print_header(args: argparse.Namespace) -> None:
+    print(machine_lines('timm_pss speed: ours vs the baselines, one run'))
+    print(f'- models: {", ".join(args.models)}; sections: {" ".join(args.sections)}')
+    print(f'- threads: flops and sampling 1 (torch + BLAS), the other sections {args.threads} (torch), BLAS 1')
+    if {'flops', 'latency', 'scaling'} & set(args.sections):
+        print(f'- settings, flops / latency (bench_models): {bench_models.settings_line(args.models_args)}')
+    if {'sampling', 'step'} & set(args.sections):
+        print(f'- settings, sampling / step (bench_pss): {bench_pss.settings_line(args.pss_args)}')
+    if 'budget' in args.sections:
+        print(f'- settings, budget (bench_budget): {bench_budget.settings_line(args.budget_args)}')
+    if {'latency', 'scaling'} & set(args.sections):
+        print(f'- settings, latency / scaling: budgets {", ".join(percent(p) for p in args.budgets)} and ladder '
+              f'{", ".join(percent(p) for p in args.levels)} of the max subnet\'s FLOPs, subnets within '
+              f'+-{percent(args.tolerance)} of a level; batch {args.models_args.batch_size}, median of '
+              f'{args.models_args.repeats} interleaved rounds after {args.models_args.warmup} warm-up')
+    print(f'- full run (no --quick, all sections): {FULL_RUN_ESTIMATE}')
+    print()
+
+
+# ---------------------------------------------------------------------------------------------- subnets at a level
+
+def level_subnet(space, fraction: float, tolerance: float) -> Tuple[Subnet, str, Tuple[float, float]]:
+    """The subnet at `fraction` of the max subnet's FLOPs, how it was chosen, and the level's FLOPs range.
+
+    The max subnet at 100 %; the min subnet where the range lies at or below the space's smallest subnet; else a
+    random subnet with FLOPs in [level x (1 - tolerance), level x (1 + tolerance)), seeded by the level (the same
+    subnet for the same level, in every section)."""
+    f_min, f_max = space.flops_span
+    level = fraction * f_max
+    lo, hi = level * (1 - tolerance), level * (1 + tolerance)
+    if fraction >= 1:
+        return space.max_subnet(), 'max subnet', (lo, hi)
+    if hi <= f_min:
+        return space.min_subnet(), 'min subnet', (lo, hi)
+    return space.sample(rng=round(fraction * 10_000), flops_range=(lo, hi)), 'sampled', (lo, hi)
+
+
+def subnet_lines(results: Sequence[dict]) -> None:
+    for r in results:
+        print(f'- {r["model"]} {percent(r["fraction"])} ({r["how"]}): {r["subnet"].resolution}px, '
+              f'{list(r["subnet"].widths)}')
+
+
+# ---------------------------------------------------------------------------------------------- 5. latency
+
+def bench_budget_latency(name: str, args: argparse.Namespace) -> List[dict]:
+    """Supernet vs exported vs dense baseline (bench_models.bench_subnet_latency) at each of args.budgets."""
+    torch.manual_seed(0)
+    supernet = timm.create_model(name).eval()
+    space = supernet.space
+    results = []
+    for p in args.budgets:
+        subnet, how, _ = level_subnet(space, p, args.tolerance)
+        r = bench_models.bench_subnet_latency(supernet, subnet, args.models_args)
+        results.append(dict(model=name, fraction=p, how=how, flops_ratio=1e6 * r['mmacs'] / space.flops_span[1], **r))
+    return results
+
+
+def report_budget_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
+    ns = args.models_args
+    print(f'## Forward latency at {len(args.budgets)} budgets: supernet (set_subnet) vs exported (export_subnet) '
+          f'vs dense timm baseline (batch {ns.batch_size}, {threads(args.threads)}, median ms)')
+    print()
+    headers = ['model', 'budget', 'FLOPs / max'] + bench_models.LATENCY_HEADERS[1:]
+    rows = [[r['model'], percent(r['fraction']), f'{r["flops_ratio"]:.3f}'] + bench_models.latency_cells(r)[1:]
+            for r in results]
+    print(format_table(headers, rows))
+    print()
+    print(f'Budget: % of the max subnet\'s FLOPs (MACs); FLOPs / max: the chosen subnet\'s. Supernet: the supernet '
+          f'with the subnet active; exported: timm_pss.export_subnet; dense: an independent timm model of the same '
+          f'widths (adapt_model_from_string) with the exported weights; all fed {ns.batch_size} image(s) at the '
+          f'subnet\'s resolution, interleaved, median of {ns.repeats} rounds after {ns.warmup} warm-up. Ratios: '
+          f'< 1x is faster than the dense model. Equality: torch.allclose(atol={ATOL:g}) on the logits, max '
+          f'|difference| in brackets.')
+    print('Subnets (resolution, widths per group):')
+    subnet_lines(results)
+    print()
+    return all(r['super_eq_export'] and r['dense_eq_export'] for r in results)
+
+
+# ---------------------------------------------------------------------------------------------- 6. scaling
+
+@torch.no_grad()
+def bench_scaling(name: str, args: argparse.Namespace) -> List[dict]:
+    """The exported subnet at every ladder level, checked against the supernet, then timed interleaved."""
+    ns = args.models_args
+    torch.manual_seed(0)
+    supernet = timm.create_model(name).eval()
+    space = supernet.space
+    f_max = space.flops_span[1]
+    levels, fns = [], []
+    for p in args.levels:
+        subnet, how, (lo, hi) = level_subnet(space, p, args.tolerance)
+        supernet.set_subnet(subnet)
+        exported = timm_pss.export_subnet(supernet)
+        x = torch.randn(ns.batch_size, 3, subnet.resolution, subnet.resolution)
+        y_super, y_export = supernet(x), exported(x)
+        flops = space.flops(subnet)
+        levels.append(dict(
+            model=name, fraction=p, how=how, subnet=subnet, mmacs=flops / 1e6, flops_ratio=flops / f_max,
+            in_level=how != 'sampled' or lo <= flops < hi,
+            equal=torch.allclose(y_super, y_export, atol=ATOL), diff=max_abs_diff(y_super, y_export)))
+        fns.append(lambda m=exported, x=x: m(x))
+    for lv, ms in zip(levels, bench_models.interleaved_median_ms(fns, ns.repeats, ns.warmup)):
+        lv['ms'] = ms
+    ms_max = levels[-1]['ms']  # args.levels is sorted and ends with 1.0, the max subnet
+    for lv in levels:
+        lv['latency_ratio'] = lv['ms'] / ms_max
+    return levels
+
+
+def report_scaling(results: Sequence[dict], args: argparse.Namespace) -> bool:
+    ns = args.models_args
+    print(f'## Latency scaling with the FLOPs budget: the exported subnet along a FLOPs ladder '
+          f'(batch {ns.batch_size}, {threads(args.threads)}, median ms)')
+    print()
+    headers = ['model', 'level', 'subnet', 'res', 'MMACs', 'FLOPs / max', 'exported (ms)', 'latency / max',
+               'speed-up vs max', 'latency ratio / FLOPs ratio', 'in level', 'exported == supernet']
+    rows = [[r['model'], percent(r['fraction']), r['how'], str(r['subnet'].resolution), f'{r["mmacs"]:.1f}',
+             f'{r["flops_ratio"]:.3f}', f'{r["ms"]:.2f}', f'{r["latency_ratio"]:.3f}',
+             f'{1 / r["latency_ratio"]:.2f}x', f'{r["latency_ratio"] / r["flops_ratio"]:.2f}', yes_no(r['in_level']),
+             f'{yes_no(r["equal"])} ({r["diff"]:.1e})'] for r in results]
+    print(format_table(headers, rows))
+    print()
+    print(f'Level: % of the max subnet\'s FLOPs; subnet: sampled with FLOPs within +-{percent(args.tolerance)} of '
+          f'the level (in level: it is), or the min subnet where the level lies below the space, or the max '
+          f'subnet. Exported (ms): timm_pss.export_subnet of that subnet at its own resolution, all levels of a '
+          f'model interleaved in the same {ns.repeats} rounds after {ns.warmup} warm-up, median. Latency / max and '
+          f'FLOPs / max: relative to the max subnet; speed-up vs max: its inverse of latency / max. Latency ratio / '
+          f'FLOPs ratio: 1 when latency is proportional to FLOPs, above 1 when a smaller subnet saves less time '
+          f'than FLOPs. Equality: torch.allclose(atol={ATOL:g}) of the exported and supernet logits.')
+    for name in dict.fromkeys(r['model'] for r in results):
+        ladder = [r for r in results if r['model'] == name]
+        smaller = [r for r in ladder if r['fraction'] < 1]
+        monotone = all(a['ms'] < b['ms'] for a, b in zip(ladder, ladder[1:]) if a['flops_ratio'] < b['flops_ratio'])
+        line = f'- {name}: latency falls with every step down the ladder: {yes_no(monotone)}'
+        if smaller:
+            r = min(smaller, key=lambda r: abs(r['fraction'] - 0.25))
+            line += (f'; the {percent(r["fraction"])} level ({r["flops_ratio"]:.2f}x the FLOPs) runs in '
+                     f'{r["latency_ratio"]:.2f}x the max subnet\'s time, {1 / r["latency_ratio"]:.2f}x faster')
+        print(line)
+    print('Subnets (resolution, widths per group):')
+    subnet_lines(results)
+    print()
+    return all(r['equal'] and r['in_level'] for r in results)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def summarize(section: str, results, summary: Dict[str, Dict[str, str]]) -> None:
+    """Add a section's headline ratio(s) per model to `summary` (model -> column -> cell)."""
+    if section == 'flops':
+        for r in results:
+            summary[r['model']]['flops_many / scalar'] = f'{r["many_per_s"] / r["scalar_per_s"]:,.0f}x'
+    elif section == 'sampling':
+        for r in results:
+            ours, base = r['ours'], min(r['baselines'], key=lambda b: b['draws'])
+            ratio = (ours['in_bucket_draws'] / ours['seconds']) / (base['in_bucket_draws'] / base['seconds'])
+            summary[r['model']][f'in-bucket draws/s vs rejection N={base["draws"]:,}'] = f'{ratio:,.1f}x'
+            rarest_ours, rarest_base = (m['per_bucket'][0] / m['seconds'] for m in (ours, base))
+            summary[r['model']]['rarest-bucket draws/s vs rejection'] = (
+                f'{rarest_ours / rarest_base:,.0f}x' if rarest_base > 0 else 'inf (empty buckets)')
+            summary[r['model']]['buckets reached ours / rejection'] = (
+                f'{ours["reached"]} / {base["reached"]} of {r["buckets"]}')
+    elif section == 'step':
+        for r in results:
+            summary[r['model']]['PSS / uniform step'] = f'{r["ms_pss"] / r["ms_uni"]:.3f}x'
+    elif section == 'budget':
+        for r in results:
+            speedups = [row['ms_base'] / row['ms_ours'] for row in r['rows']]
+            summary[r['model']]['set_budget vs recalibration (min)'] = f'{min(speedups):,.0f}x'
+    elif section == 'latency':
+        for name in dict.fromkeys(r['model'] for r in results):
+            rs = [r for r in results if r['model'] == name]
+            budgets = '/'.join(f'{100 * r["fraction"]:g}' for r in rs)
+            summary[name][f'exported / dense at {budgets}%'] = ' / '.join(
+                f'{r["ms_export"] / r["ms_dense"]:.2f}' for r in rs)
+            summary[name][f'supernet / dense at {budgets}%'] = ' / '.join(
+                f'{r["ms_super"] / r["ms_dense"]:.2f}' for r in rs)
+    elif section == 'scaling':
+        for name in dict.fromkeys(r['model'] for r in results):
+            smaller = [r for r in results if r['model'] == name and r['fraction'] < 1]
+            if smaller:
+                r = min(smaller, key=lambda r: abs(r['fraction'] - 0.25))
+                summary[name][f'latency / max at {percent(r["fraction"])} FLOPs'] = (
+                    f'{r["latency_ratio"]:.2f}x ({r["flops_ratio"]:.2f}x FLOPs)')
+
+
+def report_summary(summary: Dict[str, Dict[str, str]], seconds: Dict[str, float], failed: List[str]) -> None:
+    print('## Summary')
+    print()
+    columns = list(dict.fromkeys(c for cells in summary.values() for c in cells))
+    print(format_table(['model'] + columns, [[name] + [cells.get(c, '-') for c in columns]
+                                             for name, cells in summary.items()]))
+    print()
+    print('All measured in this run, ours against the baseline of the same section. Speeds, higher is better: '
+          'flops_many / scalar (subnets/s), in-bucket and rarest-bucket draws/s vs rejection (ours / the smallest '
+          'rejection baseline, the reference\'s 30,000-subnet map; rarest: the bucket that got fewest draws), '
+          'set_budget vs recalibration (recalibration ms / set_budget ms, the lowest over the budgets). Times, '
+          'lower is better: PSS / uniform step, exported / dense and supernet / dense (latency at each budget), '
+          'latency / max (the exported subnet nearest 25 % of the max FLOPs, against the max subnet). '
+          'Section wall times: ' + ', '.join(f'{s} {t:.1f} s' for s, t in seconds.items())
+          + f' (total {sum(seconds.values()):.1f} s).')
+    print(f'Correctness checks: {"all passed" if not failed else "FAILED in " + ", ".join(failed)}.')
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def run_section(section: str, args: argparse.Namespace):
+    """(results, ok) of one section: measured for every model, then its tables printed."""
+    if section == 'flops':
+        torch.set_num_threads(1)
+        results = [bench_models.bench_flops(name, args.models_args) for name in args.models]
+        return results, bench_models.report_flops(results)
+    if section == 'sampling':
+        torch.set_num_threads(1)
+        results = [bench_pss.bench_sampling(name, args.pss_args) for name in args.models]
+        return results, bench_pss.report_sampling(results, args.pss_args)
+    torch.set_num_threads(args.threads)
+    if section == 'step':
+        results = [bench_pss.bench_training(name, args.pss_args) for name in args.models]
+        return results, bench_pss.report_training(results, args.pss_args)
+    if section == 'budget':
+        results = [bench_budget.bench_budget(name, args.budget_args) for name in args.models]
+        return results, bench_budget.report(results, args.budget_args)
+    if section == 'latency':
+        results = [r for name in args.models for r in bench_budget_latency(name, args)]
+        return results, report_budget_latency(results, args)
+    results = [r for name in args.models for r in bench_scaling(name, args)]
+    return results, report_scaling(results, args)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    print_header(args)
+    summary = {name: {} for name in args.models}
+    seconds, failed = {}, []
+    for section in args.sections:
+        t0 = time.perf_counter()
+        results, ok = run_section(section, args)
+        seconds[section] = time.perf_counter() - t0
+        summarize(section, results, summary)
+        if not ok:
+            failed.append(section)
+        sys.stdout.flush()
+    report_summary(summary, seconds, failed)
+    if failed:
+        print(f'FAILED: a correctness check says NO in: {", ".join(failed)}.', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
