@@ -25,10 +25,19 @@ Run from the repository root:
     python benchmarks/latency.py --quick --models pss_mobilenetv2 # smoke test: a 2-resolution space, seconds
 
 Timings on a machine shared with other work are inflated and noisy, the measured ground truth most of all.
+
+Allocator: by default (`--malloc stable`) glibc is told, before any model exists, to keep freed memory
+(`mallopt`: mmap threshold 32 MiB, trim threshold 1 GiB, also exported as MALLOC_MMAP_THRESHOLD_ /
+MALLOC_TRIM_THRESHOLD_ so the tables record it). With glibc's defaults (`--malloc default`) activations of a few MB
+are returned to the OS and page-faulted back depending on the heap's history, which makes both the tables and the
+ground truth jump between runs (pss_mobilenetv2 at 224px: 30 ms instead of 18 ms here).
 """
 from common import benchmark_parser, format_table, machine_lines, parse_benchmark_args, yes_no  # first: 1 thread
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import ctypes.util  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -45,6 +54,22 @@ from timm_pss.latency import AUTO_MAX_GRID, LatencyTable, build_lut  # noqa: E40
 
 TARGET_TAU = 0.8
 QUICK_RESOLUTIONS = (64, 96, 32)
+STABLE_MALLOC = {'MALLOC_MMAP_THRESHOLD_': (-3, 32 << 20), 'MALLOC_TRIM_THRESHOLD_': (-1, 1 << 30)}  # mallopt ids
+
+
+def stable_malloc() -> str:
+    """Keep freed memory in this process (glibc mallopt); returns what was done, for the header."""
+    name = ctypes.util.find_library('c')
+    try:
+        libc = ctypes.CDLL(name)
+        ok = all(libc.mallopt(param, value) == 1 for param, value in STABLE_MALLOC.values())
+    except (OSError, AttributeError, TypeError):
+        ok = False
+    if not ok:
+        return 'default (mallopt unavailable: not glibc?)'
+    for var, (_, value) in STABLE_MALLOC.items():
+        os.environ[var] = str(value)
+    return 'stable (glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB)'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,6 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--lut-warmup', type=int, default=0, help='untimed rounds of the build (build_lut warmup)')
     parser.add_argument('--save-dir', type=Path, default=None, help='write each table there as JSON')
     parser.add_argument('--seed', type=int, default=0, help='seed of the subnet draws and inputs')
+    parser.add_argument('--malloc', choices=('stable', 'default'), default='stable',
+                        help="'stable': glibc keeps freed memory (no page faults from the heap's history); "
+                             "'default': leave the allocator alone")
     args = parse_benchmark_args(parser, argv, positive=('subnets', 'repeats', 'batch_size', 'lut_repeats'))
     if args.width_points is not None and args.width_points < 2:
         parser.error('--width-points must be at least 2 (the two ends of each group)')
@@ -180,11 +208,13 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    allocator = stable_malloc() if args.malloc == 'stable' else 'default'
     print(machine_lines('timm_pss latency lookup tables'))
     grid = 'default grid' if args.width_points is None else f'<= {args.width_points} widths per group'
     quick = f' (--quick: resolutions {QUICK_RESOLUTIONS[0]}-{QUICK_RESOLUTIONS[1]})' if args.quick else ''
     print(f'- settings: {args.subnets} FLOPs-stratified subnets, median of {args.repeats} interleaved rounds after '
           f'{args.warmup}; tables: {grid}, median of {args.lut_repeats} rounds after {args.lut_warmup}{quick}')
+    print(f'- allocator: {allocator}')
     print()
     met = report([bench_model(name, args) for name in args.models], args)
     if args.quick:

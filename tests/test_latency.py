@@ -140,6 +140,9 @@ def test_multilinear_lookup_is_exact_for_bilinear_latency():
     r = np.array([32, 40, 56, 64, 33.5])
     w = np.array([[8], [24], [16], [40], [39]], dtype=np.float64)
     np.testing.assert_allclose(block.lookup(r, w), f(r, w[:, 0]), rtol=1e-12)
+    ints = np.arange(32, 65), np.arange(8, 41)[:, None]  # the integer fast path gives the same values
+    np.testing.assert_allclose(block.lookup(*ints), f(ints[0], ints[1][:, 0]), rtol=1e-12)
+    assert np.array_equal(block.lookup(*ints), block.lookup(ints[0].astype(float), ints[1].astype(float)))
 
 
 def test_width_points_subsets_and_max_is_slower_than_min():

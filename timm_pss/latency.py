@@ -14,6 +14,13 @@ What a table predicts: the median wall time (ms) of `model(x)` in eval mode unde
 supernet set to that subnet, `x` a batch of `batch_size` images already at the subnet's resolution, on the device,
 dtype and torch thread count it was built with, in steady state (not the first call after switching, which may
 compile kernels for new shapes). Tables are JSON (`save` / `load`), never pickles.
+
+On CPU the memory allocator matters as much as the grid: with glibc's default settings, activations of a few MB are
+returned to the OS after each forward and page-faulted back in the next, depending on the heap's history (measured
+here: pss_mobilenetv2 at 224px 30 ms instead of 18 ms, from some resolution on that varies between runs). Build
+and deploy under the same allocator, preferably a stable one (`MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=1073741824`, or jemalloc/tcmalloc via LD_PRELOAD); a table records these settings in
+`build['allocator']`.
 """
 from __future__ import annotations
 
@@ -80,6 +87,7 @@ class LatencyBlock:
             raise ValueError(f'block {self.name!r}: ms must be finite and non-negative')
         self._axes = (np.asarray(self.resolutions, np.float64),) + tuple(np.asarray(w, np.float64)
                                                                          for w in self.widths)
+        self._dense = [_interp_table(a) for a in self._axes]
 
     @property
     def grid_size(self) -> int:
@@ -106,36 +114,45 @@ class LatencyBlock:
         return None
 
     def lookup(self, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        """Interpolated ms for each subnet (resolutions (N,), widths (N, G) float64), inside the grid."""
-        coords = self._coords(resolutions, widths)
+        """Interpolated ms for each subnet (resolutions (N,), widths (N, G); integers, or floats), inside the grid."""
         n = resolutions.shape[0]
-        lows, fracs = [], []
-        for axis, x in zip(self._axes, coords):
+        flat = self.ms.ravel()
+        strides = [st // self.ms.itemsize for st in self.ms.strides]
+        base = np.zeros(n, np.intp)
+        varying = []  # (stride, fraction) of each axis with more than one point
+        for axis, dense, x, stride in zip(self._axes, self._dense, self._coords(resolutions, widths), strides):
             if axis.size == 1:
-                lows.append(np.zeros(n, np.intp))
-                fracs.append(None)
+                continue
+            if np.issubdtype(x.dtype, np.integer):  # widths and resolutions: a table per integer value
+                at = np.clip(x - int(axis[0]), 0, dense[0].size - 1)
+                lo, frac = dense[0].take(at), dense[1].take(at)
             else:
                 lo = np.clip(np.searchsorted(axis, x, side='right') - 1, 0, axis.size - 2)
-                lows.append(lo)
-                fracs.append((x - axis[lo]) / (axis[lo + 1] - axis[lo]))
-        varying = [k for k, f in enumerate(fracs) if f is not None]
+                frac = (x - axis[lo]) / (axis[lo + 1] - axis[lo])
+            base += lo * stride
+            varying.append((stride, frac))
         out = np.zeros(n, np.float64)
         for corner in itertools.product((0, 1), repeat=len(varying)):
-            index = list(lows)
-            weight = np.ones(n, np.float64)
-            for k, upper in zip(varying, corner):
-                if upper:
-                    index[k] = lows[k] + 1
-                    weight = weight * fracs[k]
-                else:
-                    weight = weight * (1.0 - fracs[k])
-            out += weight * self.ms[tuple(index)]
+            offset, weight = 0, np.ones(n, np.float64)
+            for (stride, frac), upper in zip(varying, corner):
+                offset += stride * upper
+                weight *= frac if upper else 1.0 - frac
+            out += weight * flat.take(base + offset)
         return out
 
     def to_dict(self, group_names: Sequence[str]) -> dict:
         return {'name': self.name, 'groups': [group_names[g] for g in self.groups],
                 'resolutions': list(self.resolutions), 'widths': [list(w) for w in self.widths],
                 'ms': self.ms.tolist()}
+
+
+def _interp_table(axis: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(lower grid index, fraction towards the next point) for every integer from axis[0] to axis[-1]."""
+    if axis.size == 1:
+        return np.zeros(1, np.intp), np.zeros(1)
+    values = np.arange(int(axis[0]), int(axis[-1]) + 1, dtype=np.float64)
+    lo = np.clip(np.searchsorted(axis, values, side='right') - 1, 0, axis.size - 2)
+    return lo.astype(np.intp), (values - axis[lo]) / (axis[lo + 1] - axis[lo])
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -240,8 +257,9 @@ class LatencyTable:
         """
         if widths is None:
             resolutions, widths = resolutions
-        res = np.asarray(resolutions, dtype=np.float64).reshape(-1)
-        w = np.asarray(widths, dtype=np.float64)
+        res, w = np.asarray(resolutions).reshape(-1), np.asarray(widths)
+        if not (np.issubdtype(res.dtype, np.integer) and np.issubdtype(w.dtype, np.integer)):
+            res, w = res.astype(np.float64), w.astype(np.float64)
         if w.ndim != 2 or w.shape != (res.shape[0], self.space.num_groups):
             raise ValueError(f'widths must have shape (N, {self.space.num_groups}) for N={res.shape[0]} '
                              f'resolutions, got {w.shape}')
@@ -606,8 +624,9 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
                    inputs: Dict[int, torch.Tensor], warmup: int, repeats: int, timer: _Timer,
                    rng: np.random.Generator, progress: Optional[str] = None
                    ) -> Tuple[List[np.ndarray], List[float], int]:
-    """Median ms of each segment at each of its grid points, timed in place within full forwards, and of the
-    `whole` subnets' end-to-end forwards `model(x)`.
+    """Median ms of each segment at each of its grid points, timed in place within full forwards, and, for each of
+    the `whole` subnets, the median of its end-to-end forward `model(x)` minus its segments timed in place right
+    after (the per-forward overhead, free of the load at the time).
 
     Every round runs each subnet twice, back to back, all in a fresh random order (so load that drifts during the
     build spreads over all points and the end-to-end timings alike): an untimed forward, then one timing each
@@ -616,28 +635,36 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
     thousands of shapes of a whole grid would otherwise evict the rarer ones and time their recompilation).
     `visits[p][s]` is the flat grid index segment s has in subnet p's forward (-1: not on its grid). Rounds repeat
     until every point and every whole subnet has `repeats` undisturbed samples (at most 3 x `repeats` rounds with
-    `timer.retake`). Returns the medians per segment, those of the whole subnets, and the number of spoiled
-    samples.
+    `timer.retake`). Returns the medians per segment, the overheads of the whole subnets, and the number of
+    spoiled samples.
     """
     clean = [[[] for _ in range(n)] for n in sizes]
     spoiled = [[[] for _ in range(n)] for n in sizes]
+    # per whole subnet and round: end-to-end ms minus the sum of its segments timed in place right after
     whole_clean: List[List[float]] = [[] for _ in whole]
     whole_spoiled: List[List[float]] = [[] for _ in whole]
+
+    def in_place(x: torch.Tensor) -> List[Tuple[float, bool]]:
+        samples = []
+        for seg in segments:
+            x, ms, ok = timer(seg.run, x)
+            samples.append((ms, ok))
+        return samples
 
     def run(task: int, record: bool) -> None:
         subnet = subnets[task] if task < len(subnets) else whole[task - len(subnets)]
         x = inputs[subnet.resolution]
         supernet.set_subnet(subnet)
-        supernet(x)  # untimed: the timed forward below then finds its kernels, caches and buffers warm
+        supernet(x)  # untimed: the timed forwards below then find their kernels, caches and buffers warm
         if not record:
             return
-        if task >= len(subnets):  # an end-to-end forward
+        if task >= len(subnets):
             _, ms, ok = timer(supernet, x)
-            (whole_clean if ok else whole_spoiled)[task - len(subnets)].append(ms)
+            samples = in_place(x)
+            ok = ok and all(seg_ok for _, seg_ok in samples)
+            (whole_clean if ok else whole_spoiled)[task - len(subnets)].append(ms - sum(t for t, _ in samples))
             return
-        y = x
-        for s, seg in enumerate(segments):
-            y, ms, ok = timer(seg.run, y)
+        for s, (ms, ok) in enumerate(in_place(x)):
             if visits[task][s] >= 0:
                 (clean if ok else spoiled)[s][visits[task][s]].append(ms)
 
@@ -660,9 +687,15 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
         if not pending:
             break
     medians = [np.array([_median_of(c, d) for c, d in zip(cs, ds)]) for cs, ds in zip(clean, spoiled)]
-    whole_ms = [_median_of(c, d) for c, d in zip(whole_clean, whole_spoiled)]
+    overheads = [_median_of(c, d) for c, d in zip(whole_clean, whole_spoiled)]
     n_spoiled = sum(len(d) for ds in spoiled for d in ds) + sum(len(d) for d in whole_spoiled)
-    return medians, whole_ms, n_spoiled
+    return medians, overheads, n_spoiled
+
+
+def _allocator_settings() -> dict:
+    """The environment that decides how this process allocates memory (LD_PRELOAD, glibc's MALLOC_*_ tunables)."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k == 'LD_PRELOAD' or k == 'GLIBC_TUNABLES' or (k.startswith('MALLOC_') and k.endswith('_'))}
 
 
 def _architecture(model: nn.Module) -> str:
@@ -727,9 +760,9 @@ def build_lut(
     when a subnet serves many inputs): `warmup` untimed rounds, then rounds until every point has `repeats`
     samples, whose median it keeps. On one CPU thread, samples during which the process lost the CPU
     (wall > CPU time) are retaken, so a table built on a busy machine predicts the latency the model has when it
-    runs undisturbed (`build['retaken_samples']` counts them). `overhead_ms` is the median of end-to-end
-    (`model(x)`, timed in the same rounds) minus the blocks' sum over `overhead_subnets` subnets spread over the
-    FLOPs span.
+    runs undisturbed (`build['retaken_samples']` counts them). `overhead_ms` is what a whole forward `model(x)`
+    takes beyond its segments: per round, the end-to-end time of each of `overhead_subnets` subnets spread over
+    the FLOPs span minus its segments timed in place right after; the median over subnets of their medians.
 
     Runs with `threads` torch threads (default: the current number), in eval mode under `torch.inference_mode`;
     the thread count, the model's train/eval modes and its active subnet are restored after.
@@ -786,7 +819,7 @@ def build_lut(
             inputs = {r: torch.randn(batch_size, supernet.in_chans, r, r, generator=generator).to(dev, dtype)
                       for r in sorted(set(resolutions) | {s.resolution for s in whole})}
             _check_chain(supernet, segments, Subnet(resolutions[0], space.max_widths), inputs[resolutions[0]])
-            medians, whole_ms, retaken = _time_segments(
+            medians, overheads, retaken = _time_segments(
                 supernet, segments, subnets, visits, [len(resolutions) * math.prod(s) for s in shapes], whole,
                 inputs, warmup, repeats, timer, np.random.default_rng(seed),
                 progress=f'build_lut {_architecture(supernet)} ({len(subnets)} + {len(whole)} subnets)'
@@ -805,12 +838,12 @@ def build_lut(
     fit = []
     if whole:
         blocks_ms = table.predict_many(SubnetBatch.from_subnets(whole))  # overhead 0: the blocks' sum
-        fit = [{'subnet': s.to_dict(), 'measured_ms': round(m, 4), 'blocks_ms': round(float(b), 4)}
-               for s, m, b in zip(whole, whole_ms, blocks_ms)]
-        table.overhead_ms = round(float(np.median([f['measured_ms'] - f['blocks_ms'] for f in fit])), 4)
+        fit = [{'subnet': s.to_dict(), 'overhead_ms': round(o, 4), 'blocks_ms': round(float(b), 4)}
+               for s, o, b in zip(whole, overheads, blocks_ms)]
+        table.overhead_ms = round(float(np.median(overheads)), 4)
     table.build = {'seconds': round(time.perf_counter() - t_start, 2), 'warmup': warmup, 'repeats': repeats,
                    'width_points': width_points, 'auto_max_grid': AUTO_MAX_GRID, 'probe_subnets': len(probes),
-                   'retaken_samples': retaken, 'overhead_fit': fit}
+                   'retaken_samples': retaken, 'allocator': _allocator_settings(), 'overhead_fit': fit}
     if progress:
         print(f'build_lut: {table!r} in {table.build["seconds"]:.1f} s', file=sys.stderr, flush=True)
     return table
