@@ -14,23 +14,9 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import timm_pss  # noqa: E402
+from timm_pss.latency import cpu_name  # noqa: E402
 
 DEFAULT_MODELS = ('pss_mobilenetv1', 'pss_mobilenetv2', 'pss_resnet50')
-
-
-def cpu_name() -> str:
-    """platform.processor(), or the model name from /proc/cpuinfo where that is empty or just the arch."""
-    name = platform.processor()
-    if name and name != platform.machine():
-        return name
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return name or platform.machine() or 'unknown'
 
 
 def machine_lines(title: str) -> str:

@@ -12,7 +12,7 @@ import torch
 import timm_pss.latency
 from timm_pss import Subnet, SubnetBatch
 from timm_pss.latency import (
-    AUTO_MAX_GRID, FORMAT, LatencyBlock, LatencyTable, _cpu_name, _grid_axes, _probe_widths, _segments, build_lut,
+    AUTO_MAX_GRID, FORMAT, LatencyBlock, LatencyTable, cpu_name, _grid_axes, _probe_widths, _segments, build_lut,
     predict_latency,
 )
 
@@ -55,7 +55,7 @@ def _grid_sum(table, subnet):
 
 def test_metadata_and_blocks(model, table):
     assert table.model == 'pss_mobilenetv2' and table.num_classes == 1000
-    assert table.device == 'cpu' and table.device_name == _cpu_name() and table.threads == 1
+    assert table.device == 'cpu' and table.device_name == cpu_name() and table.threads == 1
     assert table.torch_version == torch.__version__ and table.dtype == 'float32' and table.batch_size == 1
     assert table.space.to_dict() == model.space.to_dict()
     names = [b.name for b in table.blocks]
@@ -303,7 +303,7 @@ def test_check_device(table):
     with pytest.raises(ValueError, match=r'built on cpu \(.*\), not on meta \(meta\)'):
         table.check_device('meta', threads=1)
     other = _edited(table, lambda d: d.__setitem__('device_name', 'Some Other CPU'))
-    with pytest.raises(ValueError, match=r'built on cpu \(Some Other CPU\), not on cpu \(' + _cpu_name()):
+    with pytest.raises(ValueError, match=r'built on cpu \(Some Other CPU\), not on cpu \(' + cpu_name()):
         other.check_device(threads=1)
     if not torch.cuda.is_available():
         gpu = _edited(table, lambda d: (d.__setitem__('device', 'cuda:0'), d.__setitem__('device_name', 'H100')))

@@ -43,7 +43,8 @@ from .channel_plan import ChannelPlan
 from .spaces import SearchSpace, Subnet, SubnetBatch
 from .supernet import SupernetMixin, find_supernet
 
-__all__ = ['LatencyBlock', 'LatencyTable', 'build_lut', 'predict_latency', 'FORMAT', 'AUTO_MAX_GRID']
+__all__ = ['LatencyBlock', 'LatencyTable', 'build_lut', 'predict_latency', 'record_latency', 'cpu_name', 'FORMAT',
+           'AUTO_MAX_GRID']
 
 FORMAT = 'timm_pss.latency_table/1'
 AUTO_MAX_GRID = 81  # width combinations per segment (per resolution) measured in full when width_points=None
@@ -564,7 +565,8 @@ def _normalize_device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (what a CPU latency table is tied to): platform.processor(), else /proc/cpuinfo."""
     name = platform.processor()
     if name and name != platform.machine():
         return name
@@ -580,7 +582,7 @@ def _cpu_name() -> str:
 
 def _device_name(dev: torch.device) -> str:
     if dev.type == 'cpu':
-        return _cpu_name()
+        return cpu_name()
     if dev.type == 'cuda':
         return torch.cuda.get_device_name(dev)
     return dev.type
