@@ -10,6 +10,7 @@ from typing import Optional, Protocol, Tuple
 
 import numpy as np
 
+from .budget import format_flops
 from .spaces import RngLike, SearchSpace, Subnet, SubnetBatch
 
 __all__ = ['SubnetCost', 'FlopsCost', 'LatencyCost', 'METRICS']
@@ -24,10 +25,8 @@ class LatencyPredictor(Protocol):
 
 
 class SubnetCost:
-    """A metric over a space's subnets. `metric` is 'flops' or 'latency'; `key` names it in budget-table metrics."""
+    """A metric over a space's subnets; `metric` is 'flops' or 'latency'."""
     metric: str
-    key: str
-    unit: str
 
     def __init__(self, space: SearchSpace):
         self.space = space
@@ -60,7 +59,7 @@ class SubnetCost:
 
 class FlopsCost(SubnetCost):
     """MACs of the conv, linear and global-pool layers (the space's exact count)."""
-    metric, key, unit = 'flops', 'flops', 'FLOPs'
+    metric = 'flops'
 
     def many(self, batch: SubnetBatch) -> np.ndarray:
         return self.space.flops_many(batch).astype(np.float64)
@@ -77,7 +76,7 @@ class FlopsCost(SubnetCost):
         return self.space.num_candidates(value_range)
 
     def format(self, value: float) -> str:
-        return f'{value / 1e9:.3g}G' if value >= 1e9 else f'{value / 1e6:.2f}M'
+        return format_flops(value)
 
 
 class LatencyCost(SubnetCost):
@@ -86,7 +85,7 @@ class LatencyCost(SubnetCost):
 
     The table must be this space's (`LatencyTable.check_model`); it is not checked here.
     """
-    metric, key, unit = 'latency', 'latency_ms', 'ms'
+    metric = 'latency'
 
     def __init__(self, space: SearchSpace, table: LatencyPredictor):
         super().__init__(space)
