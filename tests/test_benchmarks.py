@@ -2,13 +2,14 @@
 import subprocess
 import sys
 from pathlib import Path
+from support import SUBPROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script, *args):
     proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / script), *args],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
 

@@ -17,6 +17,7 @@ import timm_pss
 from support import outputs_per_budget
 from timm_pss.budget import set_table_metrics
 from timm_pss.publish import main as publish_main
+from support import SUBPROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = 'timm-pss/pss_mobilenetv2.pss_in1k'
@@ -111,7 +112,8 @@ def test_offline_hf_cache_registry_tag_and_hf_hub(published, tmp_path):
     torch.save(x, tmp_path / 'x.pt')
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf_home'))
     proc = subprocess.run([sys.executable, '-c', LOAD_SCRIPT, str(cache), str(tmp_path / 'res.json'),
-                           str(tmp_path / 'x.pt'), REPO], capture_output=True, text=True, env=env, timeout=300)
+                           str(tmp_path / 'x.pt'), REPO], capture_output=True, text=True, env=env,
+                          timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / 'res.json').read_text())
     reference = timm.create_model(f'local-dir:{published}', pretrained=True).eval()

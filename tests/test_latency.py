@@ -3,6 +3,7 @@ import copy
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -295,7 +296,7 @@ def test_check_model(table, model):
         table.check_model(timm.create_model('pss_mobilenetv2', width_range=(0.5, 1.0), **TINY))
 
 
-def test_check_device(table):
+def test_check_device(table, monkeypatch):
     table.check_device(threads=1)
     table.check_device('cpu', threads=1)
     with pytest.raises(ValueError, match=r'built with 1 torch thread\(s\), this run uses 2'):
@@ -303,8 +304,13 @@ def test_check_device(table):
     with pytest.raises(ValueError, match=r'built on cpu \(.*\), not on meta \(meta\)'):
         table.check_device('meta', threads=1)
     other = _edited(table, lambda d: d.__setitem__('device_name', 'Some Other CPU'))
-    with pytest.raises(ValueError, match=r'built on cpu \(Some Other CPU\), not on cpu \(' + cpu_name()):
+    with pytest.raises(ValueError, match=r'built on cpu \(Some Other CPU\), not on cpu \(' + re.escape(cpu_name())):
         other.check_device(threads=1)
+    # CPU names hold regex characters ('Intel(R) Xeon(R) ...'): the message names them as they are
+    monkeypatch.setattr(timm_pss.latency, 'cpu_name', lambda: 'Intel(R) Core(TM) i9-0000 [test] CPU @ 9.99GHz')
+    with pytest.raises(ValueError, match=re.escape('not on cpu (Intel(R) Core(TM) i9-0000 [test] CPU @ 9.99GHz)')):
+        table.check_device(threads=1)
+    monkeypatch.undo()
     if not torch.cuda.is_available():
         gpu = _edited(table, lambda d: (d.__setitem__('device', 'cuda:0'), d.__setitem__('device_name', 'H100')))
         with pytest.raises(ValueError, match=r'built on cuda:0 \(H100\); device cuda:0 is not available'):

@@ -18,6 +18,7 @@ from timm_pss.budget import set_table_metrics
 from timm_pss.costs import FlopsCost, LatencyCost
 from timm_pss.latency import build_lut, record_latency
 from timm_pss.pss import MultiCostSampler, PrioritizedSubnetSampler, create_sampler
+from support import SUBPROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_classes=10, resolution_range=(16, 24, 8))
@@ -46,7 +47,12 @@ def test_latency_cost_samples_inside_latency_buckets(model, lut):
     lo, hi = cost.span
     assert 0 < lo < hi
     assert lo <= cost.of(model.space.min_subnet()) + 1e-9 and cost.of(model.space.max_subnet()) <= hi + 1e-9
-    for a, b in ((lo, lo + (hi - lo) / 10), ((lo + hi) / 2, (lo + hi) / 2 + (hi - lo) / 20), (hi - (hi - lo) / 10, hi)):
+    # windows around the predicted latencies of real subnets (lowest, median, highest), so each holds subnets
+    # whatever this machine measured: a window chosen as a fraction of the span can fall into a gap
+    values = np.sort(cost.many(model.space.sample_many(2000, rng=0)))
+    width = (hi - lo) / 50
+    for centre in (lo, float(np.median(values)), hi):
+        a, b = max(lo, centre - width / 2), min(hi, centre + width / 2) + 1e-9
         batch = cost.sample_many(500, rng=0, value_range=(a, b))
         predicted = lut.predict_many(batch)
         assert ((predicted >= a) & (predicted < b)).all()
@@ -54,6 +60,35 @@ def test_latency_cost_samples_inside_latency_buckets(model, lut):
     with pytest.raises(ValueError, match='holds no subnet: predicted latencies of this space span'):
         cost.sample_many(1, rng=0, value_range=(hi + 1, hi + 2))
     assert FlopsCost(model.space).span == tuple(float(v) for v in model.space.flops_span)
+
+
+def test_buckets_without_subnets_are_left_out_with_a_warning():
+    """A space whose costs have a gap (two resolutions 4x apart in pixels, narrow widths): the evenly spaced buckets
+    inside the gap are found when the sampler is built, named in a warning, and never drawn during training."""
+    m = timm.create_model('pss_mobilenetv1', num_classes=10, resolution_range=(16, 32, 16), width_range=(0.9, 1.0))
+    space = m.space
+    flops = np.sort(space.flops_many(space.sample_many(4000, rng=0)).astype(float))
+    gap = int(np.argmax(np.diff(flops)))
+    assert flops[gap + 1] > 2 * flops[gap]                       # the gap: 16 px subnets below, 32 px above
+    with pytest.warns(UserWarning, match=r'PSS buckets hold no subnet and are left out of sampling'):
+        sampler = PrioritizedSubnetSampler(space, num_pools=9, pool_size=2, seed=0)
+    assert sampler.empty_buckets                                  # found at construction ...
+    for b in sampler.empty_buckets:
+        lo, hi = sampler.bucket_range(b)
+        assert flops[gap] < lo and hi <= flops[gap + 1]           # ... and each lies inside the gap
+    assert sorted(sampler.live_buckets + sampler.empty_buckets) == list(range(9))
+    for i in range(200):                                          # ... and training never draws one
+        sampler.set_progress(i / 200)
+        p = sampler.propose()
+        assert p.bucket in sampler.live_buckets
+        lo, hi = sampler.bucket_range(p.bucket)
+        assert lo <= space.flops(p.subnet) < hi
+        sampler.update(p.bucket, p.subnet, -float(i % 7))
+    assert all(sampler.fill()[b] == 0 for b in sampler.empty_buckets)
+    multi = MultiCostSampler([sampler], seed=0)
+    assert {multi.propose().bucket for _ in range(100)} <= set(sampler.live_buckets)
+    with pytest.raises(ValueError, match='no bucket holds a subnet'):
+        PrioritizedSubnetSampler(space, budget_range=(flops[gap] * 1.2, flops[gap] * 1.2, flops[gap] * 0.1))
 
 
 def test_latency_keyed_pools(model, lut):
@@ -152,7 +187,7 @@ def test_train_pss_with_flops_and_latency_pools(model, lut, tmp_path):
            '--pss-resolutions', '16', '24', '8', '--pss-num-pools', '3', '--pss-pool-size', '2', '--pss-top-k', '1',
            '--pss-calib-batches', '1', '--pss-metrics', 'flops', 'latency', '--pss-latency-table', str(table_path),
            '--output', str(tmp_path), '--experiment', 'run']
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT,
                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trained = timm.create_model(f'local-dir:{tmp_path / "run"}', pretrained=True)
@@ -166,5 +201,5 @@ def test_train_pss_with_flops_and_latency_pools(model, lut, tmp_path):
     assert 'ms latency' in log and 'flops' in log
 
     bad = [*cmd[:cmd.index('--pss-latency-table')], '--output', str(tmp_path), '--experiment', 'bad']
-    proc = subprocess.run(bad, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(bad, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
     assert proc.returncode == 2 and '--pss-metrics latency needs --pss-latency-table' in proc.stderr

@@ -22,6 +22,7 @@ from timm_pss.pss import (
     GlobalWidthSampler, PrioritizedSubnetSampler, PSSTask, SubnetPool, UniformSubnetSampler, bucket_targets,
     create_sampler, exponential_schedule, finalize_budget_table,
 )
+from support import SUBPROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 S = [Subnet(128, (8 * i,)) for i in range(1, 8)]
@@ -319,7 +320,7 @@ def test_ddp_pools_identical_on_every_rank(tmp_path):
         port = s.getsockname()[1]
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
            str(ROOT / 'tests' / 'pss_ddp_worker.py'), str(tmp_path), '10']
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
     assert r0['local_losses'] != r1['local_losses']  # the ranks really trained on different batches

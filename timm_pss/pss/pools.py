@@ -11,6 +11,7 @@ All state is plain JSON (no pickle, no eval): pools, schedules, progress and the
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -23,6 +24,8 @@ __all__ = ['exponential_schedule', 'SubnetPool', 'Proposal', 'PrioritizedSubnetS
            'MultiCostSampler', 'UniformSubnetSampler', 'bucket_targets', 'SAMPLERS', 'create_sampler']
 
 STATE_FORMAT = 'timm_pss.pss_sampler/1'
+# in-bucket draws tried (fixed seed) on a bucket whose candidate bank has no member, before it counts as empty
+EMPTY_BUCKET_PROBES = 4
 
 
 def exponential_schedule(start: float, end: float, progress: float) -> float:
@@ -183,8 +186,35 @@ class PrioritizedSubnetSampler:
         # a bucket with fewer distinct subnets than pool_size counts as full once it holds all it can get
         self.fill_targets = [
             min(pool_size, self.cost.num_candidates(self.bucket_range(b)) or pool_size) for b in range(len(targets))]
+        self.empty_buckets = self._find_empty_buckets()
+        self.live_buckets = [b for b in range(len(targets)) if b not in self.empty_buckets]
         self.rng = np.random.default_rng(seed)
         self.progress = 0.0
+
+    def _find_empty_buckets(self) -> List[int]:
+        """Buckets in which no subnet can be found, left out of sampling with a warning.
+
+        Predicted latencies (and, rarely, FLOPs) of a space with few resolutions form clusters with gaps, so an
+        evenly spaced bucket can hold no subnet on one device and many on another. Such a bucket is found here,
+        deterministically (same answer on every DDP rank), rather than by a failed draw in the middle of training.
+        """
+        empty = []
+        for b in range(len(self.config.targets)):
+            if self.cost.num_candidates(self.bucket_range(b)) > 0:
+                continue
+            try:
+                self.cost.sample_many(EMPTY_BUCKET_PROBES, rng=0, value_range=self.bucket_range(b))
+            except ValueError:
+                empty.append(b)
+        if len(empty) == len(self.config.targets):
+            raise ValueError(f'no bucket holds a subnet: the {len(empty)} {self.cost.metric} buckets around '
+                             f'{", ".join(self.describe_bucket(b) for b in empty)} fall into gaps of this space; '
+                             f'choose other buckets (budget range or number of pools)')
+        if empty:
+            warnings.warn(f'{len(empty)} of {len(self.config.targets)} PSS buckets hold no subnet and are left out of '
+                          f'sampling (their pools stay empty): {", ".join(self.describe_bucket(b) for b in empty)}; '
+                          f'the space\'s {self.cost.metric} values have gaps there', stacklevel=3)
+        return empty
 
     # schedule
 
@@ -223,7 +253,7 @@ class PrioritizedSubnetSampler:
 
         A pool is drawn from once it is full: `pool_size` subnets, or every distinct subnet its bucket offers.
         """
-        return self.propose_in(int(self.rng.integers(len(self.pools))))
+        return self.propose_in(self.live_buckets[int(self.rng.integers(len(self.live_buckets)))])
 
     def propose_in(self, bucket: int) -> Proposal:
         """A random subnet of `bucket`, or one drawn from its pool (see `propose`)."""
@@ -338,6 +368,7 @@ class MultiCostSampler:
         self.space = samplers[0].space
         self.rng = np.random.default_rng(seed)
         self._owner = [(i, b) for i, s in enumerate(self.samplers) for b in range(len(s.pools))]
+        self._live = [k for k, (i, b) in enumerate(self._owner) if b not in self.samplers[i].empty_buckets]
 
     @property
     def config(self) -> _Config:
@@ -380,7 +411,7 @@ class MultiCostSampler:
         return self.samplers[0].temperature
 
     def propose(self) -> Proposal:
-        bucket = int(self.rng.integers(len(self._owner)))
+        bucket = self._live[int(self.rng.integers(len(self._live)))]
         i, b = self._owner[bucket]
         proposal = self.samplers[i].propose_in(b)
         return Proposal(bucket, proposal.subnet, proposal.from_pool)
