@@ -2,6 +2,12 @@
 
 `import timm_pss` registers `pss_mobilenetv1`, `pss_mobilenetv2` and `pss_resnet50` with timm.
 """
+import timm as _timm
+
+from .requirements import check_timm_version as _check_timm_version
+
+_check_timm_version(_timm.__version__)
+
 from .budget import BudgetEntry, BudgetTable, parse_flops
 from .calibration import calibrate_bn, fill_budget_table
 from .export import export_subnet
