@@ -221,3 +221,53 @@ def test_find_supernet_through_wrappers():
     assert timm_pss.find_supernet(torch.compile(model)) is model
     with pytest.raises(TypeError, match='not a timm_pss supernet'):
         timm_pss.find_supernet(torch.nn.Linear(2, 2))
+
+
+def _fx_model(model, train=False):
+    """The model traced by timm's FX feature extraction, as timm's own test_models.py does (final output node)."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    nodes = train_nodes if train else eval_nodes
+    return create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
+                                    tracer_kwargs=tracer_kwargs), nodes[-1]
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_fx_and_torchscript_at_the_active_subnet(name):
+    """timm's FX (forward, backward, FX then TorchScript) and TorchScript checks, at a middle subnet and an input of
+    another size: traced and scripted models run the subnet that was active when they were made, resize included."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7, resolution_range=(64, 96, 32)).eval()
+    space = model.space
+    subnet = Subnet(64, tuple(c[len(c) // 2] for c in space.width_choices))
+    model.set_subnet(subnet)
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        expected = model(x)
+    assert expected.shape == (2, 7)
+
+    fx, node = _fx_model(model)
+    with torch.no_grad():
+        torch.testing.assert_close(fx(x)[node], expected)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), expected)
+    fx_scripted = torch.jit.script(_fx_model(model)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(fx_scripted(x)[node], expected)
+
+    # switching the supernet afterwards leaves the scripted subnet as it was (weights stay shared)
+    model.set_subnet(space.max_subnet())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), expected)
+        assert model(x).shape == expected.shape and not torch.equal(model(x), expected)
+
+    model.set_subnet(subnet)
+    model.train()
+    fx_train, train_node = _fx_model(model, train=True)
+    fx_train(x)[train_node].mean().backward()
+    used = [p for p in model.parameters() if p.grad is not None]
+    assert used and all(torch.isfinite(p.grad).all() for p in used)

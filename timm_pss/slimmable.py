@@ -4,8 +4,6 @@ The layers are the timm/torch classes themselves with a slicing `forward`; conve
 the class of each layer in place, so parameter names, shapes and objects stay exactly those of the dense model
 (a dense state dict loads strictly) and no per-width copy of any weight exists.
 """
-from __future__ import annotations
-
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -23,8 +21,9 @@ __all__ = [
 
 class SlimmableLayer:
     """Mixin: the layer's active in/out channels follow channel rules evaluated on the subnet's widths."""
-    in_rule: Optional[Channels] = None
-    out_rule: Optional[Channels] = None
+    # channel rules are Python objects used only when switching: no annotations, so TorchScript leaves them out
+    in_rule = None
+    out_rule = None
     active_in: int
     active_out: int
 

@@ -7,8 +7,6 @@ attributes that describe widths (`num_features`, `head_hidden_size`, `feature_in
 `pretrained_cfg['input_size']`) true for the active subnet. `SupernetFeatures` is the same for
 `features_only=True` models.
 """
-from __future__ import annotations
-
 import contextlib
 import math
 import warnings
@@ -17,6 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.layers import register_notrace_function
 from timm.models import FeatureListNet, build_model_with_cfg, resolve_pretrained_cfg
 
 from .budget import (
@@ -46,10 +45,13 @@ def set_input_size_cfg(cfg: Optional[Dict[str, Any]], resolution: int, reduction
 class SubnetSwitch:
     """Mixin for an nn.Module of slimmable layers: `space`, `set_subnet`/`active_subnet`, budget table, `set_budget`.
 
-    Subclasses set `space` and call `_init_switch()` before the first `set_subnet`.
+    Subclasses set `space` (a SearchSpace) and call `_init_switch()` before the first `set_subnet`.
     """
-    space: SearchSpace
-    _feature_info_channels: Tuple[Optional[Channels], ...] = ()
+    # no class-level annotations on the mixins: TorchScript reads the first annotated class of the MRO and cannot
+    # parse postponed (string) annotations, so the model's own torch annotations must be the ones it finds
+    _feature_info_channels = ()  # tuple of Optional[Channels], one per feature_info entry
+    # Python-side switching state, not part of a scripted forward
+    __jit_unused_properties__ = ['active_subnet', 'active_budget_index', 'budget_table']
 
     def _init_switch(self) -> None:
         self._index_layers()
@@ -83,6 +85,7 @@ class SubnetSwitch:
         for norm in self._switch_norms:
             norm.__dict__['budget_index'] = budget_index
         self._active_subnet = subnet
+        self.__dict__['_active_resolution'] = subnet.resolution
         self._active_budget_index = budget_index
         fi = getattr(self.feature_info, 'info', self.feature_info)
         for i, channels in enumerate(self._feature_info_channels):
@@ -143,12 +146,20 @@ class SubnetSwitch:
                              f'table from timm_pss.latency.build_lut(model, device={here!r})')
 
 
+@register_notrace_function
+def resize_to_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """`x` resized (bilinear, antialiased) to `resolution` x `resolution` unless it has that size already."""
+    if x.shape[-2] != resolution or x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False, antialias=True)
+    return x
+
+
 class SupernetMixin(SubnetSwitch):
     """Adds the supernet behaviour to a timm model class (put it first in the bases).
 
     Subclasses build their dense timm model, then call `_init_supernet(...)`, and implement `_walk_channels`.
     """
-    dense_architecture: str = ''  # the timm model an exported subnet is an instance of
+    dense_architecture = ''  # the timm model an exported subnet is an instance of
 
     def _init_supernet(
             self,
@@ -183,10 +194,8 @@ class SupernetMixin(SubnetSwitch):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The dense forward at the active resolution: other input sizes are resized (bilinear, antialiased)."""
-        r = self._active_subnet.resolution
-        if x.shape[-2] != r or x.shape[-1] != r:
-            x = F.interpolate(x, size=(r, r), mode='bilinear', align_corners=False, antialias=True)
-        return super().forward(x)
+        x = resize_to_resolution(x, self._active_resolution)
+        return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """timm's reset_classifier; the new classifier is slimmable and sized for the widest subnet."""
