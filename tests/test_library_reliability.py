@@ -174,6 +174,25 @@ def test_a_load_resets_the_active_entry_and_keeps_the_subnet(x, state_dicts):
     assert model.active_budget_index is None
 
 
+def test_a_refused_fill_leaves_the_model_as_it_was(x, state_dicts):
+    """Non-finite calibration statistics (NaN images) or metrics: refused, table and shared statistics kept."""
+    model = _loaded(state_dicts[0])
+    model.set_budget_entry(1)
+    before_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    before_outputs = _outputs(model, x)
+    model.set_budget_entry(1)
+    nan_images = DataLoader(TensorDataset(torch.full((8, 3, 64, 64), math.nan), torch.zeros(8)), batch_size=8)
+    with pytest.raises(ValueError, match=r'budget_running_(mean|var): entry 0, channel 0 is nan'):
+        timm_pss.fill_budget_table(model, [model.space.min_subnet()], nan_images, num_batches=1)
+    with pytest.raises(ValueError, match="metric 'top1' is nan; metrics must be finite"):
+        timm_pss.fill_budget_table(model, [model.space.min_subnet()], _loader(n=8), num_batches=1,
+                                   metrics=[{'top1': math.nan}])
+    assert model.active_budget_index == 1
+    after_sd = model.state_dict()
+    assert list(after_sd) == list(before_sd) and all(torch.equal(after_sd[k], v) for k, v in before_sd.items())
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(model, x), before_outputs))
+
+
 @pytest.mark.parametrize('budget, shown', [('1e400', "'1e400'"), ('1e309M', "'1e309M'"),
                                            (10 ** 400, 'an integer of 401 digits'),
                                            (-10 ** 400, 'a negative integer of 401 digits')],

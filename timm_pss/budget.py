@@ -107,6 +107,13 @@ class BudgetEntry:
     subnet: Subnet
     metrics: Mapping[str, float] = field(default_factory=dict, hash=False, compare=True)
 
+    def __post_init__(self):
+        # a NaN would win or lose every comparison in set_budget's choice, and a table holding one could be saved
+        # but not loaded again: refuse it where entries are made
+        bad = [k for k, v in self.metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f'metric {bad[0]!r} is {self.metrics[bad[0]]}; metrics must be finite numbers')
+
     def to_dict(self) -> dict:
         return {'flops': self.flops, 'subnet': self.subnet.to_dict(), 'metrics': dict(self.metrics)}
 
@@ -206,9 +213,6 @@ class BudgetTable(Sequence[BudgetEntry]):
                 metrics = e.get('metrics', {})
                 if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
                     raise ValueError('metrics must map names to numbers')
-                bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-                if bad:
-                    raise ValueError(f'metric {bad[0]!r} is {metrics[bad[0]]}; metrics must be finite numbers')
                 flops = e['flops']
                 if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not 0 <= flops < 2 ** 63:
                     raise ValueError(f'"flops" must be a finite number of MACs in [0, 2**63), got {_short(flops)}')
@@ -290,9 +294,8 @@ def write_budget_table(module: nn.Module, table: BudgetTable,
         raise ValueError(f'no per-entry BN statistics for layers {missing[:5]}')
     for name, layer in layers:  # check every layer before changing any
         for buf, stats in zip(_BN_BUFFERS, bn_stats.get(name, (None, None)) if len(table) else (None, None)):
-            if stats is not None and tuple(stats.shape) != (len(table), layer.num_features):
-                raise ValueError(f'{name}.{buf}: expected shape {(len(table), layer.num_features)}, '
-                                 f'got {tuple(stats.shape)}')
+            if stats is not None:
+                _check_entry_stats(f'{name}.{buf}', stats, (len(table), layer.num_features), len(table), buf)
     for name, layer in layers:
         for buf, stats in zip(_BN_BUFFERS, bn_stats.get(name, (None, None)) if len(table) else (None, None)):
             layer._buffers[buf] = None if stats is None else stats.to(layer.weight.device, torch.float32)
