@@ -71,7 +71,7 @@ def _as_float(value: numbers.Real) -> float:
 
 
 def _short(value) -> str:
-    """repr(value) cut to 60 characters, for error messages about possibly huge inputs."""
+    """repr(value), shortened (at most about 60 characters), for error messages about possibly huge inputs."""
     if isinstance(value, int) and value.bit_length() > 200:
         digits = len(str(abs(value))) if value.bit_length() < 14000 else 'over 4000'
         return f'{"a negative" if value < 0 else "an"} integer of {digits} digits'
@@ -110,9 +110,10 @@ class BudgetEntry:
     def __post_init__(self):
         # a NaN would win or lose every comparison in set_budget's choice, and a table holding one could be saved
         # but not loaded again: refuse it where entries are made
-        bad = [k for k, v in self.metrics.items() if not math.isfinite(v)]
+        bad = [k for k, v in self.metrics.items()
+               if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)]
         if bad:
-            raise ValueError(f'metric {bad[0]!r} is {self.metrics[bad[0]]}; metrics must be finite numbers')
+            raise ValueError(f'metric {bad[0]!r} is {self.metrics[bad[0]]!r}; metrics must be finite numbers')
 
     def to_dict(self) -> dict:
         return {'flops': self.flops, 'subnet': self.subnet.to_dict(), 'metrics': dict(self.metrics)}
