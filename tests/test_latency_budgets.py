@@ -130,6 +130,13 @@ def test_several_metrics_at_once(model, lut):
     assert [sampler.propose() for _ in range(20)] == [other.propose() for _ in range(20)]
     with pytest.raises(ValueError, match='not a multi-metric PSS sampler state'):
         other.load_state_dict(sampler.samplers[0].state_dict())
+    bad = json.loads(json.dumps(state))
+    bad['samplers'][0]['progress'] = 0.123  # fine on its own ...
+    bad['samplers'][1]['pools'][0][0][1] = float('nan')  # ... but the latency sampler's state is refused
+    before = json.dumps(other.state_dict())
+    with pytest.raises(ValueError, match='pool scores must be finite'):
+        other.load_state_dict(bad)
+    assert json.dumps(other.state_dict()) == before  # and the FLOPs sampler was not loaded either
     with pytest.raises(ValueError, match='one sampler per metric'):
         MultiCostSampler([sampler.samplers[0], sampler.samplers[0]])
     with pytest.raises(ValueError, match='prioritized and uniform samplers only'):

@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -48,14 +49,34 @@ def parse_flops(value: FlopsLike) -> float:
         if match is None:
             raise ValueError(f'cannot read {value!r} as a FLOPs budget; write a number of MACs or a string like '
                              f'"300M", "1.2G", "300 MFLOPs" (suffixes K, M, G, T)')
-        number = float(round(float(match.group(1)) * _UNITS[match.group(2).upper()]))  # whole MACs
+        number = float(match.group(1)) * _UNITS[match.group(2).upper()]
+        if math.isfinite(number):
+            number = float(round(number))  # whole MACs
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
+        number = _as_float(value)
     else:
         raise ValueError(f'a FLOPs budget is a number or a string like "300M", got {type(value).__name__} {value!r}')
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f'a FLOPs budget must be a positive finite number, got {value!r}')
+        raise ValueError(f'a FLOPs budget must be a positive finite number (at most {sys.float_info.max:.4g} MACs), '
+                         f'got {_short(value)}')
     return number
+
+
+def _as_float(value: numbers.Real) -> float:
+    """float(value), with integers too large for a float (e.g. 10**400) as infinity instead of OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _short(value) -> str:
+    """repr(value), shortened (at most about 60 characters), for error messages about possibly huge inputs."""
+    if isinstance(value, int) and value.bit_length() > 200:
+        digits = len(str(abs(value))) if value.bit_length() < 14000 else 'over 4000'
+        return f'{"a negative" if value < 0 else "an"} integer of {digits} digits'
+    text = repr(value)
+    return text if len(text) <= 60 else f'{text[:40]}...({len(text)} characters)'
 
 
 def parse_latency(value: Union[int, float, str]) -> float:
@@ -67,11 +88,11 @@ def parse_latency(value: Union[int, float, str]) -> float:
                              f'string like "5ms"')
         number = float(match.group(1))
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
+        number = _as_float(value)
     else:
         raise ValueError(f'a latency budget is a number of milliseconds, got {type(value).__name__} {value!r}')
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f'a latency budget must be a positive finite number of milliseconds, got {value!r}')
+        raise ValueError(f'a latency budget must be a positive finite number of milliseconds, got {_short(value)}')
     return number
 
 
@@ -85,6 +106,14 @@ class BudgetEntry:
     flops: int
     subnet: Subnet
     metrics: Mapping[str, float] = field(default_factory=dict, hash=False, compare=True)
+
+    def __post_init__(self):
+        # a NaN would win or lose every comparison in set_budget's choice, and a table holding one could be saved
+        # but not loaded again: refuse it where entries are made
+        bad = [k for k, v in self.metrics.items()
+               if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)]
+        if bad:
+            raise ValueError(f'metric {bad[0]!r} is {self.metrics[bad[0]]!r}; metrics must be finite numbers')
 
     def to_dict(self) -> dict:
         return {'flops': self.flops, 'subnet': self.subnet.to_dict(), 'metrics': dict(self.metrics)}
@@ -171,6 +200,9 @@ class BudgetTable(Sequence[BudgetEntry]):
             doc = json.loads(text)
         except ValueError as e:
             raise ValueError(f'{where}: not valid JSON ({e})') from None
+        except RecursionError:
+            raise ValueError(f'{where}: JSON nested too deeply (a budget table is an object of entry lists, '
+                             f'a few levels deep)') from None
         if not isinstance(doc, dict) or doc.get('format') != TABLE_FORMAT:
             raise ValueError(f'{where}: expected a JSON object with "format": "{TABLE_FORMAT}"')
         names, raw = doc.get('group_names'), doc.get('entries')
@@ -182,9 +214,12 @@ class BudgetTable(Sequence[BudgetEntry]):
                 metrics = e.get('metrics', {})
                 if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
                     raise ValueError('metrics must map names to numbers')
-                entry = BudgetEntry(int(e['flops']), Subnet.from_dict(e['subnet']),
+                flops = e['flops']
+                if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not 0 <= flops < 2 ** 63:
+                    raise ValueError(f'"flops" must be a finite number of MACs in [0, 2**63), got {_short(flops)}')
+                entry = BudgetEntry(int(flops), Subnet.from_dict(e['subnet']),
                                     {str(k): float(v) for k, v in metrics.items()})
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
                 raise ValueError(f'{where}: entry {i} is malformed ({err})') from None
             entries.append(entry)
         info = doc.get('info', {})
@@ -258,23 +293,27 @@ def write_budget_table(module: nn.Module, table: BudgetTable,
     missing = [n for n, _ in layers if n not in bn_stats]
     if len(table) and missing:
         raise ValueError(f'no per-entry BN statistics for layers {missing[:5]}')
+    for name, layer in layers:  # check every layer before changing any
+        for buf, stats in zip(_BN_BUFFERS, bn_stats.get(name, (None, None)) if len(table) else (None, None)):
+            if stats is not None:
+                _check_entry_stats(f'{name}.{buf}', stats, (len(table), layer.num_features), len(table), buf)
     for name, layer in layers:
         for buf, stats in zip(_BN_BUFFERS, bn_stats.get(name, (None, None)) if len(table) else (None, None)):
-            if stats is not None and tuple(stats.shape) != (len(table), layer.num_features):
-                raise ValueError(f'{name}.{buf}: expected shape {(len(table), layer.num_features)}, '
-                                 f'got {tuple(stats.shape)}')
             layer._buffers[buf] = None if stats is None else stats.to(layer.weight.device, torch.float32)
         layer.budget_index = None
     device = next(module.parameters()).device
     module._buffers[TABLE_BUFFER] = _table_tensor(table, device) if len(table) else None
+    _forget_active_entry(module)
 
 
 def resize_budget_buffers_on_load(module, state_dict, prefix, local_metadata, strict, missing_keys,
                                   unexpected_keys, error_msgs) -> None:
     """load_state_dict pre-hook: size the budget buffers to the incoming table (absent keys: no table).
 
-    A malformed table, a table for another space, or per-entry BN statistics of the wrong shape raise
-    ValueError naming the offending key.
+    Everything is checked before anything changes, so a refused load leaves the model exactly as it was: a
+    malformed table, a table for another space, per-entry BN statistics of the wrong shape, or non-finite
+    statistics (a negative running_var included) raise ValueError naming the offending key. After a load the
+    model runs its active subnet on the shared BN statistics (`active_budget_index` is None).
     """
     key = prefix + TABLE_BUFFER
     layers = _budget_layers(module)
@@ -286,21 +325,47 @@ def resize_budget_buffers_on_load(module, state_dict, prefix, local_metadata, st
         return
     stored = read_table_buffer(state_dict[key], module.space.group_names, where=key)
     table = stored.conform(module.space, where=key)
-    if table != stored:
-        state_dict[key] = _table_tensor(table)
     for name, layer in layers:
         for buf in _BN_BUFFERS:
             k = prefix + f'{name}.{buf}'
             if k not in state_dict:
                 raise ValueError(f'{k}: missing; the budget table {key} has {len(table)} entries and every BN '
                                  f'layer needs its per-entry statistics')
-            shape = tuple(state_dict[k].shape)
-            if shape != (len(table), layer.num_features):
-                raise ValueError(f'{k}: shape {shape} does not match the budget table ({len(table)} entries) '
-                                 f'and the layer ({layer.num_features} channels)')
+            _check_entry_stats(k, state_dict[k], (len(table), layer.num_features), len(table), buf)
+    # all checked: apply
+    if table != stored:
+        state_dict[key] = _table_tensor(table)
+    for name, layer in layers:
+        for buf in _BN_BUFFERS:
+            shape = tuple(state_dict[prefix + f'{name}.{buf}'].shape)
             layer._buffers[buf] = torch.empty(shape, dtype=torch.float32, device=layer.weight.device)
         layer.budget_index = None
     module._buffers[TABLE_BUFFER] = torch.empty_like(state_dict[key], device=next(module.parameters()).device)
+    _forget_active_entry(module)
+
+
+def _check_entry_stats(key: str, stats, shape: Tuple[int, int], entries: int, buf: str) -> None:
+    """Per-entry BN statistics must be a floating tensor of `shape`, finite, and variances must be >= 0."""
+    if not isinstance(stats, torch.Tensor) or not stats.is_floating_point():
+        raise ValueError(f'{key}: expected a floating-point tensor, got '
+                         f'{getattr(stats, "dtype", type(stats).__name__)}')
+    if tuple(stats.shape) != shape:
+        raise ValueError(f'{key}: shape {tuple(stats.shape)} does not match the budget table ({entries} entries) '
+                         f'and the layer ({shape[1]} channels)')
+    bad = ~torch.isfinite(stats)
+    if buf == 'budget_running_var':
+        bad |= stats < 0
+    if bad.any():
+        row, channel = (int(i) for i in bad.nonzero()[0])
+        what = 'finite and >= 0' if buf == 'budget_running_var' else 'finite'
+        raise ValueError(f'{key}: entry {row}, channel {channel} is {stats[row, channel].item()}; per-entry BN '
+                         f'statistics must be {what}')
+
+
+def _forget_active_entry(module: nn.Module) -> None:
+    """After the table changed, no entry's statistics are in use: the active subnet runs on the shared ones."""
+    if '_active_budget_index' in module.__dict__:
+        module._active_budget_index = None
 
 
 def set_table_metrics(module: nn.Module, metrics: Sequence[Mapping[str, float]],

@@ -87,22 +87,25 @@ def fill_budget_table(
     for i, s in enumerate(subnets):
         unique.setdefault(s, dict(metrics[i] or {}) if metrics is not None else {})
     order = sorted(unique, key=space.flops)
+    table = BudgetTable(space.group_names, [BudgetEntry(space.flops(s), s, unique[s]) for s in order])  # checked
     layers = [(n, m) for n, m in supernet.named_modules() if isinstance(m, SlimBatchNormBase)]
     stats = {n: (torch.zeros(len(order), m.num_features), torch.ones(len(order), m.num_features)) for n, m in layers}
-    previous = supernet.active_subnet
+    previous = supernet.active_subnet, supernet.active_budget_index
     shared = {n: {k: v.clone() for k, v in m._buffers.items() if v is not None and not k.startswith('budget_')}
               for n, m in layers}
-    for row, subnet in enumerate(order):
-        supernet.set_subnet(subnet)
-        calibrate_bn(supernet, loader, num_batches=num_batches)
+    try:
+        for row, subnet in enumerate(order):
+            supernet.set_subnet(subnet)
+            calibrate_bn(supernet, loader, num_batches=num_batches)
+            for name, layer in layers:
+                c = layer.active_out
+                stats[name][0][row, :c] = layer.running_mean[:c].float().cpu()
+                stats[name][1][row, :c] = layer.running_var[:c].float().cpu()
+        write_budget_table(supernet, table, stats)
+        previous = previous[0], None  # the old table's entries are gone
+    finally:  # also on failure: the shared statistics and the active subnet as they were
         for name, layer in layers:
-            c = layer.active_out
-            stats[name][0][row, :c] = layer.running_mean[:c].float().cpu()
-            stats[name][1][row, :c] = layer.running_var[:c].float().cpu()
-    table = BudgetTable(space.group_names, [BudgetEntry(space.flops(s), s, unique[s]) for s in order])
-    write_budget_table(supernet, table, stats)
-    for name, layer in layers:
-        for key, value in shared[name].items():
-            layer._buffers[key].copy_(value)
-    supernet.set_subnet(previous)
+            for key, value in shared[name].items():
+                layer._buffers[key].copy_(value)
+        supernet._activate(*previous)
     return table

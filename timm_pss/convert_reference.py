@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -79,7 +80,12 @@ def map_reference_state_dict(reference: Dict[str, torch.Tensor], model: nn.Modul
 
 
 def parse_reference_pools(arch_pools: dict, space: SearchSpace) -> Dict[float, List[Tuple[Subnet, float]]]:
-    """{target: [(subnet, score), ...]} from `arch_pools['pools'][metric][target]` ({str(cfg dict): score})."""
+    """{target: [(subnet, score), ...]} from `arch_pools['pools'][metric][target]` ({str(cfg dict): score}).
+
+    Every score must be a finite number: a NaN would win its pool's max() (comparisons with NaN are false) and an
+    infinity would win it unearned, so such a checkpoint is refused with a ValueError naming the pool and subnet
+    rather than skipped with a warning: a reference run that produced one is not one to convert.
+    """
     pools = arch_pools.get('pools') if isinstance(arch_pools, dict) else None
     if not isinstance(pools, dict):
         raise ValueError("arch_pools has no 'pools' mapping")
@@ -96,7 +102,14 @@ def parse_reference_pools(arch_pools: dict, space: SearchSpace) -> Dict[float, L
                     subnet = space.validate(Subnet(int(cfg['resolution']), widths))
                 except (ValueError, SyntaxError, KeyError, TypeError) as e:
                     raise ValueError(f'pool {metric}/{target}: cannot read subnet {text[:80]!r}: {e}') from None
-                result.setdefault(float(target), []).append((subnet, float(score)))
+                try:
+                    score = float(score)
+                except (TypeError, ValueError, OverflowError):
+                    score = math.nan
+                if not math.isfinite(score):
+                    raise ValueError(f'pool {metric}/{target}: subnet {text[:80]!r} has score {entries[text]!r}; '
+                                     f'pool scores must be finite numbers')
+                result.setdefault(float(target), []).append((subnet, score))
     return result
 
 

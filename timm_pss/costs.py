@@ -11,7 +11,7 @@ from typing import Optional, Protocol, Tuple
 import numpy as np
 
 from .budget import format_flops
-from .spaces import RngLike, SearchSpace, Subnet, SubnetBatch
+from .spaces import RngLike, SearchSpace, Subnet, SubnetBatch, ordered_range
 
 __all__ = ['SubnetCost', 'FlopsCost', 'LatencyCost', 'METRICS']
 
@@ -128,8 +128,9 @@ class LatencyCost(SubnetCost):
         return self.space._walk_sample(n, rng, lo, hi, values=self._values_of_indices, unit='predicted ms')
 
     def num_candidates(self, value_range):
+        lo, hi = ordered_range(value_range, 'value_range')
         values, _ = self._bank
-        first, stop = np.searchsorted(values, [float(value_range[0]), float(value_range[1])], side='left')
+        first, stop = np.searchsorted(values, [lo, hi], side='left')
         return int(stop - first)
 
     def format(self, value: float) -> str:

@@ -15,8 +15,8 @@ from typing import Optional, Union
 
 import yaml
 
-__all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'load_run', 'render_model_card', 'write_hub_folder',
-           'publish']
+__all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'check_local_dir_weights', 'load_run',
+           'render_model_card', 'write_hub_folder', 'publish']
 
 HUB_ORG = 'timm-pss'
 MODEL_CARD_TEMPLATE = Path(__file__).with_name('MODEL_CARD.md')
@@ -39,6 +39,21 @@ def missing_weights_error(variant: str, pretrained_cfg: Optional[dict], error: E
         f'timm.create_model("{variant}", pretrained=True, '
         f'pretrained_cfg_overlay=dict(file="path/to/model.safetensors"))'
         f' or timm.create_model("local-dir:path/to/folder").')
+
+
+def check_local_dir_weights(pretrained_cfg: Optional[dict]) -> None:
+    """A `local-dir:FOLDER` source must hold FOLDER/model.safetensors.
+
+    timm would otherwise fall back to any other checkpoint in the folder (pytorch_model.bin, checkpoint-0.pth.tar,
+    ...), silently loading weights nobody asked for; timm_pss weights are safetensors, so refuse instead.
+    """
+    cfg = pretrained_cfg or {}
+    if cfg.get('source') != 'local-dir' or not cfg.get('file'):
+        return
+    weights = Path(cfg['file']) / 'model.safetensors'
+    if not weights.is_file():
+        raise FileNotFoundError(f'{weights} is missing: a local-dir: folder of timm_pss weights needs '
+                                f'model.safetensors (other checkpoints in the folder are not loaded in its place)')
 
 
 def load_run(source: Union[str, Path]):

@@ -44,7 +44,7 @@ from .spaces import SearchSpace, Subnet, SubnetBatch
 from .supernet import SupernetMixin, find_supernet
 
 __all__ = ['LatencyBlock', 'LatencyTable', 'build_lut', 'predict_latency', 'record_latency', 'cpu_name', 'FORMAT',
-           'AUTO_MAX_GRID']
+           'AUTO_MAX_GRID', 'fit_overhead_ms']
 
 FORMAT = 'timm_pss.latency_table/1'
 AUTO_MAX_GRID = 81  # width combinations per segment (per resolution) measured in full when width_points=None
@@ -190,8 +190,10 @@ class LatencyTable:
                                 ('batch_size', batch_size, 1)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ValueError(f'latency table: {key!r} must be an integer >= {low}, got {value!r}')
-        if isinstance(overhead_ms, bool) or not isinstance(overhead_ms, numbers.Real) or not math.isfinite(overhead_ms):
-            raise ValueError(f'latency table: "overhead_ms" must be a finite number, got {overhead_ms!r}')
+        if (isinstance(overhead_ms, bool) or not isinstance(overhead_ms, numbers.Real) or not math.isfinite(overhead_ms)
+                or overhead_ms < 0):
+            raise ValueError(f'latency table: "overhead_ms" must be a finite number >= 0 (a negative overhead '
+                             f'would predict negative latencies), got {overhead_ms!r}')
         self.model, self.device, self.device_name, self.torch_version, self.dtype = (
             model, device, device_name, torch_version, dtype)
         self.num_classes, self.threads, self.batch_size = int(num_classes), int(threads), int(batch_size)
@@ -842,13 +844,22 @@ def build_lut(
         blocks_ms = table.predict_many(SubnetBatch.from_subnets(whole))  # overhead 0: the blocks' sum
         fit = [{'subnet': s.to_dict(), 'overhead_ms': round(o, 4), 'blocks_ms': round(float(b), 4)}
                for s, o, b in zip(whole, overheads, blocks_ms)]
-        table.overhead_ms = round(float(np.median(overheads)), 4)
+        table.overhead_ms = fit_overhead_ms(overheads)
     table.build = {'seconds': round(time.perf_counter() - t_start, 2), 'warmup': warmup, 'repeats': repeats,
                    'width_points': width_points, 'auto_max_grid': AUTO_MAX_GRID, 'probe_subnets': len(probes),
                    'retaken_samples': retaken, 'allocator': _allocator_settings(), 'overhead_fit': fit}
     if progress:
         print(f'build_lut: {table!r} in {table.build["seconds"]:.1f} s', file=sys.stderr, flush=True)
     return table
+
+
+def fit_overhead_ms(overheads: Sequence[float]) -> float:
+    """The per-forward overhead from each whole subnet's (end-to-end minus segments) time: their median, rounded
+    to 0.1 us and clamped at 0. Timing noise can make the median negative when the true overhead is near zero,
+    and a negative constant would predict negative latencies for the fastest subnets."""
+    if not len(overheads):
+        raise ValueError('fit_overhead_ms needs at least one measured overhead')
+    return max(0.0, round(float(np.median(overheads)), 4))
 
 
 def _check_chain(supernet: SupernetMixin, segments: Sequence['_Segment'], subnet: Subnet, x: torch.Tensor) -> None:

@@ -22,6 +22,14 @@ __all__ = [
 
 RngLike = Union[None, int, np.random.Generator]
 
+# What a space may hold, so that a hostile or mistyped definition (a config.json, a latency table) fails at once
+# instead of taking minutes and gigabytes: the per-resolution FLOPs matrices, lookups and the candidate bank grow
+# with these. The built-in models use at most 13 resolutions of at most 224 px and 25 widths per group.
+MAX_RESOLUTIONS = 256
+MAX_RESOLUTION = 8192
+MAX_WIDTH_CHOICES = 1024
+MAX_BANK_SIZE = 1 << 22
+
 
 def _as_int(value, what: str) -> int:
     """An exact integer or a ValueError naming `what`; floats, bools and strings are refused, not rounded."""
@@ -130,20 +138,47 @@ def width_choices(base: int, mult_range: Tuple[float, float], divisor: int = 8) 
     if not 0 < lo <= hi:
         raise ValueError(f'width multiplier range must satisfy 0 < lo <= hi, got {mult_range}')
     w_lo, w_hi = make_divisible(base * lo, divisor), make_divisible(base * hi, divisor)
+    count = (w_hi - w_lo) // divisor + 1
+    if count > MAX_WIDTH_CHOICES:
+        raise ValueError(f'width multiplier range {tuple(mult_range)} gives {count} width choices for a group of '
+                         f'{base} channels; a space allows at most {MAX_WIDTH_CHOICES} per group')
     return tuple(range(w_lo, w_hi + 1, divisor))
 
 
 def resolution_choices(res_range: Tuple[int, int, int]) -> Tuple[int, ...]:
-    """Resolutions from (min, max, step), both ends included."""
+    """Resolutions from (min, max, step), both ends included: at most `MAX_RESOLUTIONS` (256) values, each at
+    most `MAX_RESOLUTION` (8192) px."""
     lo, hi, step = (_as_int(v, 'resolution range entry') for v in res_range)
     if not (0 < lo <= hi and step > 0 and (hi - lo) % step == 0):
         raise ValueError(f'resolution range (min, max, step) must have 0 < min <= max and step dividing '
                          f'max - min, got {tuple(res_range)}')
+    _check_resolution_bounds((hi - lo) // step + 1, hi, f'resolution range {tuple(res_range)}')
     return tuple(range(lo, hi + 1, step))
+
+
+def ordered_range(value_range, what: str) -> Tuple[float, float]:
+    """(lo, hi) as floats with lo <= hi (neither NaN), else a ValueError naming `what`."""
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f'{what} must be two numbers (lo, hi), got {value_range!r} ({e})') from None
+    if math.isnan(lo) or math.isnan(hi) or lo > hi:
+        raise ValueError(f'{what} must be two numbers lo <= hi, got {value_range!r}')
+    return lo, hi
+
+
+def _check_resolution_bounds(count: int, largest: int, what: str) -> None:
+    if count > MAX_RESOLUTIONS or largest > MAX_RESOLUTION:
+        raise ValueError(f'{what} holds {count} resolutions up to {largest} px; a space allows at most '
+                         f'{MAX_RESOLUTIONS} resolutions of at most {MAX_RESOLUTION} px')
 
 
 class SearchSpace:
     """Channel groups with their width choices, input resolutions, and the FLOPs of any subnet.
+
+    Bounded, so that a hostile definition fails at once with a ValueError: at most `MAX_RESOLUTIONS` (256)
+    resolutions of at most `MAX_RESOLUTION` (8192) px, at most `MAX_WIDTH_CHOICES` (1024) widths per group, and
+    a candidate bank (`bank_size`) of at most `MAX_BANK_SIZE` (4,194,304) subnets.
 
     Args:
         group_names: one name per channel group (the module path that produces it).
@@ -161,6 +196,12 @@ class SearchSpace:
     ):
         if len(group_names) != len(width_choices):
             raise ValueError(f'{len(group_names)} group names but {len(width_choices)} width choice lists')
+        for name, choices in zip(group_names, width_choices):
+            if len(choices) > MAX_WIDTH_CHOICES:
+                raise ValueError(f'group {name!r} has {len(choices)} width choices; a space allows at most '
+                                 f'{MAX_WIDTH_CHOICES} per group')
+        if resolutions:
+            _check_resolution_bounds(len(resolutions), max(resolutions), 'the space')
         self.group_names: Tuple[str, ...] = tuple(group_names)
         self.width_choices: Tuple[Tuple[int, ...], ...] = tuple(tuple(sorted(set(c))) for c in width_choices)
         self.resolutions: Tuple[int, ...] = tuple(sorted(set(resolutions)))
@@ -292,15 +333,22 @@ class SearchSpace:
     bank_size: int = 1 << 18
 
     def num_candidates(self, flops_range: Tuple[float, float]) -> int:
-        """How many distinct subnets `sample(flops_range=...)` draws from (0: the range is served by the walk)."""
+        """How many distinct subnets `sample(flops_range=...)` draws from (0: the range is served by the walk).
+
+        `flops_range=(lo, hi)` with lo <= hi (an empty range holds 0); anything else raises ValueError.
+        """
+        lo, hi = ordered_range(flops_range, 'flops_range')
         bank_flops, _ = self._bank
-        first, stop = np.searchsorted(bank_flops, [float(flops_range[0]), float(flops_range[1])], side='left')
+        first, stop = np.searchsorted(bank_flops, [lo, hi], side='left')
         return int(stop - first)
 
     @property
     def _bank(self) -> Tuple[np.ndarray, np.ndarray]:
         """(flops ascending, choice indices) of up to `bank_size` distinct subnets spread over the FLOPs span."""
         if not hasattr(self, '_bank_cache'):
+            if not 1 <= self.bank_size <= MAX_BANK_SIZE:
+                raise ValueError(f'bank_size is {self.bank_size}; the candidate bank holds 1 .. {MAX_BANK_SIZE} '
+                                 f'subnets')
             rng = np.random.default_rng(0x955)
             levels, ladder = self._ladder
             level = np.interp(rng.uniform(ladder[0], ladder[-1], self.bank_size), ladder, levels)

@@ -9,6 +9,8 @@ attributes that describe widths (`num_features`, `head_hidden_size`, `feature_in
 """
 import contextlib
 import math
+import numbers
+import threading
 import warnings
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
@@ -23,7 +25,7 @@ from .budget import (
     resize_budget_buffers_on_load,
 )
 from .channel_plan import ChannelPlan
-from .hub import missing_weights_error
+from .hub import check_local_dir_weights, missing_weights_error
 from .slimmable import SlimBatchNormBase, apply_widths, convert_to_slimmable, slimmable_layers
 from .spaces import Channels, SearchSpace, Subnet
 
@@ -42,16 +44,25 @@ def set_input_size_cfg(cfg: Optional[Dict[str, Any]], resolution: int, reduction
         cfg['pool_size'] = (side, side)
 
 
+_SWITCH_LOCK_GUARD = threading.Lock()  # makes the lazy creation of each model's switch lock race-free
+
+
 class SubnetSwitch:
     """Mixin for an nn.Module of slimmable layers: `space`, `set_subnet`/`active_subnet`, budget table, `set_budget`.
 
     Subclasses set `space` (a SearchSpace) and call `_init_switch()` before the first `set_subnet`.
+
+    Threads: `switch_lock` is a per-model re-entrant lock; `set_subnet`, `set_budget` and `set_budget_entry` take it,
+    and `timm_pss.budget(model, ...)` holds it for its whole `with` block (switch, forwards, restore), so threads
+    that each use `with budget(...)` on one shared model are serialised and every forward runs the budget its
+    thread asked for. Bare `set_budget(...)` followed by `model(x)` from several threads is NOT safe: another
+    thread may switch between the two calls (use `with budget(...)`, or one model per thread).
     """
     # no class-level annotations on the mixins: TorchScript reads the first annotated class of the MRO and cannot
     # parse postponed (string) annotations, so the model's own torch annotations must be the ones it finds
     _feature_info_channels = ()  # tuple of Optional[Channels], one per feature_info entry
     # Python-side switching state, not part of a scripted forward
-    __jit_unused_properties__ = ['active_subnet', 'active_budget_index', 'budget_table']
+    __jit_unused_properties__ = ['active_subnet', 'active_budget_index', 'budget_table', 'switch_lock']
 
     def _init_switch(self) -> None:
         self._index_layers()
@@ -59,6 +70,20 @@ class SubnetSwitch:
         self._register_load_state_dict_pre_hook(resize_budget_buffers_on_load, with_module=True)
         self._active_budget_index: Optional[int] = None
         self._table_cache: Tuple[Any, BudgetTable] = (None, None)
+
+    @property
+    def switch_lock(self) -> threading.RLock:
+        """This model's re-entrant switching lock (created on first use; not part of the state dict or pickles)."""
+        lock = self.__dict__.get('_switch_lock')
+        if lock is None:
+            with _SWITCH_LOCK_GUARD:
+                lock = self.__dict__.setdefault('_switch_lock', threading.RLock())
+        return lock
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop('_switch_lock', None)  # locks cannot be copied; a copy (deepcopy, ModelEma) makes its own
+        return state
 
     @property
     def active_subnet(self) -> Subnet:
@@ -72,7 +97,8 @@ class SubnetSwitch:
     def set_subnet(self, subnet: Subnet) -> Subnet:
         """Run `subnet` from now on (validated against `space`) with the shared BN statistics; returns it."""
         subnet = self.space.validate(subnet)
-        self._activate(subnet, None)
+        with self.switch_lock:
+            self._activate(subnet, None)
         return subnet
 
     def _index_layers(self) -> None:
@@ -113,26 +139,32 @@ class SubnetSwitch:
         forward pass is needed. Below the smallest entry: ValueError, or with `strict=False` the smallest entry
         and a warning. Returns the chosen entry.
         """
-        table = self.budget_table
-        if latency_ms is not None and flops is None:
-            self._check_latency_device(table)
-        index, entry = table.select(flops, strict=strict, latency_ms=latency_ms)
-        if flops is not None and entry.flops > parse_flops(flops):
-            warnings.warn(f'budget {flops!r} is below the smallest budget-table entry; using that entry '
-                          f'({entry.flops} FLOPs)', stacklevel=2)
-        if latency_ms is not None and entry.metrics[LATENCY_METRIC] > parse_latency(latency_ms):
-            warnings.warn(f'latency budget {latency_ms!r} ms is below the smallest budget-table entry; using '
-                          f'that entry ({entry.metrics[LATENCY_METRIC]:.4g} ms)', stacklevel=2)
-        self._activate(entry.subnet, index)
+        with self.switch_lock:
+            table = self.budget_table
+            if latency_ms is not None and flops is None:
+                self._check_latency_device(table)
+            index, entry = table.select(flops, strict=strict, latency_ms=latency_ms)
+            if flops is not None and entry.flops > parse_flops(flops):
+                warnings.warn(f'budget {flops!r} is below the smallest budget-table entry; using that entry '
+                              f'({entry.flops} FLOPs)', stacklevel=2)
+            if latency_ms is not None and entry.metrics[LATENCY_METRIC] > parse_latency(latency_ms):
+                warnings.warn(f'latency budget {latency_ms!r} ms is below the smallest budget-table entry; using '
+                              f'that entry ({entry.metrics[LATENCY_METRIC]:.4g} ms)', stacklevel=2)
+            self._activate(entry.subnet, index)
         return entry
 
     def set_budget_entry(self, index: int) -> BudgetEntry:
-        """Switch to budget-table entry `index` itself, with its BN statistics (e.g. to measure every entry)."""
-        table = self.budget_table
-        if not -len(table) <= index < len(table):
-            raise IndexError(f'budget-table entry {index} does not exist; the table has {len(table)} entries')
-        index %= len(table)
-        self._activate(table[index].subnet, index)
+        """Switch to budget-table entry `index` itself (an int; negative counts from the end), with its BN
+        statistics (e.g. to measure every entry)."""
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(f'a budget-table entry index is an int, got {type(index).__name__} {index!r}')
+        index = int(index)
+        with self.switch_lock:
+            table = self.budget_table
+            if not -len(table) <= index < len(table):
+                raise IndexError(f'budget-table entry {index} does not exist; the table has {len(table)} entries')
+            index %= len(table)
+            self._activate(table[index].subnet, index)
         return table[index]
 
     def _check_latency_device(self, table: BudgetTable) -> None:
@@ -231,6 +263,10 @@ def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cf
     """timm's `build_model_with_cfg` for supernets: `features_only=True` gives a switchable `SupernetFeatures`,
     and the pretrained_cfg follows the active subnet from the start."""
     feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
+    if pretrained:
+        check_local_dir_weights(resolve_pretrained_cfg(
+            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict())
     try:
         model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     except OSError as e:  # huggingface_hub / download failures: offline, no such repo or file
@@ -269,10 +305,19 @@ def set_budget(model: nn.Module, flops: Optional[FlopsLike] = None, strict: bool
 def budget(model: nn.Module, flops: Optional[FlopsLike] = None, strict: bool = True, *,
            latency_ms: Union[None, float, str] = None) -> Iterator[BudgetEntry]:
     """`with timm_pss.budget(model, '300M') as entry:` (or `latency_ms=5`) runs that budget, then restores the
-    previous subnet."""
+    previous subnet.
+
+    Thread-safe per model: the block holds the model's re-entrant `switch_lock` from the switch to the restore,
+    so threads sharing one model each run their own budget, one block at a time (the forwards of different
+    threads do not overlap). Bare `model.set_budget(...)` + `model(x)` from several threads is not made safe.
+    """
     supernet = find_supernet(model)
-    previous = supernet.active_subnet, supernet.active_budget_index
-    try:
-        yield supernet.set_budget(flops, strict=strict, latency_ms=latency_ms)
-    finally:
-        supernet._activate(*previous)
+    with supernet.switch_lock:
+        previous_subnet, previous_index = supernet.active_subnet, supernet.active_budget_index
+        table_before = supernet.budget_table
+        try:
+            yield supernet.set_budget(flops, strict=strict, latency_ms=latency_ms)
+        finally:
+            if supernet.budget_table is not table_before:  # a load or fill inside the block replaced the table
+                previous_index = None
+            supernet._activate(previous_subnet, previous_index)

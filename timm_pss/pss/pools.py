@@ -94,13 +94,25 @@ class SubnetPool:
         return [[s.to_dict(), v] for s, v in self._scores.items()]
 
     def load_state_dict(self, entries: Sequence) -> None:
+        """Restore from `state_dict()`; every score must be finite (checked before anything changes)."""
+        self._scores = self.parse_state(entries)
+
+    def parse_state(self, entries: Sequence) -> Dict[Subnet, float]:
+        """{subnet: score} from `state_dict()` output, or ValueError: a malformed entry, a non-finite score, or
+        more subnets than `capacity`."""
         scores = {}
-        for entry in entries:
-            subnet, score = entry
-            scores[Subnet.from_dict(subnet)] = float(score)
+        try:
+            for entry in entries:
+                subnet, score = entry
+                subnet = Subnet.from_dict(subnet)
+                if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                    raise ValueError(f'the score of subnet {subnet} is {score!r}; pool scores must be finite numbers')
+                scores[subnet] = float(score)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f'malformed pool state: {e}') from None
         if len(scores) > self.capacity:
             raise ValueError(f'pool state holds {len(scores)} subnets, capacity is {self.capacity}')
-        self._scores = scores
+        return scores
 
 
 class Proposal(NamedTuple):
@@ -286,7 +298,16 @@ class PrioritizedSubnetSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from `state_dict()`; the buckets and pool settings must match this sampler's."""
+        """Restore from `state_dict()`; the buckets and pool settings must match this sampler's, every pooled
+        subnet must lie in the space and in its pool's bucket, and every score must be finite. Everything is
+        checked first: a refused state (ValueError) leaves the sampler as it was."""
+        self._apply_state(self._parse_state(state))
+
+    def _apply_state(self, parsed: tuple) -> None:
+        self.pools, self.rng, self.progress, self.config.p_random, self.config.temperature = parsed
+
+    def _parse_state(self, state: dict) -> tuple:
+        """(pools, rng, progress, p_random, temperature) from a `state_dict()`, checked; changes nothing."""
         if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
             raise ValueError(f'not a PSS sampler state (expected "format": "{STATE_FORMAT}")')
         kind = state.get('kind', 'prioritized')
@@ -306,16 +327,37 @@ class PrioritizedSubnetSampler:
                              f'{len(theirs[0])} buckets, step {theirs[1]}, pool_size {theirs[2]}, momentum '
                              f'{theirs[3]}; this run has {len(c.targets)} buckets, step {c.step}, pool_size '
                              f'{c.pool_size}, momentum {c.momentum}')
-        pools = [SubnetPool(c.pool_size, c.momentum) for _ in c.targets]
-        for pool, entries in zip(pools, state['pools']):
-            pool.load_state_dict(entries)
-            for subnet in pool._scores:
-                self.space.validate(subnet)
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state['rng']
-        self.pools, self.rng, self.progress = pools, rng, float(state['progress'])
-        self.config.p_random = tuple(state['p_random'])
-        self.config.temperature = tuple(state['temperature'])
+        try:
+            if len(state['pools']) != len(c.targets):
+                raise ValueError(f'{len(state["pools"])} pools for {len(c.targets)} buckets')
+            pools = [SubnetPool(c.pool_size, c.momentum) for _ in c.targets]
+            for bucket, (pool, entries) in enumerate(zip(pools, state['pools'])):
+                try:
+                    pool._scores = pool.parse_state(entries)
+                    for subnet in pool._scores:
+                        self.space.validate(subnet)
+                        self._check_in_bucket(bucket, subnet)
+                except ValueError as e:
+                    raise ValueError(f'pool {bucket} ({self.describe_bucket(bucket)}): {e}') from None
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state['rng']
+            progress = float(state['progress'])
+            p_random, temperature = (tuple(float(v) for v in state[k]) for k in ('p_random', 'temperature'))
+            if not (math.isfinite(progress) and len(p_random) == 2 == len(temperature)
+                    and all(math.isfinite(v) and v > 0 for v in p_random + temperature)):
+                raise ValueError(f'progress {progress}, p_random {p_random} and temperature {temperature} must be '
+                                 f'finite, the schedules two positive numbers each')
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f'PSS sampler state refused: {e}') from None
+        return pools, rng, min(max(progress, 0.0), 1.0), p_random, temperature
+
+    def _check_in_bucket(self, bucket: int, subnet: Subnet) -> None:
+        lo, hi = self.bucket_range(bucket)
+        value = self.cost.of(subnet)
+        slack = 1e-9 * self.config.step  # float rounding of the bucket edges, not a wider bucket
+        if not lo - slack <= value < hi + slack:
+            raise ValueError(f'subnet {subnet} has {self.cost.format(value)} {self.cost.metric}, outside its bucket '
+                             f'[{self.cost.format(lo)}, {self.cost.format(hi)})')
 
 
 class GlobalWidthSampler(PrioritizedSubnetSampler):
@@ -435,9 +477,15 @@ class MultiCostSampler:
         ours = [s.cost.metric for s in self.samplers]
         if theirs != ours:
             raise ValueError(f'sampler state has pools for metrics {theirs}; this run has {ours}')
-        for s, sub in zip(self.samplers, state['samplers']):
-            s.load_state_dict(sub)
-        self.rng.bit_generator.state = state['rng']
+        parsed = [s._parse_state(sub) for s, sub in zip(self.samplers, state['samplers'])]  # all checked first
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = state['rng']
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f'multi-metric PSS sampler state refused: bad "rng" ({e})') from None
+        for s, p in zip(self.samplers, parsed):
+            s._apply_state(p)
+        self.rng = rng
 
 
 class UniformSubnetSampler:
