@@ -372,14 +372,16 @@ def check_resume_settings(args: argparse.Namespace, path: Path, meta: dict) -> N
     if not isinstance(saved, dict):
         _logger.warning(f'{path} records no arguments; its model and PSS settings cannot be checked')
         return
+    def shown(value):
+        return 'its default' if value is None else ' '.join(map(str, value)) if isinstance(value, list) else value
+
     ours, saved = plain_args(args), yaml.safe_load(yaml.safe_dump(saved))
     for key in RESUME_SETTINGS:
         if key in saved and saved[key] != ours.get(key):
             option = '--' + key.replace('_', '-')
-            value = saved[key]
-            shown = ' '.join(map(str, value)) if isinstance(value, list) else value
-            usage_error(f'--resume {path} is a run of {saved.get("model")} with {option} {shown}, this command has '
-                        f'{ours.get(key)}; pass {option} {shown} to continue it, or start a new run without --resume')
+            usage_error(f'--resume {path} is a run of {saved.get("model")} with {option} {shown(saved[key])}, this '
+                        f'command has {shown(ours.get(key))}; give the same {option} to continue it, or start a new '
+                        f'run without --resume')
 
 
 def check_image_folders(args: argparse.Namespace) -> None:

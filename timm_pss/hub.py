@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import yaml
 
-from .files import atomic_path, atomic_write, write_bytes_atomic, write_text_atomic
+from .files import atomic_path, atomic_write, write_text_atomic
 
 __all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'load_run', 'save_hub_files', 'render_model_card',
            'write_hub_folder', 'check_publish_dir', 'publish']
@@ -116,16 +116,17 @@ def render_model_card(model, repo_id: str, training_args: Optional[dict] = None,
 
 
 def save_hub_files(model, folder: Union[str, Path]) -> None:
-    """timm's `save_for_hf(model, folder, safe_serialization=True)` (model.safetensors, config.json), each file
-    written atomically, so a crash leaves the previous files or the new ones, never a truncated one."""
+    """timm's `save_for_hf(model, folder, safe_serialization=True)` (model.safetensors, config.json), written
+    atomically: a failure or a kill leaves the previous files or the new ones, never a truncated one."""
     from safetensors.torch import save
     from timm.models._hub import save_config_for_hf
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(folder / 'model.safetensors', save(model.state_dict()))
-    with atomic_path(folder / 'config.json') as temp:
-        save_config_for_hf(model, temp)
+    # both staged as temporaries, renamed only when both are complete
+    with atomic_path(folder / 'model.safetensors') as weights, atomic_path(folder / 'config.json') as config:
+        weights.write_bytes(save(model.state_dict()))
+        save_config_for_hf(model, config)
 
 
 def check_publish_dir(out_dir: Union[str, Path], force: bool = False) -> Path:
