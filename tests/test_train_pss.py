@@ -201,7 +201,7 @@ def _usage_error(train_pss, argv, capsys):
 def _checkpoint(train_pss, folder, argv, payload=None, **changes):
     """A real train_pss.py-style checkpoint (torch.save) whose args are parse_args(argv) with `changes`."""
     import torch
-    args = train_pss.plain_args(train_pss.parse_args(argv)[0])
+    args = yaml.safe_load(yaml.safe_dump(vars(train_pss.parse_args(argv)[0])))
     args.update(changes)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(payload or {'epoch': 0, 'version': 2, 'arch': args['model'], 'state_dict': {}, 'args': args},

@@ -91,7 +91,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_write(path: PathLike, mode: str = 'w', encoding: str = 'utf-8', newline: Optional[str] = None) -> Iterator[IO]:
+def atomic_write(path: PathLike, mode: str = 'w', encoding: str = 'utf-8',
+                 newline: Optional[str] = None) -> Iterator[IO]:
     """`open(path, mode)` for writing, made atomic: the file appears complete at `path` when the block ends."""
     if mode not in ('w', 'wb'):
         raise ValueError(f'atomic_write writes whole files: mode must be "w" or "wb", got {mode!r}')
