@@ -76,3 +76,11 @@ def test_check_new_file(tmp_path):
     with pytest.raises(ValueError, match='is a folder'):
         check_new_file(tmp_path)
     assert check_new_file(tmp_path / 'y.json') == tmp_path / 'y.json'
+
+
+def test_a_truncated_latency_table_names_the_file(tmp_path):
+    from timm_pss.latency import LatencyTable
+    path = tmp_path / 'lut.json'
+    path.write_text('{"format": "timm_pss.lat')  # what a kill during a non-atomic save left behind
+    with pytest.raises(ValueError, match=f'{path}: latency table is not valid JSON'):
+        LatencyTable.load(path)

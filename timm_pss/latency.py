@@ -388,7 +388,11 @@ class LatencyTable:
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> 'LatencyTable':
         with open(path, encoding='utf-8') as f:
-            return cls.from_json(f.read())
+            text = f.read()
+        try:
+            return cls.from_json(text)
+        except ValueError as e:  # name the file: a truncated or foreign JSON is otherwise hard to place
+            raise ValueError(f'{path}: {e}') from e
 
 
 def predict_latency(table: LatencyTable, subnets: Union[Subnet, SubnetBatch, Sequence[Subnet]]
