@@ -18,7 +18,11 @@ import csv
 import hashlib
 import json
 import logging
+import os
+import pickle
 import random
+import shutil
+import sys
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -32,18 +36,22 @@ import torch.distributed as dist
 import yaml
 import timm
 from timm.data import Mixup, create_dataset, create_loader, resolve_data_config
+from timm.data.dataset_factory import _search_split
+from timm.data.readers.img_extensions import get_img_extensions
 from timm.loss import create_classification_loss
-from timm.models import load_checkpoint, resume_checkpoint, save_for_hf
+from timm.models import load_checkpoint, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
-    AverageMeter, CheckpointSaver, NativeScaler, ParseKwargs, distribute_bn, get_outdir, init_distributed_device,
-    is_primary, load_checkpoint_metadata, random_seed, setup_default_logging, update_summary,
+    AverageMeter, CheckpointSaver, NativeScaler, ParseKwargs, distribute_bn, init_distributed_device,
+    is_primary, load_checkpoint_metadata, random_seed, setup_default_logging,
 )
 
 from timm_pss.budget import format_flops, parse_flops, set_table_metrics
+from timm_pss.hub import save_hub_files
 from timm_pss.data import DigitsDataset, IndexSubset, split_indices
 from timm_pss.costs import METRICS, FlopsCost, LatencyCost
+from timm_pss.files import atomic_path, atomic_write, claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable, record_latency
 from timm_pss.pss import SAMPLERS, MultiCostSampler, PSSTask, create_sampler, evaluate_accuracy, evaluate_subnet, finalize_budget_table
 from timm_pss.supernet import SupernetMixin, find_supernet
@@ -273,7 +281,17 @@ def restore_rng_state(state: dict) -> None:
 
 
 class ResumablePSSTask(PSSTask):
-    """PSSTask whose checkpoint state also carries the process RNGs (torch, numpy, random) for an exact resume."""
+    """PSSTask whose checkpoint state also carries the process RNGs (torch, numpy, random) for an exact resume, and
+    the run's arguments as a plain dict (`run_args`), so `torch.load(path, weights_only=True)` reads checkpoints
+    with no allowlisted classes (timm's CheckpointSaver would store an argparse.Namespace; it is given none)."""
+
+    run_args = None
+
+    def get_checkpoint_state(self, ema=False, **kwargs):
+        state = super().get_checkpoint_state(ema=ema, **kwargs)
+        if not ema and self.run_args is not None:
+            state.update(arch=self.run_args['model'], args=self.run_args)
+        return state
 
     def get_task_state(self, module=None, ema=False):
         state = super().get_task_state(module, ema)
@@ -294,6 +312,183 @@ def check_pools_identical(sampler, world_size: int) -> None:
     dist.all_gather_object(digests, digest)
     if len(set(digests)) != 1:
         raise RuntimeError(f'PSS pools diverged across ranks: {digests}')
+
+
+# argument, resume and run-folder checks: one line and exit code 2 before any long work
+
+def usage_error(message: str):
+    """Stop with a one-line error (no traceback) and exit code 2, as argparse does for usage errors."""
+    print(f'train_pss.py: error: {message}', file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+# PSS settings a resumed run must share with the run it continues (its pools and space depend on them)
+RESUME_SETTINGS = ('model', 'model_kwargs', 'num_classes', 'pss_resolutions', 'pss_width_range', 'pss_num_pools',
+                   'pss_pool_size', 'pss_budget_range', 'pss_latency_range', 'pss_metrics')
+
+
+def plain_args(args: argparse.Namespace) -> dict:
+    """The arguments as plain YAML-safe types (dict, list, str, numbers): what checkpoints and args.yaml store."""
+    return yaml.safe_load(yaml.safe_dump(vars(args)))
+
+
+def resume_checkpoint_file(resume: str) -> Path:
+    """The checkpoint --resume names: the file itself, or a run folder's last.pth.tar."""
+    path = Path(resume)
+    if not path.exists():
+        usage_error(f'--resume {resume} does not exist; give a run folder or one of its .pth.tar checkpoints')
+    if path.is_dir():
+        if not (path / 'last.pth.tar').is_file():
+            usage_error(f'--resume {resume} holds no last.pth.tar, so there is nothing to resume; give a run folder '
+                        f'that train_pss.py wrote checkpoints into, or a .pth.tar file')
+        path = path / 'last.pth.tar'
+    return path
+
+
+def read_resume_metadata(path: Path) -> dict:
+    """A checkpoint's non-tensor entries, read with weights_only=True (never unpickling arbitrary objects)."""
+    try:
+        meta = load_checkpoint_metadata(str(path))
+    except (RuntimeError, pickle.UnpicklingError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        usage_error(f'--resume {path}: torch.load(weights_only=True) refused this file ({reason}). train_pss.py '
+                    f'never unpickles arbitrary objects; resume from a checkpoint train_pss.py wrote')
+    except (OSError, EOFError, ValueError) as e:
+        usage_error(f'--resume {path} is not a readable checkpoint ({type(e).__name__}: {e}); it may be truncated, '
+                    f'resume from another checkpoint of the run')
+    if not isinstance(meta, dict) or 'state_dict' not in meta:
+        usage_error(f'--resume {path} is not a training checkpoint (no "state_dict"); for weights only use '
+                    f'--initial-checkpoint')
+    return meta
+
+
+def check_resume_settings(args: argparse.Namespace, path: Path, meta: dict) -> None:
+    """Stop unless the checkpoint's run used the same model and PSS settings as this command."""
+    saved = meta.get('args')
+    if isinstance(saved, argparse.Namespace):
+        saved = vars(saved)
+    if not isinstance(saved, dict) and (path.parent / 'args.yaml').is_file():
+        saved = yaml.safe_load((path.parent / 'args.yaml').read_text())
+    if not isinstance(saved, dict):
+        _logger.warning(f'{path} records no arguments; its model and PSS settings cannot be checked')
+        return
+    def shown(value):
+        return 'its default' if value is None else ' '.join(map(str, value)) if isinstance(value, list) else value
+
+    ours, saved = plain_args(args), yaml.safe_load(yaml.safe_dump(saved))
+    for key in RESUME_SETTINGS:
+        if key in saved and saved[key] != ours.get(key):
+            option = '--' + key.replace('_', '-')
+            usage_error(f'--resume {path} is a run of {saved.get("model")} with {option} {shown(saved[key])}, this '
+                        f'command has {shown(ours.get(key))}; give the same {option} to continue it, or start a new '
+                        f'run without --resume')
+
+
+def check_image_folders(args: argparse.Namespace) -> None:
+    """Stop if an ImageNet-style split folder has a class folder without images (timm would drop that class and
+    shift every later label)."""
+    if args.dataset and args.dataset.lower() not in ('folder', 'imagefolder'):
+        return
+    extensions = get_img_extensions(as_set=True)
+    for split in dict.fromkeys((args.train_split, args.val_split)):
+        root = Path(_search_split(args.data_dir, split))
+        if not root.is_dir():
+            continue
+        classes = sorted(p for p in root.iterdir() if p.is_dir())
+        for folder in classes:
+            if not any(os.path.splitext(f)[1].lower() in extensions for _, _, files in os.walk(folder) for f in files):
+                usage_error(f'--data-dir: class folder {folder} holds no images ({", ".join(sorted(extensions))}); '
+                            f'add its images or remove the folder')
+
+
+def check_run_args(args: argparse.Namespace) -> None:
+    """Usage errors found before anything is built: each stops with one line naming the problem and the fix."""
+    if args.epochs < 1:
+        usage_error(f'--epochs must be at least 1, got {args.epochs}')
+    if args.batch_size < 1:
+        usage_error(f'-b/--batch-size must be at least 1, got {args.batch_size}')
+    if args.validation_batch_size is not None and args.validation_batch_size < 1:
+        usage_error(f'-vb/--validation-batch-size must be at least 1, got {args.validation_batch_size}')
+    if args.data_dir:
+        if not Path(args.data_dir).exists() and not args.dataset_download:
+            usage_error(f'--data-dir {args.data_dir} does not exist; give the dataset root (with train/ and '
+                        f'validation/ class folders), or leave it out to train on the embedded digits')
+        if Path(args.data_dir).is_dir():
+            check_image_folders(args)
+    if args.resume:
+        path = resume_checkpoint_file(args.resume)
+        check_resume_settings(args, path, read_resume_metadata(path))
+
+
+def checkpoint_bytes(model, args: argparse.Namespace) -> int:
+    """Estimated size of one training checkpoint: weights and buffers, optimizer slots (1 for SGD momentum,
+    2 otherwise, e.g. Adam's moments) and the EMA copy."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    slots = 1 if args.opt.lower().split('_')[-1] in ('sgd', 'momentum', 'nesterov') else 2
+    return state * (1 + slots + int(args.model_ema))
+
+
+def check_free_space(folder: Path, model, args: argparse.Namespace) -> None:
+    """Stop before training when `folder`'s disk clearly cannot hold the run: up to --checkpoint-hist checkpoints,
+    last.pth.tar and the temporary of the next one, and model.safetensors."""
+    per_checkpoint = checkpoint_bytes(model, args)
+    needed = per_checkpoint * (args.checkpoint_hist + 2) + per_checkpoint // 2
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        usage_error(f'--output {folder}: {free / 2**20:.1f} MiB free, the run needs about {needed / 2**20:.1f} MiB '
+                    f'({args.checkpoint_hist + 2} checkpoints of {per_checkpoint / 2**20:.1f} MiB and the weights); '
+                    f'free space, lower --checkpoint-hist or choose another --output')
+
+
+def run_folder_name(args: argparse.Namespace) -> Path:
+    """Where this run's folder goes: --output/--experiment (default ./output/train/<date>-<model>)."""
+    exp_name = args.experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), args.model])
+    return Path(args.output or './output/train') / exp_name
+
+
+def claim_output_dir(args: argparse.Namespace, resume_path: Path = None) -> Path:
+    """The run folder, claimed for this run alone.
+
+    A new run creates a new folder, adding `-1`, `-2`, ... to the name when it is taken (one `mkdir` per try, so
+    concurrent runs never share a folder); it never writes into an existing one. `--resume` continues in the
+    checkpoint's own folder unless --output/--experiment name another, which is then claimed as a new run folder.
+    """
+    target = run_folder_name(args)
+    if resume_path is not None:
+        own = resume_path.resolve().parent
+        if (not args.output and not args.experiment) or target.resolve() == own:
+            return own
+    try:
+        folder = claim_new_dir(target)
+    except FileExistsError as e:
+        usage_error(str(e))
+    except OSError as e:
+        usage_error(f'--output {args.output or "./output/train"} cannot hold a run folder ({e.strerror or e}: '
+                    f'{e.filename or target}); choose a writable --output')
+    if folder != target:
+        _logger.info(f'{target} exists (another run); this run writes to {folder}')
+    return folder
+
+
+def write_summary_row(path: Path, epoch: int, train_metrics: dict, eval_metrics: dict, lr: float) -> None:
+    """timm's summary.csv row for `epoch` (epoch, train_*, eval_*, lr), written by rewriting the file atomically;
+    rows of this epoch or later (from a run killed after writing them) are replaced."""
+    row = OrderedDict(epoch=epoch)
+    row.update((f'train_{k}', v) for k, v in train_metrics.items())
+    row.update((f'eval_{k}', v) for k, v in eval_metrics.items())
+    row['lr'] = lr
+    kept = []
+    if path.is_file():
+        with open(path, newline='') as f:
+            kept = [r for r in csv.DictReader(f) if r.get('epoch') not in (None, '') and int(r['epoch']) < epoch]
+    with atomic_write(path, newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(row), restval='', extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(kept)
+        writer.writerow(row)
 
 
 # data
@@ -432,11 +627,11 @@ def write_results(output_dir: Path, model, space):
             entry=i, flops=entry.flops, mflops=round(entry.flops / 1e6, 3), resolution=entry.subnet.resolution,
             widths=' '.join(map(str, entry.subnet.widths)), top1=m.get('top1'), top5=m.get('top5'),
             heldout_top1=m.get('heldout_top1'), score=m.get('score')))
-    with open(output_dir / 'results.csv', 'w', newline='') as f:
+    with atomic_write(output_dir / 'results.csv', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    with open(output_dir / 'results.json', 'w') as f:
+    with atomic_write(output_dir / 'results.json') as f:
         json.dump({'group_names': list(space.group_names), 'entries': rows}, f, indent=2)
     return rows
 
@@ -453,13 +648,15 @@ def plot_results(rows, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as temp:
+        fig.savefig(temp, format=path.suffix.lstrip('.') or 'png')
     plt.close(fig)
 
 
 def main(argv=None):
     setup_default_logging()
     args, args_text = parse_args(argv)
+    check_run_args(args)
     device = init_distributed_device(args)
     primary = is_primary(args)
     random_seed(args.seed, args.rank)
@@ -492,6 +689,11 @@ def main(argv=None):
         model.set_grad_checkpointing(True)
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
     model.to(device)
+    resume_path = resume_checkpoint_file(args.resume) if args.resume else None
+    output_dir = None
+    if primary:
+        check_free_space(run_folder_name(args) if resume_path is None else resume_path.parent, model, args)
+        output_dir = claim_output_dir(args, resume_path)
 
     if args.lr is None:
         batch = args.batch_size * args.world_size * args.grad_accum_steps
@@ -525,14 +727,14 @@ def main(argv=None):
     criterion = create_classification_loss(smoothing=args.smoothing, soft_targets=mixup_active)
     task = ResumablePSSTask(model, sampler, num_middle=args.pss_num_middle, criterion=criterion, device=device,
                             verbose=primary)
+    task.run_args = plain_args(args)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device='cpu' if args.model_ema_force_cpu else None)
 
     resume_epoch = None
     if args.resume:
-        path = Path(args.resume)
-        path = path / 'last.pth.tar' if path.is_dir() else path
+        path = resume_path
         resume_epoch = resume_checkpoint(model, str(path), optimizer=None if args.no_resume_opt else optimizer,
                                          loss_scaler=loss_scaler, log_info=primary)
         meta = load_checkpoint_metadata(str(path))
@@ -561,13 +763,10 @@ def main(argv=None):
         lr_scheduler.step(start_epoch) if not args.sched_on_updates else lr_scheduler.step_update(
             start_epoch * updates_per_epoch)
 
-    output_dir = saver = None
+    saver = None
     if primary:
-        exp_name = args.experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), args.model])
-        output_dir = Path(get_outdir(args.output or './output/train', exp_name, inc=not args.resume and not
-                                     args.experiment))
-        (output_dir / 'args.yaml').write_text(args_text)
-        saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+        write_text_atomic(output_dir / 'args.yaml', args_text)
+        saver = CheckpointSaver(model=model, optimizer=optimizer, amp_scaler=loss_scaler,  # args: in task.run_args
                                 checkpoint_dir=str(output_dir), recovery_dir=str(output_dir), decreasing=False,
                                 max_history=args.checkpoint_hist, task=task)
         if args.resume and path.resolve().parent == output_dir.resolve():  # continue its checkpoint history
@@ -607,8 +806,8 @@ def main(argv=None):
                 _logger.info(f'Epoch {epoch}: ' + '  '.join(
                     f'{name} ({format_flops(space.flops(subnets[name]))}) top-1 {top1:.2f}'
                     for name, (top1, _) in results.items()) + f'  [{train_metrics["time"]:.1f}s]')
-                update_summary(epoch, train_metrics, eval_metrics, filename=str(output_dir / 'summary.csv'),
-                               lr=optimizer.param_groups[0]['lr'], write_header=epoch == 0)
+                write_summary_row(output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
+                                  lr=optimizer.param_groups[0]['lr'])
             lr_scheduler.step(epoch + 1, eval_metrics.get('top1'))
             if primary:
                 saver.save_checkpoint(epoch, metric=eval_metrics['top1'])
@@ -629,7 +828,7 @@ def main(argv=None):
         table = set_table_metrics(supernet, metrics)
         if latency_table is not None:
             table = record_latency(supernet, latency_table)
-        save_for_hf(supernet, str(output_dir), safe_serialization=True)  # config.json + model.safetensors
+        save_hub_files(supernet, output_dir)  # timm's save_for_hf layout: config.json + model.safetensors
         rows = write_results(output_dir, supernet, space)
         plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS)')
         print(f'\n{args.model}: budget table with validation accuracy\n{table}\n', flush=True)

@@ -44,6 +44,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from timm_pss import BudgetEntry, BudgetTable, Subnet
+from timm_pss.files import atomic_path, atomic_write, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ('prioritized', 'uniform', 'global_width')
@@ -91,8 +92,7 @@ def train(method: str, seed: int, args: argparse.Namespace) -> Tuple[Path, float
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f'{" ".join(cmd)} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}')
     wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
-    with open(args.output / name / 'timing.json', 'w') as f:
-        json.dump({'wall_s': wall, 'cpu_s': cpu}, f)
+    write_text_atomic(args.output / name / 'timing.json', json.dumps({'wall_s': wall, 'cpu_s': cpu}))
     return args.output / name, wall, cpu
 
 
@@ -162,7 +162,7 @@ def report(results: Dict[Tuple[str, int], np.ndarray], budgets: np.ndarray, aucs
 
 
 def write_csv(path: Path, results, budgets: np.ndarray, aucs, args: argparse.Namespace) -> None:
-    with open(path, 'w', newline='') as f:
+    with atomic_write(path, newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['method', 'seed', 'budget_flops', 'top1'])
         for m in args.methods:
@@ -193,7 +193,8 @@ def plot(path: Path, results, budgets: np.ndarray, args: argparse.Namespace) -> 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as temp:
+        fig.savefig(temp, format='png')
     plt.close(fig)
 
 
@@ -208,6 +209,9 @@ def main(argv=None) -> int:
     if args.report_only:
         finished = {r: load_finished(*r, args) for r in runs}
     else:
+        taken = [str(args.output / f'{m}-seed{s}') for m, s in runs if (args.output / f'{m}-seed{s}').exists()]
+        if taken:  # train_pss.py would write to NAME-1 instead, and the report reads NAME
+            raise SystemExit(f'{taken[0]} exists from an earlier run; use another --output, or --report-only')
         with ThreadPoolExecutor(args.jobs) as pool:
             finished = dict(zip(runs, pool.map(lambda r: train(*r, args), runs)))
     results, aucs, times = {}, {}, {}

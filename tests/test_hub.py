@@ -188,3 +188,72 @@ def test_torch_hub_local(run_dir):
 def test_model_card_at_the_repo_root():
     card = (ROOT / 'MODEL_CARD.md').read_text()
     assert '<!-- card -->' in card and '${results_table}' in card and 'Prioritized Subnet Sampling' in card
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_publish_never_writes_over_a_run_folder(run_dir, tmp_path, capsys):
+    """--dry-run RUN_B used to replace RUN_B's model.safetensors, README.md and results; now it is refused."""
+    run_b = tmp_path / 'run_b'
+    shutil.copytree(run_dir, run_b)
+    (run_b / 'results.csv').write_text('entry,flops\n0,1\n')
+    (run_b / 'model.safetensors').write_bytes(b'run B weights')
+    before = _snapshot(run_b)
+    for extra in ([], ['--force']):
+        with pytest.raises(SystemExit) as e:
+            publish_main([str(run_dir), '--repo-id', 'a/b', '--dry-run', str(run_b), *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and 'training run folder' in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(run_b) == before
+
+
+def test_publish_dry_run_needs_a_new_or_empty_folder(run_dir, tmp_path, monkeypatch, capsys):
+    cwd = tmp_path / 'cwd'
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as e:  # '' used to write into the current directory
+        publish_main([str(run_dir), '--repo-id', 'a/b', '--dry-run', ''])
+    assert e.value.code == 2 and 'empty' in capsys.readouterr().err and list(cwd.iterdir()) == []
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'notes.txt').write_text('mine')
+    with pytest.raises(SystemExit) as e:
+        publish_main([str(run_dir), '--repo-id', 'a/b', '--dry-run', str(other)])
+    assert e.value.code == 2 and '--force' in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ['notes.txt']
+    assert publish_main([str(run_dir), '--repo-id', 'a/b', '--dry-run', str(other), '--force']) == 0
+    assert (other / 'notes.txt').read_text() == 'mine' and (other / 'model.safetensors').is_file()
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert publish_main([str(run_dir), '--repo-id', 'a/b', '--dry-run', str(empty)]) == 0
+
+
+def test_hub_files_are_written_atomically(run_dir, tmp_path, monkeypatch):
+    """A serializer failing mid-write leaves the folder's previous config.json and weights, and no temporary."""
+    import timm.models._hub as timm_hub
+    folder = tmp_path / 'hub'
+    shutil.copytree(run_dir, folder)
+    before = _snapshot(folder)
+    model = timm.create_model('pss_mobilenetv2', num_classes=7)
+
+    def partial_config(model, path, **kwargs):
+        Path(path).write_text('{"architecture": "pss_mobil')
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(timm_hub, 'save_config_for_hf', partial_config)
+    with pytest.raises(OSError, match='No space left'):
+        timm_pss.hub.save_hub_files(model, folder)
+    assert _snapshot(folder) == before
+
+
+def test_a_truncated_config_json_names_the_file(run_dir, tmp_path, capsys):
+    broken = tmp_path / 'broken'
+    shutil.copytree(run_dir, broken)
+    (broken / 'config.json').write_text('')  # what a kill during a non-atomic write left behind
+    with pytest.raises(ValueError, match='config.json is not valid JSON'):
+        timm_pss.hub.load_run(broken)
+    with pytest.raises(SystemExit) as e:
+        publish_main([str(broken), '--repo-id', 'a/b', '--dry-run', str(tmp_path / 'out')])
+    assert e.value.code == 2 and f'{broken / "config.json"} is not valid JSON' in capsys.readouterr().err

@@ -328,3 +328,20 @@ def test_build_argument_errors(model):
         build_lut(timm.create_model('pss_mobilenetv2', features_only=True, **TINY))
     with pytest.raises(TypeError, match='not a timm_pss supernet'):
         build_lut(copy.deepcopy(torch.nn.Linear(2, 2)))
+
+
+def test_cli_checks_the_output_path_before_measuring(tmp_path, monkeypatch, capsys):
+    """--output in a missing folder, or an existing file without --force: exit 2 at once, nothing measured."""
+    def no_measuring(*args, **kwargs):
+        raise AssertionError('measured before checking --output')
+
+    monkeypatch.setattr(timm_pss.latency, 'build_lut', no_measuring)
+    tiny = ['--model', 'pss_mobilenetv1', '--resolutions', '16', '16', '8', '--width-range', '1.0', '1.0']
+    existing = tmp_path / 'lut.json'
+    existing.write_text('{"kept": true}')
+    for output, expected in ((tmp_path / 'missing' / 'x.json', 'does not exist'), (existing, '--force')):
+        with pytest.raises(SystemExit) as e:
+            timm_pss.latency.main([*tiny, '--output', str(output)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert existing.read_text() == '{"kept": true}'

@@ -70,6 +70,13 @@ def test_embedded_run_writes_every_output(tmp_path):
     assert meta['epoch'] == 1 and 'optimizer' in meta
     assert meta['task_state']['pss_sampler']['format'] == 'timm_pss.pss_sampler/1'
     assert set(meta['task_state']['rng']) == {'torch', 'numpy', 'python'}
+    # plain torch.load(weights_only=True), no allowlisted classes: the args are a plain dict, not a Namespace
+    import torch
+    checkpoint = torch.load(run / 'last.pth.tar', map_location='cpu', weights_only=True)
+    assert type(checkpoint['args']) is dict and checkpoint['args']['model'] == checkpoint['arch'] == 'pss_mobilenetv1'
+    with open(run / 'summary.csv') as f:
+        assert [r['epoch'] for r in csv.DictReader(f)] == ['0', '1']
+    assert not [p.name for p in run.iterdir() if p.name.startswith('.') or 'tmp' in p.name]  # no temporaries left
 
 
 def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
@@ -162,3 +169,152 @@ def test_other_models_train_on_the_embedded_default(tmp_path, model_name):
     assert f'{model_name}: budget table with validation accuracy' in log
     rows = _rows(tmp_path / 'run')
     assert len(rows) >= 3 and all(0 <= float(r['top1']) <= 100 for r in rows)
+
+
+# nothing lost, nothing silent: checks that stop before training, with one line and exit code 2
+
+@pytest.fixture(scope='module')
+def train_pss():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train_pss
+    finally:
+        sys.path.remove(str(ROOT))
+    return train_pss
+
+
+def _usage_error(train_pss, argv, capsys):
+    """Run train_pss.main(argv) in-process; it must stop with exit code 2 and one error line, no traceback."""
+    import logging
+    handlers = logging.root.handlers[:]
+    try:
+        with pytest.raises(SystemExit) as e:
+            train_pss.main(argv)
+    finally:  # main's logging handlers write to this test's captured stderr: drop them with it
+        logging.root.handlers[:] = handlers
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if 'error:' in line]
+    assert e.value.code == 2 and len(errors) == 1 and 'Traceback' not in err, err[-2000:]
+    return errors[0]
+
+
+def _checkpoint(train_pss, folder, argv, payload=None, **changes):
+    """A real train_pss.py-style checkpoint (torch.save) whose args are parse_args(argv) with `changes`."""
+    import torch
+    args = yaml.safe_load(yaml.safe_dump(vars(train_pss.parse_args(argv)[0])))
+    args.update(changes)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(payload or {'epoch': 0, 'version': 2, 'arch': args['model'], 'state_dict': {}, 'args': args},
+               folder / 'last.pth.tar')
+    return folder
+
+
+def _image_folders(root, classes, empty=()):
+    from timm_pss.data import DigitsDataset
+    for split in ('train', 'validation'):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+        for i, (image, label) in enumerate(DigitsDataset('val', image_size=8)):
+            if i >= 2 * len(classes):
+                break
+            c = classes[i % len(classes)]
+            if c not in empty:
+                image.save(root / split / c / f'{i}.png')
+
+
+@pytest.mark.parametrize('case', ['data_dir', 'epochs', 'batch', 'empty_class', 'resume_empty', 'resume_model',
+                                  'resume_pools', 'resume_unsafe'])
+def test_usage_errors_stop_before_training(train_pss, tmp_path, capsys, case):
+    import fractions
+    out = ['--output', str(tmp_path / 'out'), '--epochs', '1']
+    base = TINY + out
+    argv, expected = {
+        'data_dir': (base + ['--data-dir', str(tmp_path / 'nope')], 'does not exist'),
+        'epochs': (TINY + ['--output', str(tmp_path / 'out'), '--epochs', '0'], '--epochs must be at least 1, got 0'),
+        'batch': (base + ['-b', '-1'], '--batch-size must be at least 1, got -1'),
+        'empty_class': (base + ['--data-dir', str(tmp_path / 'data')], 'c1 holds no images'),
+        'resume_empty': (base + ['--resume', str(tmp_path / 'empty')], 'holds no last.pth.tar'),
+        'resume_model': (base + ['--resume', str(tmp_path / 'v2')], 'a run of pss_mobilenetv2 with --model'),
+        'resume_pools': (base + ['--resume', str(tmp_path / 'pools5')], '--pss-num-pools 5'),
+        'resume_unsafe': (base + ['--resume', str(tmp_path / 'unsafe')], 'weights_only=True) refused'),
+    }[case]
+    if case == 'empty_class':
+        _image_folders(tmp_path / 'data', ['c0', 'c1', 'c2'], empty=['c1'])
+    (tmp_path / 'empty').mkdir()
+    _checkpoint(train_pss, tmp_path / 'v2', base, model='pss_mobilenetv2')
+    _checkpoint(train_pss, tmp_path / 'pools5', base, pss_num_pools=5)
+    _checkpoint(train_pss, tmp_path / 'unsafe', base, payload={'state_dict': {}, 'args': fractions.Fraction(1, 3)})
+    assert expected in _usage_error(train_pss, argv, capsys)
+    assert not (tmp_path / 'out').exists()  # nothing was created
+
+
+def test_read_only_output_stops_before_training(train_pss, tmp_path, monkeypatch, capsys):
+    """A --output that cannot be written (injected: mkdir raises EACCES there) is one line, before any epoch."""
+    real_mkdir = os.mkdir
+    readonly = tmp_path / 'readonly'
+    readonly.mkdir()
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(readonly)):
+            raise PermissionError(13, 'Permission denied', str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, 'mkdir', mkdir)
+    line = _usage_error(train_pss, TINY + ['--epochs', '1', '--output', str(readonly), '--experiment', 'x'], capsys)
+    assert 'Permission denied' in line and 'writable --output' in line
+
+
+def test_full_disk_stops_before_training(train_pss, tmp_path, monkeypatch, capsys):
+    """Free space far below a run's checkpoints (injected disk_usage) is refused, naming both numbers."""
+    monkeypatch.setattr(train_pss.shutil, 'disk_usage', lambda path: shutil_usage(total=2**30, used=2**30 - 5 * 2**20,
+                                                                                  free=5 * 2**20))
+    line = _usage_error(train_pss, TINY + ['--epochs', '1', '--output', str(tmp_path / 'out')], capsys)
+    assert '5.0 MiB free' in line and 'needs about' in line and '--checkpoint-hist' in line
+    assert not (tmp_path / 'out').exists()
+
+
+def shutil_usage(total, used, free):
+    import shutil
+    return shutil._ntuple_diskusage(total, used, free)
+
+
+def test_runs_never_share_a_folder(train_pss, tmp_path):
+    """A second run with the same --output/--experiment gets NAME-1 (the first run's files stay), concurrent runs
+    get distinct folders, and only --resume continues an existing one."""
+    args = train_pss.parse_args(TINY + ['--output', str(tmp_path), '--experiment', 'conc'])[0]
+    first = train_pss.claim_output_dir(args)
+    (first / 'args.yaml').write_text('first run')
+    assert train_pss.claim_output_dir(args) == tmp_path / 'conc-1'
+    assert (first / 'args.yaml').read_text() == 'first run'
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        claimed = list(pool.map(lambda _: train_pss.claim_output_dir(args), range(8)))
+    assert len(set(claimed)) == 8
+    checkpoint = first / 'last.pth.tar'
+    assert train_pss.claim_output_dir(args, resume_path=checkpoint) == first  # --resume continues its own folder
+    fork = train_pss.parse_args(TINY + ['--output', str(tmp_path), '--experiment', 'fork'])[0]
+    assert train_pss.claim_output_dir(fork, resume_path=checkpoint) == tmp_path / 'fork'
+
+
+def test_summary_rows_are_rewritten_atomically(train_pss, tmp_path, monkeypatch):
+    path = tmp_path / 'summary.csv'
+    for epoch in range(3):
+        train_pss.write_summary_row(path, epoch, {'loss': 1.0 / (epoch + 1)}, {'top1': 10.0 * epoch}, lr=0.1)
+    before = path.read_bytes()
+    real_writerow = csv.DictWriter.writerow
+
+    def fail_on_new_row(self, row):
+        if row.get('epoch') == 3:
+            raise OSError(28, 'No space left on device')
+        return real_writerow(self, row)
+
+    monkeypatch.setattr(csv.DictWriter, 'writerow', fail_on_new_row)
+    with pytest.raises(OSError):
+        train_pss.write_summary_row(path, 3, {'loss': 0.2}, {'top1': 40.0}, lr=0.1)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ['summary.csv']
+    monkeypatch.undo()
+    # a resumed run rewrites the killed epoch's row instead of appending a second one
+    train_pss.write_summary_row(path, 1, {'loss': 0.7}, {'top1': 15.0}, lr=0.1)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['epoch'], r['eval_top1']) for r in rows] == [('0', '0.0'), ('1', '15.0')]

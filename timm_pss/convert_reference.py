@@ -117,7 +117,8 @@ def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', 
             batch_size: int = 64, trust_pickle: bool = False) -> Path:
     """Write the converted Hub folder to `out`; see the module docstring."""
     import timm
-    from timm.models import save_for_hf
+    from .files import write_text_atomic
+    from .hub import save_hub_files
 
     if not trust_pickle:
         raise PermissionError('reference checkpoints are pickles and loading one can run code from the file; pass '
@@ -134,7 +135,7 @@ def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', 
     subnets = [s for s, _ in chosen] + [model.space.max_subnet(), model.space.min_subnet()]
     metrics = [{'score': score} for _, score in chosen] + [{}, {}]
     out.mkdir(parents=True, exist_ok=True)
-    (out / 'reference_subnets.json').write_text(json.dumps(
+    write_text_atomic(out / 'reference_subnets.json', json.dumps(
         [{'subnet': s.to_dict(), 'flops': model.space.flops(s), **m} for s, m in zip(subnets, metrics)], indent=1))
     if calib_data:
         from timm.data import create_dataset, create_loader, resolve_data_config
@@ -146,7 +147,7 @@ def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', 
                                use_prefetcher=False, device=next(model.parameters()).device)
         fill_budget_table(model, subnets, loader, num_batches=calib_batches, metrics=metrics)
         model.set_subnet(model.space.max_subnet())
-    save_for_hf(model, str(out), safe_serialization=True)
+    save_hub_files(model, out)
     return out
 
 

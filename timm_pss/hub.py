@@ -7,6 +7,7 @@ timm_pss-specific step, and a `train_pss.py` run folder is such a folder.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import string
 import tempfile
@@ -15,11 +16,14 @@ from typing import Optional, Union
 
 import yaml
 
-__all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'check_local_dir_weights', 'load_run',
-           'render_model_card', 'write_hub_folder', 'publish']
+from .files import atomic_path, atomic_write, write_text_atomic
+
+__all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'check_local_dir_weights', 'load_run', 'save_hub_files',
+           'render_model_card', 'write_hub_folder', 'check_publish_dir', 'publish']
 
 HUB_ORG = 'timm-pss'
 MODEL_CARD_TEMPLATE = Path(__file__).with_name('MODEL_CARD.md')
+RUN_MARKERS = ('args.yaml', 'last.pth.tar', 'summary.csv')  # files only a train_pss.py run folder holds
 _RUN_EXTRAS = {'accuracy_vs_flops.png': 'accuracy_vs_flops.png', 'results.csv': 'results.csv',
                'results.json': 'results.json', 'args.yaml': 'training_args.yaml'}
 
@@ -67,6 +71,11 @@ def load_run(source: Union[str, Path]):
     if not (folder / 'config.json').is_file() or not (folder / 'model.safetensors').is_file():
         raise FileNotFoundError(f'{folder} is not a run or Hub folder: it needs config.json and model.safetensors '
                                 f'(a finished train_pss.py run writes both)')
+    try:
+        json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{folder / "config.json"} is not valid JSON ({e}); the run did not finish writing it, '
+                         f'rewrite it with `python train_pss.py --resume {folder} --pss-finalize-only`') from e
     model = timm.create_model(f'local-dir:{folder}', pretrained=True)
     if not len(model.budget_table):
         raise ValueError(f'{folder}/model.safetensors has no budget table; build it first with '
@@ -121,30 +130,67 @@ def render_model_card(model, repo_id: str, training_args: Optional[dict] = None,
     ).lstrip()
 
 
-def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_id: str) -> Path:
-    """Write the Hub folder of a run (config.json, model.safetensors, README.md, plot, results, training args)."""
-    from timm.models import save_for_hf
+def save_hub_files(model, folder: Union[str, Path]) -> None:
+    """timm's `save_for_hf(model, folder, safe_serialization=True)` (model.safetensors, config.json), written
+    atomically: a failure or a kill leaves the previous files or the new ones, never a truncated one."""
+    from safetensors.torch import save
+    from timm.models._hub import save_config_for_hf
 
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # both staged as temporaries, renamed only when both are complete
+    with atomic_path(folder / 'model.safetensors') as weights, atomic_path(folder / 'config.json') as config:
+        weights.write_bytes(save(model.state_dict()))
+        save_config_for_hf(model, config)
+
+
+def check_publish_dir(out_dir: Union[str, Path], force: bool = False) -> Path:
+    """Check that a Hub folder may be written to `out_dir`: a new or empty folder, or with `force` one that holds
+    other files, but never a train_pss.py run folder (its checkpoints and results would be replaced)."""
+    if not str(out_dir).strip():
+        raise ValueError('the output folder is empty (""); give a new folder, e.g. --dry-run hub/NAME')
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'{out} is a file; give a new or empty folder')
+    if out.is_dir():
+        names = sorted(p.name for p in out.iterdir())
+        markers = [n for n in RUN_MARKERS if n in names] + [n for n in names if n.endswith('.pth.tar')][:1]
+        if markers:
+            raise ValueError(f'{out} is a training run folder (it holds {markers[0]}); publishing would replace its '
+                             f'files. Give a new or empty folder')
+        if names and not force:
+            raise ValueError(f'{out} is not empty (it holds {", ".join(names[:3])}{", ..." if len(names) > 3 else ""})'
+                             f'; give a new or empty folder, or --force to replace the Hub files in it')
+    return out
+
+
+def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_id: str, force: bool = False) -> Path:
+    """Write the Hub folder of a run (config.json, model.safetensors, README.md, plot, results, training args).
+
+    `out_dir` must be new or empty (or `force`), and never a run folder: see `check_publish_dir`.
+    """
+    out = check_publish_dir(out_dir, force=force)
     run = Path(source)
     run = run.parent if run.is_file() else run
     model = load_run(run)
     model.set_subnet(model.space.max_subnet())
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, str(out), safe_serialization=True)
+    save_hub_files(model, out)
     for name, target in _RUN_EXTRAS.items():
-        if (run / name).is_file() and (run / name).resolve() != (out / target).resolve():
-            shutil.copyfile(run / name, out / target)
+        if (run / name).is_file():
+            with atomic_write(out / target, 'wb') as f, open(run / name, 'rb') as src:
+                shutil.copyfileobj(src, f)
     args_file = run / 'args.yaml'
     training_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else None
     card = render_model_card(model, repo_id, training_args, has_plot=(out / 'accuracy_vs_flops.png').is_file())
-    (out / 'README.md').write_text(card, encoding='utf-8')
+    write_text_atomic(out / 'README.md', card)
     return out
 
 
 def publish(source: Union[str, Path], repo_id: str, dry_run: Optional[Union[str, Path]] = None, private: bool = False,
-            commit_message: str = 'Add timm_pss supernet') -> str:
-    """Write a run's Hub folder and upload it to `repo_id` (created if needed); with `dry_run`, only write it there.
+            commit_message: str = 'Add timm_pss supernet', force: bool = False) -> str:
+    """Write a run's Hub folder and upload it to `repo_id` (created if needed); with `dry_run`, only write it there
+    (a new or empty folder, or with `force` one holding other files; never a run folder).
 
     Authentication is huggingface_hub's own (`hf auth login` or the HF_TOKEN variable); no token is read, printed or
     stored here. Returns the folder (dry run) or the uploaded commit's URL.
@@ -152,7 +198,7 @@ def publish(source: Union[str, Path], repo_id: str, dry_run: Optional[Union[str,
     if '/' not in repo_id or repo_id.count('/') != 1 or not all(repo_id.split('/')):
         raise ValueError(f'--repo-id must look like ORG/NAME, got {repo_id!r}')
     if dry_run is not None:
-        return str(write_hub_folder(source, dry_run, repo_id))
+        return str(write_hub_folder(source, dry_run, repo_id, force=force))
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .channel_plan import ChannelPlan
+from .files import check_new_file, write_text_atomic
 from .spaces import SearchSpace, Subnet, SubnetBatch
 from .supernet import SupernetMixin, find_supernet
 
@@ -384,13 +385,16 @@ class LatencyTable:
         return cls.from_dict(d)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        with open(path, 'w', encoding='utf-8') as f:
-            f.write(self.to_json())
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> 'LatencyTable':
         with open(path, encoding='utf-8') as f:
-            return cls.from_json(f.read())
+            text = f.read()
+        try:
+            return cls.from_json(text)
+        except ValueError as e:  # name the file: a truncated or foreign JSON is otherwise hard to place
+            raise ValueError(f'{path}: {e}') from e
 
 
 def predict_latency(table: LatencyTable, subnets: Union[Subnet, SubnetBatch, Sequence[Subnet]]
@@ -945,7 +949,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import timm
     parser = argparse.ArgumentParser(description='Build a latency lookup table for a timm_pss supernet.')
     parser.add_argument('--model', required=True, help='a pss_* model name (with its --model-kwargs space)')
-    parser.add_argument('--output', required=True, help='JSON file to write')
+    parser.add_argument('--output', required=True, help='JSON file to write (a new file; see --force)')
+    parser.add_argument('--force', action='store_true', help='replace --output if it exists')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--batch-size', type=int, default=1)
     parser.add_argument('--threads', type=int, default=None, help='torch threads (CPU); default: torch\'s')
@@ -955,6 +960,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.model not in timm.list_models('pss_*'):
         parser.error(f'--model {args.model} is not a timm_pss supernet; use one of {timm.list_models("pss_*")}')
+    try:  # before minutes of measuring, not after
+        check_new_file(args.output, force=args.force)
+    except ValueError as e:
+        parser.exit(2, f'{parser.prog}: error: --output {e}\n')
     kwargs = {k: v for k, v in (('num_classes', args.num_classes), ('width_range', args.width_range),
                                 ('resolution_range', args.resolutions)) if v is not None}
     model = timm.create_model(args.model, **kwargs).to(args.device).eval()
