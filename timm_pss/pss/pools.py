@@ -515,13 +515,15 @@ class MultiCostSampler:
         self.space = samplers[0].space
         self.rng = np.random.default_rng(seed)
         self._owner = [(i, b) for i, s in enumerate(self.samplers) for b in range(len(s.pools))]
-        # every metric's buckets weigh 1 / (number of metrics) in all: its own bucket weights, scaled
-        weighted = [s.bucket_probs is not None for s in self.samplers]
-        self.bucket_probs: Optional[np.ndarray] = None
-        if any(weighted):
-            self.bucket_probs = np.concatenate([
-                np.full(len(s.pools), 1.0 / len(s.pools)) if s.bucket_probs is None else s.bucket_probs
-                for s in self.samplers]) / len(self.samplers)
+
+    @property
+    def bucket_probs(self) -> Optional[np.ndarray]:
+        """None (uniform over all buckets) unless a metric's sampler weighs its buckets; then each metric's buckets
+        share 1 / (number of metrics) by that metric's weights (uniform for a sampler without)."""
+        if all(s.bucket_probs is None for s in self.samplers):
+            return None
+        return np.concatenate([np.full(len(s.pools), 1.0 / len(s.pools)) if s.bucket_probs is None
+                               else s.bucket_probs for s in self.samplers]) / len(self.samplers)
 
     @property
     def config(self) -> _Config:
@@ -564,10 +566,11 @@ class MultiCostSampler:
         return self.samplers[0].temperature
 
     def propose(self) -> Proposal:
-        if self.bucket_probs is None:
+        bucket_probs = self.bucket_probs
+        if bucket_probs is None:
             bucket = int(self.rng.integers(len(self._owner)))
         else:
-            bucket = int(self.rng.choice(len(self._owner), p=self.bucket_probs))
+            bucket = int(self.rng.choice(len(self._owner), p=bucket_probs))
         i, b = self._owner[bucket]
         proposal = self.samplers[i].propose_in(b)
         return Proposal(bucket, proposal.subnet, proposal.from_pool)
