@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 import timm
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 import timm_pss  # noqa: F401
 from timm_pss import Subnet

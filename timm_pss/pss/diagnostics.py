@@ -9,7 +9,6 @@ members on one fixed training batch. The same fresh scores can replace the pool 
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import os
 import tempfile
@@ -29,8 +28,6 @@ from .pools import average_ranks
 
 __all__ = ['effective_members', 'spearman', 'fixed_batch', 'fresh_scores', 'pool_diagnostics', 'PoolMonitor',
            'DIAGNOSTICS_COLUMNS']
-
-_logger = logging.getLogger(__name__)
 
 DIAGNOSTICS_COLUMNS = ('epoch', 'pool', 'top_member_prob', 'effective_members', 'spearman_score_vs_fresh',
                        'members', 'bucket')
