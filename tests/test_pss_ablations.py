@@ -23,7 +23,7 @@ from timm_pss.pss import (
     priority_values, spearman,
 )
 from timm_pss.pss.diagnostics import DIAGNOSTICS_COLUMNS
-from timm_pss.pss.pools import average_ranks
+from timm_pss.pss.pools import average_ranks, global_width_subnets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,6 +154,16 @@ def test_global_width_bucket_weights_follow_the_global_width_sampler():
         uniform.load_state_dict(state)
     with pytest.raises(ValueError, match='unknown bucket weights'):
         create_sampler('prioritized', space, num_pools=10, bucket_weights='mutualnet')
+
+
+def test_global_width_subnets_round_to_the_nearest_choice_narrower_on_ties():
+    space = _space()
+    levels = np.r_[np.linspace(0, 1, 301), np.random.default_rng(0).random(200)]
+    batch = global_width_subnets(space, levels, np.full(len(levels), 24))
+    for level, widths in zip(levels.tolist(), batch.widths.tolist()):
+        assert widths == [min(c, key=lambda w: (abs(w - (c[0] + level * (c[-1] - c[0]))), w))
+                          for c in space.width_choices]
+    assert set(batch.resolutions.tolist()) == {24}
 
 
 # US-Net
