@@ -54,6 +54,7 @@ from timm_pss.costs import METRICS, FlopsCost, LatencyCost
 from timm_pss.files import atomic_path, atomic_write, claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable, record_latency
 from timm_pss.pss import SAMPLERS, MultiCostSampler, PSSTask, create_sampler, evaluate_accuracy, evaluate_subnet, finalize_budget_table
+from timm_pss.pss import BUCKET_WEIGHTS, PRIORITIES, PoolMonitor, fixed_batch
 from timm_pss.supernet import SupernetMixin, find_supernet
 
 _logger = logging.getLogger('train_pss')
@@ -209,8 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help='advance p_random and the temperature per epoch or per step')
     group.add_argument('--pss-sampler', choices=SAMPLERS, default='prioritized',
                        help='middle-subnet rule: prioritized (PSS), uniform (random in-bucket, the paper\'s '
-                            'p_random=1 ablation) or global_width (US-Net style, one width level for all groups); '
+                            'p_random=1 ablation), global_width (MutualNet style: one width level for all groups '
+                            'and a random resolution; the option value keeps its old name) or usnet (US-Net: one '
+                            'width level for all groups at the max resolution, the sandwich\'s min subnet too); '
                             'all keep the same pools for finalisation')
+    group.add_argument('--pss-bucket-weights', choices=BUCKET_WEIGHTS, default='uniform',
+                       help='ablation: draw buckets uniformly (PSS) or as often as the global_width sampler lands '
+                            'in them')
+    group.add_argument('--pss-priority', choices=PRIORITIES, default='raw',
+                       help='ablation: pool draws take softmax(raw score / T) (PSS), or of per-pool z-scores or '
+                            'ranks scaled to [0, 1] (scale-free: T means the same at any loss level)')
+    group.add_argument('--pss-shuffle-scores', action='store_true', default=False,
+                       help='ablation (control): pool draws use the scores permuted among the pool\'s members')
+    group.add_argument('--pss-refresh-scores', action='store_true', default=False,
+                       help='ablation: at each epoch end replace every pool score by the member\'s fresh -CE on '
+                            'the fixed diagnostics batch')
+    group.add_argument('--pss-no-diagnostics', action='store_true', default=False,
+                       help='do not measure the pools each epoch (pss_diagnostics.csv: top member\'s draw '
+                            'probability, effective members, Spearman of pool scores vs fresh -CE)')
     group.add_argument('--pss-num-middle', type=int, default=1, help='middle subnets per step')
     group.add_argument('--pss-width-range', nargs=2, type=float, default=None, metavar=('LO', 'HI'),
                        help='width multipliers of the space (default: the model\'s)')
@@ -259,8 +276,14 @@ def parse_args(argv=None):
                      'python -m timm_pss.latency --model MODEL --device DEVICE --output JSON)')
     if len(set(args.pss_metrics)) != len(args.pss_metrics):
         parser.error(f'--pss-metrics lists a metric twice: {args.pss_metrics}')
-    if len(args.pss_metrics) > 1 and args.pss_sampler == 'global_width':
-        parser.error('--pss-sampler global_width keeps pools for one metric only; drop the other --pss-metrics')
+    if len(args.pss_metrics) > 1 and args.pss_sampler in ('global_width', 'usnet'):
+        parser.error(f'--pss-sampler {args.pss_sampler} keeps pools for one metric only; drop the other --pss-metrics')
+    ablations = [option for option, on in (('--pss-bucket-weights', args.pss_bucket_weights != 'uniform'),
+                                           ('--pss-priority', args.pss_priority != 'raw'),
+                                           ('--pss-shuffle-scores', args.pss_shuffle_scores)) if on]
+    if ablations and args.pss_sampler in ('global_width', 'usnet'):
+        parser.error(f'{", ".join(ablations)} change(s) how buckets and pool members are drawn; --pss-sampler '
+                     f'{args.pss_sampler} draws neither (use prioritized or uniform)')
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
 
 
@@ -539,7 +562,8 @@ def build_sampler(args, space, latency_table=None):
         samplers.append(create_sampler(
             args.pss_sampler, space, budget_range=budget_range, num_pools=args.pss_num_pools,
             pool_size=args.pss_pool_size, momentum=args.pss_momentum, p_random=tuple(args.pss_p_random),
-            temperature=tuple(args.pss_temperature), seed=args.seed + i, cost=cost))
+            temperature=tuple(args.pss_temperature), seed=args.seed + i, cost=cost, priority=args.pss_priority,
+            shuffle_scores=args.pss_shuffle_scores, bucket_weights=args.pss_bucket_weights))
     return samplers[0] if len(samplers) == 1 else MultiCostSampler(samplers, seed=args.seed)
 
 
@@ -776,6 +800,12 @@ def main(argv=None):
                      f'{sampler.describe_bucket(0)} .. {sampler.describe_bucket(len(sampler.pools) - 1)}')
 
     eval_model = task.get_trainable_module(ema=True).module if task.has_ema() else model
+    pool_monitor = None
+    if not args.pss_finalize_only and (args.pss_refresh_scores or not args.pss_no_diagnostics):
+        images, labels = fixed_batch(calib_loader.dataset, args.batch_size, args.seed)
+        pool_monitor = PoolMonitor(model, sampler, images, labels, diagnostics=not args.pss_no_diagnostics,
+                                   csv_path=output_dir / 'pss_diagnostics.csv' if primary else None,
+                                   refresh=args.pss_refresh_scores, autocast=amp_autocast, start_epoch=start_epoch)
     if not args.pss_finalize_only:
         for epoch in range(start_epoch, num_epochs):
             if args.distributed and hasattr(train_loader.sampler, 'set_epoch'):
@@ -786,6 +816,13 @@ def main(argv=None):
                 sampler.set_progress(epoch / num_epochs)
             train_metrics = train_one_epoch(epoch, num_epochs, task, train_loader, optimizer, loss_scaler,
                                             lr_scheduler, mixup_fn, amp_autocast, args, device)
+            if pool_monitor is not None:
+                monitor_start = time.time()
+                pools = pool_monitor.end_epoch(epoch)
+                if primary and pools is not None:
+                    _logger.info(f'Pools {epoch}: top member p {pools["top_member_prob"]:.3f}  effective members '
+                                 f'{pools["effective_members"]:.2f}  Spearman(score, fresh -CE) '
+                                 f'{pools["spearman_score_vs_fresh"]:.3f}  [{time.time() - monitor_start:.1f}s]')
             if args.distributed:
                 check_pools_identical(sampler, args.world_size)
                 if args.dist_bn in ('broadcast', 'reduce'):

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import timm
 
 import timm_pss
-from timm_pss.pss import PrioritizedSubnetSampler, PSSTask
+from timm_pss.pss import PoolMonitor, PrioritizedSubnetSampler, PSSTask
 
 
 def main(out_dir: str, steps: int) -> None:
@@ -33,6 +33,10 @@ def main(out_dir: str, steps: int) -> None:
         result['loss'].backward()
         optimizer.step()
         local_scores.append(float(result['loss_max']))
+    # refreshed pool scores are averaged over ranks, so pools stay identical even on a different batch per rank
+    batch = torch.Generator().manual_seed(2000 + rank)
+    PoolMonitor(task.trainable_module, sampler, torch.randn(8, 3, 32, 32, generator=batch),
+                torch.randint(0, 10, (8,), generator=batch), diagnostics=False, refresh=True).end_epoch(0)
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     state = {'sampler': sampler.state_dict(), 'checksum': checksum, 'local_losses': local_scores,
              'table_flops': timm_pss.find_supernet(task.trainable_module).space.flops_span}

@@ -143,6 +143,24 @@ def test_several_metrics_at_once(model, lut):
         MultiCostSampler([create_sampler('global_width', model.space, num_pools=3)])
 
 
+def test_several_metrics_with_global_width_bucket_weights(model, lut):
+    """Each metric's buckets share 1 / (number of metrics), split by that metric's own bucket weights."""
+    def make(seed):
+        return MultiCostSampler([
+            create_sampler('prioritized', model.space, num_pools=3, pool_size=2, seed=1, bucket_weights='global_width'),
+            create_sampler('prioritized', model.space, num_pools=4, pool_size=2, seed=2, bucket_weights='global_width',
+                           cost=LatencyCost(model.space, lut))], seed=seed)
+    sampler = make(0)
+    flops_weights, latency_weights = (s.bucket_probs for s in sampler.samplers)
+    assert not np.allclose(latency_weights, 0.25)
+    np.testing.assert_allclose(sampler.bucket_probs, np.r_[flops_weights, latency_weights] / 2)
+    drawn = np.bincount([sampler.propose().bucket for _ in range(2000)], minlength=7) / 2000
+    np.testing.assert_allclose(drawn, sampler.bucket_probs, atol=0.04)
+    other = make(5)
+    other.load_state_dict(json.loads(json.dumps(sampler.state_dict())))
+    assert [sampler.propose() for _ in range(20)] == [other.propose() for _ in range(20)]
+
+
 def test_budget_table_records_latency_and_set_budget_selects_by_it(model, lut):
     space = model.space
     subnets = [space.min_subnet()] + [space.sample(rng=i) for i in range(4)] + [space.max_subnet()]

@@ -77,6 +77,14 @@ def test_embedded_run_writes_every_output(tmp_path):
     with open(run / 'summary.csv') as f:
         assert [r['epoch'] for r in csv.DictReader(f)] == ['0', '1']
     assert not [p.name for p in run.iterdir() if p.name.startswith('.') or 'tmp' in p.name]  # no temporaries left
+    # pool diagnostics, one row per (epoch, pool) plus a mean row per epoch, and a summary line per epoch
+    with open(run / 'pss_diagnostics.csv', newline='') as f:
+        reader = csv.DictReader(f)
+        diagnostics = list(reader)
+    assert reader.fieldnames[:5] == ['epoch', 'pool', 'top_member_prob', 'effective_members',
+                                     'spearman_score_vs_fresh']
+    assert [(r['epoch'], r['pool']) for r in diagnostics] == [(e, p) for e in '01' for p in ('0', '1', '2', 'mean')]
+    assert 'Pools 1: top member p' in log and not list(run.glob('.*.tmp'))
 
 
 def test_killed_run_resumes_to_the_same_budget_table(tmp_path):

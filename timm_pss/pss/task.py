@@ -91,7 +91,7 @@ class PSSTask(ClassificationTask):
             distill.append(inplace_distillation_loss(logits, teacher))
             scores.append(-F.cross_entropy(logits.detach().float(), labels))
 
-        supernet.set_subnet(space.min_subnet())
+        supernet.set_subnet(self.sampler.min_subnet())  # the space's min; US-Net's at its fixed resolution
         distill.append(inplace_distillation_loss(model(input), teacher))
         supernet.set_subnet(space.max_subnet())
 
