@@ -19,6 +19,7 @@ from timm_pss.convert_reference import parse_reference_pools
 from timm_pss.latency import LatencyTable, build_lut, fit_overhead_ms
 from timm_pss.pss import PrioritizedSubnetSampler
 from timm_pss.slimmable import SlimBatchNormBase
+from support import outputs_per_budget
 
 SMALL = dict(num_classes=10, resolution_range=(32, 64, 16))
 
@@ -68,16 +69,6 @@ def _loaded(state_dict):
 @pytest.fixture(scope='module')
 def x():
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-
-
-def _outputs(model, x):
-    """The logits at every budget-table entry."""
-    outs = []
-    with torch.no_grad():
-        for i in range(len(model.budget_table)):
-            model.set_budget_entry(i)
-            outs.append(model(x))
-    return outs
 
 
 def _table_text(state_dict):
@@ -137,7 +128,7 @@ def test_refused_load_leaves_the_model_exactly_as_it_was(kind, x, state_dicts):
     before_table, before_active = model.budget_table, (model.active_subnet, model.active_budget_index)
     with torch.no_grad():
         before_y = model(x)
-    before_outputs = _outputs(model, x)
+    before_outputs = outputs_per_budget(model, x)
     model.set_budget_entry(1)
     bad = _corrupt(kind, state_dicts[1], model)
     with pytest.raises(ValueError, match=CORRUPTIONS[kind]):
@@ -150,7 +141,7 @@ def test_refused_load_leaves_the_model_exactly_as_it_was(kind, x, state_dicts):
     for key, value in before_sd.items():
         assert after_sd[key].shape == value.shape and torch.equal(after_sd[key], value), key
     assert model.budget_table == before_table
-    for a, b in zip(_outputs(model, x), before_outputs):
+    for a, b in zip(outputs_per_budget(model, x), before_outputs):
         assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
@@ -179,7 +170,7 @@ def test_a_refused_fill_leaves_the_model_as_it_was(x, state_dicts):
     model = _loaded(state_dicts[0])
     model.set_budget_entry(1)
     before_sd = {k: v.clone() for k, v in model.state_dict().items()}
-    before_outputs = _outputs(model, x)
+    before_outputs = outputs_per_budget(model, x)
     model.set_budget_entry(1)
     nan_images = DataLoader(TensorDataset(torch.full((8, 3, 64, 64), math.nan), torch.zeros(8)), batch_size=8)
     with pytest.raises(ValueError, match=r'budget_running_(mean|var): entry 0, channel 0 is nan'):
@@ -190,7 +181,7 @@ def test_a_refused_fill_leaves_the_model_as_it_was(x, state_dicts):
     assert model.active_budget_index == 1
     after_sd = model.state_dict()
     assert list(after_sd) == list(before_sd) and all(torch.equal(after_sd[k], v) for k, v in before_sd.items())
-    assert all(torch.equal(a, b) for a, b in zip(_outputs(model, x), before_outputs))
+    assert all(torch.equal(a, b) for a, b in zip(outputs_per_budget(model, x), before_outputs))
 
 
 @pytest.mark.parametrize('budget, shown', [('1e400', "'1e400'"), ('1e309M', "'1e309M'"),
