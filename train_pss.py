@@ -536,6 +536,8 @@ def main(argv=None):
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+    # the saved config.json then normalises as training did (e.g. a grayscale dataset's own mean/std)
+    model.pretrained_cfg.update(mean=tuple(data_config['mean']), std=tuple(data_config['std']))
     model.to(device)
 
     if args.lr is None:

@@ -139,7 +139,9 @@ def image_statistics(dataset, max_images: int = 2000) -> Tuple[int, Tuple[float,
     Read from up to `max_images` images evenly spread over the dataset (all of them when it is smaller), so a
     60,000-image dataset costs a second. Raises ValueError when its items are not (PIL image, target) pairs.
     """
-    base = _unwrap(dataset)
+    base = dataset
+    while isinstance(base, IndexSubset):  # not past an ImageModeDataset: its conversion is part of the images
+        base = base.dataset
     transform, base.transform = getattr(base, 'transform', None), None
     try:
         indices = np.unique(np.linspace(0, len(base) - 1, min(max_images, len(base))).round().astype(int))

@@ -17,9 +17,9 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ['DatasetSource', 'SOURCES', 'SetupError', 'setup_dataset', 'main']
+__all__ = ['DatasetSource', 'SOURCES', 'SetupError', 'setup_dataset', 'write_file_atomic', 'main']
 
 _CHUNK = 1 << 20
 
@@ -65,12 +65,13 @@ def _same_content(gz_path: Path, existing: Path) -> bool:
         return f.read(1) == b''
 
 
-def _write_gunzipped(gz_path: Path, dest: Path) -> None:
-    """Gunzip to a temporary file beside `dest`, fsync, rename: `dest` is either absent or complete."""
+def write_file_atomic(dest: Path, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to a temporary file beside `dest`, fsync, rename: `dest` is either as before or complete."""
+    dest = Path(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            for chunk in _gunzipped_chunks(gz_path):
+            for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
@@ -108,7 +109,7 @@ def setup_dataset(name: str, root: Path, source_dir: Optional[Path] = None) -> L
     written = []
     for src, dest in pairs:
         if not dest.exists():
-            _write_gunzipped(src, dest)
+            write_file_atomic(dest, _gunzipped_chunks(src))
             written.append(dest)
     return written
 
