@@ -64,7 +64,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -114,7 +114,6 @@ class Protocol:
     quick_args: Tuple[str, ...] = ()
     train_size: Optional[int] = None  # Fashion-MNIST: training subset; None: the whole training data
     quick_sizes: Tuple[int, int] = (0, 0)  # (train, test) images with --quick
-    extra: dict = field(default_factory=dict)
 
 
 PROTOCOLS = {
@@ -137,9 +136,9 @@ QUICK_ARGS = ('--pss-num-pools', '3', '--pss-pool-size', '2', '--pss-calib-batch
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--dataset', choices=sorted(PROTOCOLS), default='digits')
+    parser.add_argument('--dataset', choices=sorted(PROTOCOLS), default='fashion-mnist')
     parser.add_argument('--methods', nargs='+', choices=list(METHODS), default=None,
-                        help=f'methods, the first is the one compared with the others (default: {" ".join(MAIN_METHODS)})')
+                        help=f'methods; the first is compared with the others (default: {" ".join(MAIN_METHODS)})')
     parser.add_argument('--seeds', nargs='+', type=int, default=None,
                         help='default: 0 1 2 for digits (the stored results), 0..4 for fashion-mnist')
     parser.add_argument('--epochs', type=int, default=None, help='default: 30 (digits), 4 (fashion-mnist)')

@@ -1,4 +1,4 @@
-"""python -m timm_pss.dataset_setup: Fashion-MNIST's IDX files laid out for torchvision, atomically, never clobbering."""
+"""python -m timm_pss.dataset_setup: Fashion-MNIST's IDX files laid out for torchvision, atomically, no clobbering."""
 import gzip
 import subprocess
 import sys

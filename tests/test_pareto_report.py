@@ -23,7 +23,8 @@ def test_t_quantiles_match_the_tables():
 def test_paired_difference_is_the_mean_and_t_interval_of_per_seed_differences():
     mean, low, high = pareto.paired_difference([11, 12, 13], [10, 10, 10])
     half = 4.302653 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
-    assert mean == pytest.approx(2) and low == pytest.approx(2 - half, abs=1e-5) and high == pytest.approx(2 + half, abs=1e-5)
+    assert mean == pytest.approx(2)
+    assert (low, high) == pytest.approx((2 - half, 2 + half), abs=1e-5)
     # pairing: a constant per-seed gap has no width, however much the seeds differ
     assert pareto.paired_difference([50, 70, 90], [49, 69, 89]) == pytest.approx((1, 1, 1))
     with pytest.raises(ValueError, match='at least two seeds'):
@@ -71,7 +72,8 @@ def test_csv_round_trip_and_the_older_digits_format(tmp_path):
     rows = _rows([1.0, 2.0, 3.0])
     pareto.write_csv(tmp_path / 'r.csv', rows)
     assert pareto.read_csv(tmp_path / 'r.csv') == rows
-    old = pareto.read_csv(ROOT / 'benchmarks' / 'results' / 'pareto.csv')  # method,seed,budget_flops,top1 (+ auc, mean, std)
+    # the older format: method,seed,budget_flops,top1, plus auc / mean / std rows
+    old = pareto.read_csv(ROOT / 'benchmarks' / 'results' / 'pareto.csv')
     assert len(old) == 3 * 3 * 11 and {r['method'] for r in old} == {'pss', 'uniform', 'mutualnet'}
     first = [r for r in old if r['budget_mflops'] == min(o['budget_mflops'] for o in old)]
     assert len(first) == 9 and all(r['is_min_subnet'] == 1 for r in first)
@@ -114,3 +116,13 @@ def test_a_finished_run_is_reused_and_one_with_other_settings_refused(tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         pareto.train('pss', 0, args, None)
     assert exit_info.value.code == 2 and 'other settings' in capsys.readouterr().err
+
+
+def test_from_csv_re_reports_the_stored_digits_runs(tmp_path, capsys):
+    assert pareto.main(['--dataset', 'digits', '--from-csv', str(ROOT / 'benchmarks' / 'results' / 'pareto.csv'),
+                        '--results', str(tmp_path)]) == 0
+    text = (tmp_path / 'pareto_digits.md').read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ['pareto_digits.md']
+    assert 'PSS − uniform in-bucket' in text and 'PSS − MutualNet-style' in text and '| all ' in text
+    assert '+3.95 [-5.32, +13.22]' in text  # AUC, PSS - uniform: the committed report's value
+    assert text == (ROOT / 'benchmarks' / 'results' / 'pareto_digits.md').read_text()

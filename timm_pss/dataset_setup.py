@@ -1,6 +1,7 @@
 """Dataset set-up: lay out a dataset's files where timm's `--dataset torch/NAME --data-dir ROOT` reads them.
 
-    python -m timm_pss.dataset_setup fashion-mnist ROOT     # then: train_pss.py --dataset torch/fashion_mnist --data-dir ROOT
+    python -m timm_pss.dataset_setup fashion-mnist ROOT
+    python train_pss.py --dataset torch/fashion_mnist --data-dir ROOT ...
 
 Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package (four IDX `.gz` files in
 /usr/share/datasets/fashion-mnist/); they are gunzipped into ROOT/FashionMNIST/raw/, torchvision's layout, so no
