@@ -157,7 +157,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'method,seed,budget_flops,top1 format)')
     args = parser.parse_args(argv)
     protocol = PROTOCOLS[args.dataset]
+    if args.train_size is not None and protocol.train_size is None:
+        parser.error(f'--train-size applies to fashion-mnist only, not {args.dataset}')
     if args.from_csv is not None:  # default: the methods and seeds the CSV holds
+        if not args.from_csv.is_file():
+            parser.error(f'--from-csv {args.from_csv}: no such file')
         rows = read_csv(args.from_csv)
         present = {r['method'] for r in rows}
         args.methods = args.methods or [m for m in METHODS if m in present]
@@ -505,7 +509,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     protocol = PROTOCOLS[args.dataset]
     title = f'pss_mobilenetv1 on {protocol.title}'
-    args.results.mkdir(parents=True, exist_ok=True)
     stem = f'pareto_{args.dataset.replace("-", "_")}'
     heading = f'# Accuracy vs FLOPs by middle-subnet rule on {protocol.title} (benchmarks/pareto.py)'
     if args.from_csv is not None:  # the machine that trained them is not this one: no machine lines
@@ -514,11 +517,11 @@ def main(argv=None) -> int:
         print(header)
     else:
         print(machine_lines(heading[2:]))
-        args.output.mkdir(parents=True, exist_ok=True)
         data_root = None
-        if args.dataset == 'fashion-mnist':
+        if args.dataset == 'fashion-mnist':  # first: a missing source leaves no output folder behind
             data_root = prepare_fashion_mnist(args.output, args.fashion_source, args.train_size,
                                               protocol.quick_sizes[1] if args.quick else None)
+        args.output.mkdir(parents=True, exist_ok=True)
         header = f'- protocol: {" ".join(protocol.args)} --epochs {args.epochs} {" ".join(args.extra)}'.rstrip()
         header += (f'; training subset {args.train_size or "all"}; seeds {args.seeds}; {args.jobs} runs at a time, '
                    f'one thread each')
@@ -538,6 +541,7 @@ def main(argv=None) -> int:
                             f'{np.mean(wall) / 60:.1f} min per run (as recorded when each was trained)'])
     text = '\n'.join([header, '', report(rows, args.methods, args.seeds, title)])
     print('\n' + report(rows, args.methods, args.seeds, title))
+    args.results.mkdir(parents=True, exist_ok=True)
     from timm_pss.dataset_setup import write_file_atomic
     write_file_atomic(args.results / f'{stem}.md', [text.encode() + b'\n'])
     if args.from_csv is not None:  # the rows and their plot exist already

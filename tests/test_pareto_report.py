@@ -126,3 +126,12 @@ def test_from_csv_re_reports_the_stored_digits_runs(tmp_path, capsys):
     assert 'PSS − uniform in-bucket' in text and 'PSS − MutualNet-style' in text and '| all ' in text
     assert '+3.95 [-5.32, +13.22]' in text  # AUC, PSS - uniform: the committed report's value
     assert text == (ROOT / 'benchmarks' / 'results' / 'pareto_digits.md').read_text()
+
+
+def test_missing_fashion_mnist_files_name_the_package_and_leave_no_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pareto.main(['--quick', '--methods', 'pss', 'uniform', '--fashion-source', str(tmp_path / 'none'),
+                     '--output', str(tmp_path / 'runs')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and 'apt-get install -y dataset-fashion-mnist' in err[0]
+    assert not (tmp_path / 'runs').exists()
