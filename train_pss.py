@@ -48,8 +48,10 @@ from timm.utils import (
 )
 
 from timm_pss.budget import format_flops, parse_flops, set_table_metrics
+from timm_pss.data import (
+    DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics, split_indices,
+)
 from timm_pss.hub import save_hub_files
-from timm_pss.data import DigitsDataset, IndexSubset, split_indices
 from timm_pss.costs import METRICS, FlopsCost, LatencyCost
 from timm_pss.files import atomic_path, atomic_write, claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable, record_latency
@@ -534,6 +536,41 @@ def create_datasets(args):
             val)
 
 
+def resolve_data_properties(args, datasets):
+    """Fill --num-classes, --in-chans, --mean and --std from the training data where the command line left them
+    unset, and return the datasets with images of the model's channel count.
+
+    Classes: the number the dataset declares (torchvision's `classes`, a folder dataset's class folders). Channels:
+    one-channel (grayscale) images give a model with in_chans=1 normalised by the data's own mean/std (measured on
+    up to 2,000 training images); three-channel images keep timm's defaults. An explicit --in-chans that differs
+    from the images' channels converts the images (grayscale replicated to RGB, or RGB to grayscale).
+    """
+    if args.num_classes is None:
+        args.num_classes = dataset_num_classes(datasets[0])
+        if args.num_classes is None:
+            usage_error(f'cannot tell the number of classes of --dataset {args.dataset!r} (it declares no classes); '
+                        f'give --num-classes N')
+    channels = image_statistics(datasets[0], max_images=1)[0]
+    if args.in_chans is None:
+        args.in_chans = channels
+    if args.in_chans != channels:
+        modes = {1: 'L', 3: 'RGB'}
+        if args.in_chans not in modes or channels not in modes:
+            usage_error(f'--in-chans {args.in_chans} does not match the data\'s {channels}-channel images, and only '
+                        f'1 (grayscale) and 3 (RGB) can be converted into each other')
+        datasets = tuple(ImageModeDataset(d, modes[args.in_chans]) for d in datasets)
+    elif channels == 1 and (args.mean is None or args.std is None):
+        _, mean, std = image_statistics(datasets[0])
+        args.mean = args.mean if args.mean is not None else list(mean)
+        args.std = args.std if args.std is not None else list(std)
+    for name in ('mean', 'std'):
+        values = getattr(args, name)
+        if values is not None and len(values) not in (1, args.in_chans):
+            usage_error(f'--{name} has {len(values)} values; the model takes {args.in_chans}-channel images: give '
+                        f'1 or {args.in_chans}')
+    return datasets
+
+
 def create_loaders(args, data_config, datasets, mixup_active, device):
     train, calib, heldout, val = datasets
     common = dict(input_size=data_config['input_size'], interpolation=data_config['interpolation'],
@@ -697,7 +734,8 @@ def main(argv=None):
         model_kwargs['resolution_range'] = tuple(args.pss_resolutions)
     if args.pss_width_range:
         model_kwargs['width_range'] = tuple(args.pss_width_range)
-    for key, value in (('num_classes', 10 if embedded and args.num_classes is None else args.num_classes),
+    datasets = resolve_data_properties(args, create_datasets(args))
+    for key, value in (('num_classes', args.num_classes),
                        ('in_chans', args.in_chans), ('global_pool', args.gp), ('drop_path_rate', args.drop_path),
                        ('bn_momentum', args.bn_momentum), ('bn_eps', args.bn_eps)):
         if value is not None:
@@ -712,6 +750,8 @@ def main(argv=None):
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+    # the saved config.json then normalises as training did (e.g. a grayscale dataset's own mean/std)
+    model.pretrained_cfg.update(mean=tuple(data_config['mean']), std=tuple(data_config['std']))
     model.to(device)
     resume_path = resume_checkpoint_file(args.resume) if args.resume else None
     output_dir = None
@@ -771,7 +811,6 @@ def main(argv=None):
     if args.distributed:
         task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None)
 
-    datasets = create_datasets(args)
     mixup_fn = None
     if mixup_active:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,

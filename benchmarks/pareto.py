@@ -1,235 +1,553 @@
-"""Does prioritized sampling beat uniform sampling here? Accuracy vs FLOPs of PSS and two baselines on digits.
+"""Does prioritized sampling beat the baselines? Accuracy vs FLOPs of PSS and other samplers, paired by seed.
 
-Three ways to pick the middle subnet of the sandwich step, everything else identical (same script, recipe,
-epochs, steps, seeds, data split, buckets, pool sizes, finalisation; each step trains max + 1 middle + min):
+Every method is one `train_pss.py` run per seed with everything identical (script, recipe, epochs, steps, data
+split, initial weights, buckets, pool sizes, finalisation) except the extra arguments of its row in `METHODS`:
 
-- `prioritized`: PSS (pools drawn by softmax(score / T), p_random 1 -> 0.01).
-- `uniform`: the paper's ablation, a random in-bucket subnet every step (p_random fixed at 1). Its pools only
-  record scores, so finalisation has the same candidates to choose from.
-- `global_width`: US-Net style, one global width level for every group (and a random resolution, as MutualNet);
-  its pools record the global subnets seen per bucket.
+- `pss`: PSS (pools drawn by softmax(score / T), p_random 1 -> 0.01).
+- `uniform`: the paper's ablation, a random in-bucket subnet every step (p_random fixed at 1); its pools only record
+  scores, so finalisation has the same candidates to choose from.
+- `mutualnet`: one global width level for every group and a random resolution (MutualNet-style; `global_width`).
+- `usnet`: US-Net, width only at the fixed max resolution (`--pss-sampler usnet`).
+- ablations of PSS: `pss_bw_global`, `pss_refresh`, `pss_zscore`, `pss_rank`, `pss_shuffled` (select with --methods).
+  A method whose options this version of train_pss.py lacks is refused up front, naming the missing option.
 
-Each (method, seed) is one `train_pss.py` run on the embedded digits data (`--sampler` below maps to
-`--pss-sampler`); finalisation picks each pool's subnet on the held-out slice of the training data and the
-reported accuracy is the validation top-1 of the subnet `set_budget(B)` selects, for B = each bucket's upper
-edge. The area under the accuracy-vs-FLOPs curve (trapezoids over those budgets, divided by the FLOPs span) is
-the mean top-1 over the range. Mean +- std over seeds; the per-seed difference to PSS shows whether a gap is
-larger than seed noise (the methods share each seed's split and initial weights).
+The main comparison is `pss uniform mutualnet usnet`. Runs of one seed share the data split and the initial weights
+(train_pss.py seeds both from --seed), so differences are paired by seed. Finalisation chooses each pool's subnet on
+a held-out slice of the training data; the reported accuracy is the top-1 on the validation split (Fashion-MNIST:
+the full 10,000-image test split, on which nothing is selected) of the entry `set_budget(B)` picks, for B = the min
+subnet's FLOPs and each pool's upper edge. AUC: the area under that curve over the FLOPs span divided by the span
+(the mean top-1 over the range). The report gives mean +- std per method, and PSS - baseline as the mean paired
+difference with a 95% t-interval over seeds; budgets where runs serve the min subnet (every method trains it every
+step, so they say nothing about the middle-subnet rule) are marked.
 
-Protocol, chosen so that the small subnets are hard and the methods are not all saturated: MobileNetV1,
-widths 0.25-1.0 of every group (the reference space is 0.75-1.0, where even the smallest digits subnet is
-near the largest), inputs 16-32 px in steps of 4 (digits are 8x8, so 16 px still holds all the information; the
-capacity is what shrinks), 0.29 .. 11.6 MMACs, 10 pools of 8, 30 epochs of SGD (about 570 steps).
+Protocols (both pss_mobilenetv1, widths 0.25-1.0 of every group, inputs 16-32 px in steps of 4, so the small subnets
+are hard and the methods do not all saturate):
+
+- digits: the embedded scikit-learn digits (8x8 scans), 10 pools of 8, 30 epochs of SGD (about 570 steps).
+- fashion-mnist: grayscale 28x28 (in_chans=1, the data's own mean/std), a training subset of --train-size images
+  (10% of it held out for selection), random-resized crops of scale 0.5-1 and horizontal flips, 8 pools of 8,
+  --epochs epochs with the p_random / temperature schedules advanced per step.
+
+  Time budget (the main comparison, 4 methods x 5 seeds = 20 runs, two at a time with one thread each, <= 90 min
+  on a 2-core CPU): pss_mobilenetv1 in this space trains at about 165 img/s on 2 threads (batch 64, a quiet
+  machine), so about 82 img/s per run when two one-thread runs share the 2 cores; a forward-only evaluation is
+  about 20x cheaper per image than a training step (max subnet, 28 px, batch 256, one thread: 1,178 vs 58 img/s
+  for the sandwich step, measured on a busy machine), so count 1,000 images/s for evaluation.
+  Per run: training 0.9 x 6,000 x 4 epochs = 21,600 images / 82 = 263 s; evaluation of max and min on the 10,000
+  test images after each epoch 4 x 20,000 / 1,000 = 80 s; finalisation: 10 entries x 10,000 test images = 100 s,
+  plus calibration and held-out choice (26 subnets x 256 images + 16 x 600) and start-up, about 20 s: 463 s,
+  7.7 min. 20 runs / 2 at a time x 7.7 min = 77 min (<= 90 min with 15% to spare). Measure a run, then adjust
+  --train-size / --epochs: the per-run time is about (0.9 x train_size x epochs) / 82 + 20 x epochs + 120 s.
 
 Run from the repository root (one training process per core, one thread each):
 
-    python benchmarks/pareto.py                      # 3 methods x 3 seeds: about 35 min on a 2-core CPU
-    python benchmarks/pareto.py --quick              # 1 epoch of 5 big batches, 2 seeds (smoke test, ~1 min)
+    python -m timm_pss.dataset_setup fashion-mnist data/   # optional: the script sets up its own copy
+    python benchmarks/pareto.py --dataset fashion-mnist    # 4 methods x 5 seeds: about 77 min (see above)
+    python benchmarks/pareto.py --dataset fashion-mnist --quick --methods pss mutualnet   # smoke test
+    python benchmarks/pareto.py --dataset digits --seeds 0 1 2 --methods pss uniform mutualnet   # the digits study
+    python benchmarks/pareto.py --dataset digits --from-csv benchmarks/results/pareto.csv  # re-report stored runs
 
-Writes `pareto.csv` (per method, seed and budget; plus mean/std rows) and `pareto.png` into `--output`.
+Re-running resumes: a finished run (results.json + benchmark.json, same command) is reused, an interrupted one
+resumes from its last checkpoint. Writes `pareto_<dataset>.csv` (one row per method, seed and budget),
+`pareto_<dataset>.png` and `pareto_<dataset>.md` into --results (default benchmarks/results; with --quick the
+--output folder); --from-csv writes the report (.md) only.
 """
 from common import machine_lines, format_table  # first: one thread per process
 
 import argparse
 import csv
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from timm_pss import BudgetEntry, BudgetTable, Subnet
-from timm_pss.files import atomic_path, atomic_write, write_text_atomic
+from timm_pss.files import atomic_path, write_bytes_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ('prioritized', 'uniform', 'global_width')
-LABELS = {'prioritized': 'PSS', 'uniform': 'uniform in-bucket', 'global_width': 'US-Net global width'}
-WIDTH_RANGE, RESOLUTIONS, NUM_POOLS = (0.25, 1.0), (16, 32, 4), 10
-PROTOCOL = ['--model', 'pss_mobilenetv1', '--pss-width-range', *map(str, WIDTH_RANGE),
-            '--pss-resolutions', *map(str, RESOLUTIONS), '--pss-num-pools', str(NUM_POOLS), '--pss-pool-size', '8']
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    args: Tuple[str, ...]  # extra train_pss.py arguments
+
+
+METHODS: Dict[str, Method] = {
+    'pss': Method('PSS', ('--pss-sampler', 'prioritized')),
+    'uniform': Method('uniform in-bucket', ('--pss-sampler', 'uniform')),
+    'mutualnet': Method('MutualNet-style', ('--pss-sampler', 'global_width')),
+    'usnet': Method('US-Net', ('--pss-sampler', 'usnet')),
+    'pss_bw_global': Method('PSS, bucket weights of global width', ('--pss-sampler', 'prioritized',
+                                                                     '--pss-bucket-weights', 'global_width')),
+    'pss_refresh': Method('PSS, refreshed scores', ('--pss-sampler', 'prioritized', '--pss-refresh-scores')),
+    'pss_zscore': Method('PSS, z-score priority', ('--pss-sampler', 'prioritized', '--pss-priority', 'zscore')),
+    'pss_rank': Method('PSS, rank priority', ('--pss-sampler', 'prioritized', '--pss-priority', 'rank')),
+    'pss_shuffled': Method('PSS, shuffled scores', ('--pss-sampler', 'prioritized', '--pss-shuffle-scores')),
+}
+MAIN_METHODS = ('pss', 'uniform', 'mutualnet', 'usnet')
+# names the digits CSV of earlier versions used
+LEGACY_METHOD_NAMES = {'prioritized': 'pss', 'uniform': 'uniform', 'global_width': 'mutualnet'}
+
+WIDTH_RANGE, RESOLUTIONS = (0.25, 1.0), (16, 32, 4)
+SPACE_ARGS = ['--model', 'pss_mobilenetv1', '--pss-width-range', *map(str, WIDTH_RANGE),
+              '--pss-resolutions', *map(str, RESOLUTIONS)]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What is fixed for one dataset: train_pss.py arguments, pools, defaults of the adjustable options."""
+    title: str
+    args: Tuple[str, ...]
+    num_pools: int
+    in_chans: int
+    seeds: Tuple[int, ...]
+    epochs: int
+    quick_args: Tuple[str, ...] = ()
+    train_size: Optional[int] = None  # Fashion-MNIST: training subset; None: the whole training data
+    quick_sizes: Tuple[int, int] = (0, 0)  # (train, test) images with --quick
+
+
+PROTOCOLS = {
+    'digits': Protocol(
+        'digits', tuple(SPACE_ARGS + ['--pss-num-pools', '10', '--pss-pool-size', '8']), num_pools=10, in_chans=3,
+        seeds=(0, 1, 2), epochs=30, quick_args=('-b', '256')),
+    'fashion-mnist': Protocol(
+        'Fashion-MNIST', tuple(SPACE_ARGS + [
+            '--pss-num-pools', '8', '--pss-pool-size', '8', '--pss-top-k', '2', '--pss-calib-batches', '4',
+            '--pss-schedule', 'step', '--dataset', 'torch/fashion_mnist', '-b', '64', '-vb', '256', '--opt', 'sgd',
+            '--lr', '0.1', '--momentum', '0.9', '--weight-decay', '5e-5', '--sched', 'cosine', '--warmup-epochs',
+            '0', '--smoothing', '0.0', '--scale', '0.5', '1', '--ratio', '0.9', '1.1', '--hflip', '0.5',
+            '--color-jitter', '0', '--crop-pct', '1.0', '--interpolation', 'bilinear', '--train-interpolation',
+            'bilinear', '--workers', '0', '--pss-heldout-frac', '0.1']),
+        num_pools=8, in_chans=1, seeds=(0, 1, 2, 3, 4), epochs=4, quick_args=('-b', '32'), train_size=6000,
+        quick_sizes=(192, 256)),
+}
+QUICK_ARGS = ('--pss-num-pools', '3', '--pss-pool-size', '2', '--pss-calib-batches', '1', '--pss-top-k', '1')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--epochs', type=int, default=30)
+    parser.add_argument('--dataset', choices=sorted(PROTOCOLS), default='fashion-mnist')
+    parser.add_argument('--methods', nargs='+', choices=list(METHODS), default=None,
+                        help=f'methods; the first is compared with the others (default: {" ".join(MAIN_METHODS)})')
+    parser.add_argument('--seeds', nargs='+', type=int, default=None,
+                        help='default: 0 1 2 for digits (the stored results), 0..4 for fashion-mnist')
+    parser.add_argument('--epochs', type=int, default=None, help='default: 30 (digits), 4 (fashion-mnist)')
+    parser.add_argument('--train-size', type=int, default=None,
+                        help='fashion-mnist: training images used, a fixed random subset (default 6000)')
+    parser.add_argument('--fashion-source', type=Path, default=None,
+                        help='folder with the four Fashion-MNIST .gz files (default: Debian\'s package folder)')
     parser.add_argument('--jobs', type=int, default=max(1, min(2, os.cpu_count() or 1)),
                         help='training runs at a time (one thread each)')
-    parser.add_argument('--output', type=Path, default=Path('output/pareto'))
-    parser.add_argument('--quick', action='store_true', help='1 epoch, 2 seeds: a smoke test, not a result')
-    parser.add_argument('--report-only', action='store_true',
-                        help='train nothing: report the finished runs already in --output')
+    parser.add_argument('--output', type=Path, default=None, help='run folders (default output/pareto_<dataset>)')
+    parser.add_argument('--results', type=Path, default=None,
+                        help='where the csv, plot and report go (default benchmarks/results; --quick: --output)')
+    parser.add_argument('--quick', action='store_true', help='a smoke test (tiny data, 1 epoch, 2 seeds), not a result')
+    parser.add_argument('--from-csv', type=Path, default=None,
+                        help='train nothing: report the per-seed rows of this CSV (this script\'s or the older '
+                             'method,seed,budget_flops,top1 format)')
     args = parser.parse_args(argv)
+    protocol = PROTOCOLS[args.dataset]
+    if args.train_size is not None and protocol.train_size is None:
+        parser.error(f'--train-size applies to fashion-mnist only, not {args.dataset}')
+    if args.from_csv is not None:  # default: the methods and seeds the CSV holds
+        if not args.from_csv.is_file():
+            parser.error(f'--from-csv {args.from_csv}: no such file')
+        rows = read_csv(args.from_csv)
+        present = {r['method'] for r in rows}
+        args.methods = args.methods or [m for m in METHODS if m in present]
+        args.seeds = args.seeds or sorted({r['seed'] for r in rows})
+    args.methods = args.methods or list(MAIN_METHODS)
+    args.seeds = args.seeds or list(protocol.seeds)
+    args.epochs = args.epochs or protocol.epochs
+    args.train_size = args.train_size or protocol.train_size
+    args.output = args.output or Path('output') / f'pareto_{args.dataset.replace("-", "_")}'
     args.extra = []
     if args.quick:
         args.epochs, args.seeds = 1, args.seeds[:2]
-        args.extra = ['-b', '256', '--pss-calib-batches', '1', '--pss-top-k', '1']
-    if len(set(args.seeds)) < 2:
-        parser.error('--seeds needs at least two different seeds for a standard deviation')
-    for name in ('epochs', 'jobs'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name} must be at least 1')
+        args.extra = [*protocol.quick_args, *QUICK_ARGS]
+        args.train_size = protocol.quick_sizes[0] or None
+    args.results = args.results or (args.output if args.quick else ROOT / 'benchmarks' / 'results')
+    if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
+        parser.error('--seeds needs at least two different seeds, each once (for a standard deviation)')
+    if len(set(args.methods)) != len(args.methods):
+        parser.error('--methods lists a method twice')
+    for name in ('epochs', 'jobs', 'train_size'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1')
+    if args.from_csv is None:
+        unsupported = unsupported_methods(args.methods)
+        if unsupported:
+            parser.error('; '.join(f'method {m} needs {reason}' for m, reason in unsupported.items()))
     return args
 
 
-def train(method: str, seed: int, args: argparse.Namespace) -> Tuple[Path, float, float]:
-    """One train_pss.py run; returns (its output folder, wall seconds, CPU seconds)."""
-    name = f'{method}-seed{seed}'
-    cmd = [sys.executable, str(ROOT / 'train_pss.py'), *PROTOCOL, '--pss-sampler', method, '--seed', str(seed),
-           '--epochs', str(args.epochs), '--output', str(args.output), '--experiment', name, *args.extra]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'OPENBLAS_NUM_THREADS': '1'}
-    start = time.perf_counter()
-    log = args.output / f'{name}.log'
-    with open(log, 'w') as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f'{" ".join(cmd)} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}')
-    wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
-    write_text_atomic(args.output / name / 'timing.json', json.dumps({'wall_s': wall, 'cpu_s': cpu}))
-    return args.output / name, wall, cpu
+def unsupported_methods(methods: Sequence[str]) -> Dict[str, str]:
+    """{method: why} for the methods whose extra arguments this version of train_pss.py does not accept."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train_pss
+    finally:
+        sys.path.remove(str(ROOT))
+    parser = train_pss.build_parser()
+    parser.exit_on_error = False
+    reasons = {}
+    for m in methods:
+        try:
+            _, unknown = parser.parse_known_args(list(METHODS[m].args))
+        except argparse.ArgumentError as e:
+            reasons[m] = f'train_pss.py {" ".join(METHODS[m].args)}, which this version refuses ({e})'
+        else:
+            if unknown:
+                reasons[m] = f'train_pss.py options {unknown}, which this version lacks'
+    return reasons
 
 
-def load_finished(method: str, seed: int, args: argparse.Namespace) -> Tuple[Path, float, float]:
-    """A run train() finished earlier: (its folder, wall seconds, CPU seconds) from its timing file."""
-    run_dir = args.output / f'{method}-seed{seed}'
-    timing = run_dir / 'timing.json'
-    if not (run_dir / 'results.json').exists() or not timing.exists():
-        raise SystemExit(f'--report-only: {run_dir} holds no finished run (results.json and timing.json)')
-    with open(timing) as f:
-        t = json.load(f)
-    return run_dir, t['wall_s'], t['cpu_s']
+def fail(message: str):
+    """A usage error: one line on stderr, exit code 2."""
+    print(f'pareto.py: error: {message}', file=sys.stderr)
+    raise SystemExit(2)
 
 
-def accuracy_at_budgets(entries: Sequence[dict], budgets: np.ndarray) -> np.ndarray:
-    """Validation top-1 of the entry `set_budget(B)` picks for each B (timm_pss.BudgetTable.select's rule)."""
-    table = BudgetTable(['g'], [BudgetEntry(int(e['flops']), Subnet(1, (1,)), {
-        k: float(e[k]) for k in ('heldout_top1', 'top1') if e.get(k) is not None}) for e in entries])
-    return np.array([table.select(float(b))[1].metrics['top1'] for b in budgets])
+# statistics
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (two-sided 95% intervals)."""
+    from scipy.stats import t  # scipy comes with scikit-learn, a dependency
+    return float(t.ppf(0.975, df))
 
 
-def normalised_auc(budgets: np.ndarray, accuracy: np.ndarray) -> float:
-    """Area under accuracy vs FLOPs divided by the FLOPs span: the mean accuracy over the range."""
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float, float]:
+    """Mean of the per-seed differences a - b and its 95% t-interval (low, high) over the seeds (n >= 2)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f'need paired values of at least two seeds, got {len(d)}')
+    half = t_quantile_975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def normalised_auc(budgets: Sequence[float], accuracy: Sequence[float]) -> float:
+    """Area under accuracy vs FLOPs (trapezoids) divided by the FLOPs span: the mean accuracy over the range."""
+    budgets, accuracy = np.asarray(budgets, float), np.asarray(accuracy, float)
+    if len(budgets) < 2 or budgets[-1] <= budgets[0]:
+        raise ValueError('need at least two increasing budgets')
     return float(np.trapezoid(accuracy, budgets) / (budgets[-1] - budgets[0]))
 
 
-def evaluation_budgets() -> np.ndarray:
-    """The min subnet's FLOPs, then each pool's upper edge (clipped to the max subnet): where set_budget is read."""
+def format_interval(mean: float, low: float, high: float) -> str:
+    return f'{mean:+.2f} [{low:+.2f}, {high:+.2f}]'
+
+
+def mean_std(values: Sequence[float]) -> str:
+    values = np.asarray(values, float)
+    return f'{values.mean():.2f} ± {values.std(ddof=1):.2f}'
+
+
+# budgets and per-run rows
+
+def space_of(protocol: Protocol):
     import timm
+    return timm.create_model('pss_mobilenetv1', num_classes=10, in_chans=protocol.in_chans, width_range=WIDTH_RANGE,
+                             resolution_range=RESOLUTIONS).space
+
+
+def evaluation_budgets(space, num_pools: int) -> np.ndarray:
+    """The min subnet's FLOPs, then each pool's upper edge (clipped to the max subnet): where set_budget is read."""
     from timm_pss.pss import bucket_targets
-    space = timm.create_model('pss_mobilenetv1', num_classes=10, width_range=WIDTH_RANGE,
-                              resolution_range=RESOLUTIONS).space
-    targets, step = bucket_targets(space, num_pools=NUM_POOLS)
+    targets, step = bucket_targets(space, num_pools=num_pools)
     f_min, f_max = space.flops_span
     return np.clip(np.concatenate([[f_min], targets + step / 2]), f_min, f_max)
 
 
-def mean_std(values: np.ndarray) -> str:
-    return f'{values.mean():.2f} ± {values.std(ddof=1):.2f}'
-
-
-def report(results: Dict[Tuple[str, int], np.ndarray], budgets: np.ndarray, aucs: Dict[Tuple[str, int], float],
-           times: Dict[Tuple[str, int], float], args: argparse.Namespace) -> str:
-    methods, seeds = args.methods, args.seeds
-    headers = ['budget (MMACs)'] + [LABELS[m] for m in methods]
-    base = methods[0]
-    others = [m for m in methods if m != base]
-    headers += [f'{LABELS[base]} − {LABELS[m]}' for m in others]
+def rows_of_run(method: str, seed: int, entries: Sequence[dict], budgets: np.ndarray, min_flops: float) -> List[dict]:
+    """One row per budget: the entry `set_budget(B)` picks (timm_pss.BudgetTable.select's rule) and its top-1."""
+    table = BudgetTable(['g'], [BudgetEntry(int(e['flops']), Subnet(1, (1,)), {
+        k: float(e[k]) for k in ('heldout_top1', 'top1') if e.get(k) is not None}) for e in entries])
     rows = []
-    for i, b in enumerate(budgets):
-        acc = {m: np.array([results[m, s][i] for s in seeds]) for m in methods}
-        rows.append([f'{b / 1e6:.2f}'] + [mean_std(acc[m]) for m in methods]
-                    + [mean_std(acc[base] - acc[m]) for m in others])
-    auc = {m: np.array([aucs[m, s] for s in seeds]) for m in methods}
-    rows.append(['AUC (mean top-1)'] + [mean_std(auc[m]) for m in methods]
-                + [mean_std(auc[base] - auc[m]) for m in others])
-    for label, k in (('wall min / run', 0), ('CPU min / run', 1)):
-        minutes = {m: [times[m, s][k] for s in seeds] for m in methods}
-        rows.append([label] + [f'{np.mean(minutes[m]) / 60:.1f}' if None not in minutes[m] else 'n/a'
-                               for m in methods] + ['' for _ in others])
-    wins = {m: int(sum(np.mean([results[base, s][i] for s in seeds]) > np.mean([results[m, s][i] for s in seeds])
-                       for i in range(len(budgets)))) for m in others}
-    lines = [format_table(headers, rows), '']
-    for m in others:
-        lines.append(f'- {LABELS[base]} above {LABELS[m]} at {wins[m]}/{len(budgets)} budgets (mean over seeds)')
+    for b in budgets:
+        entry = table.select(float(b))[1]
+        rows.append(dict(method=method, seed=seed, budget_mflops=round(b / 1e6, 4),
+                         entry_mflops=round(entry.flops / 1e6, 4), top1=round(entry.metrics['top1'], 4),
+                         is_min_subnet=int(entry.flops == int(min_flops))))
+    return rows
+
+
+CSV_COLUMNS = ('method', 'seed', 'budget_mflops', 'entry_mflops', 'top1', 'is_min_subnet')
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> None:
+    lines = [','.join(CSV_COLUMNS)] + [','.join('' if r[c] is None else str(r[c]) for c in CSV_COLUMNS)
+                                       for r in rows]
+    write_text_atomic(path, '\n'.join(lines) + '\n')
+
+
+def read_csv(path: Path) -> List[dict]:
+    """Per-seed rows of this script's CSV, or of the older format (method,seed,budget_flops,top1 with auc / mean /
+    std rows), which records neither the serving entry nor the min subnet: those become None, except the first
+    budget, which only the min subnet fits."""
+    with open(path, newline='') as f:
+        raw = list(csv.DictReader(f))
+    rows = []
+    if raw and 'budget_mflops' in raw[0]:
+        for r in raw:
+            rows.append(dict(method=r['method'], seed=int(r['seed']), budget_mflops=float(r['budget_mflops']),
+                             entry_mflops=float(r['entry_mflops']) if r['entry_mflops'] else None,
+                             top1=float(r['top1']),
+                             is_min_subnet=int(r['is_min_subnet']) if r['is_min_subnet'] != '' else None))
+        return rows
+    per_seed = [r for r in raw if r['seed'].lstrip('-').isdigit() and r['budget_flops'].isdigit()]
+    lowest = min(int(r['budget_flops']) for r in per_seed)
+    for r in per_seed:
+        first = int(r['budget_flops']) == lowest
+        rows.append(dict(method=LEGACY_METHOD_NAMES.get(r['method'], r['method']), seed=int(r['seed']),
+                         budget_mflops=round(int(r['budget_flops']) / 1e6, 4),
+                         entry_mflops=round(lowest / 1e6, 4) if first else None, top1=float(r['top1']),
+                         is_min_subnet=1 if first else None))
+    return rows
+
+
+def accuracy_grid(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int]):
+    """(budgets in MMACs, {method: array seeds x budgets of top-1}, {method: same of is_min_subnet (nan: unknown)})."""
+    budgets = sorted({r['budget_mflops'] for r in rows})
+    index = {(r['method'], r['seed'], r['budget_mflops']): r for r in rows}
+    missing = [(m, s) for m in methods for s in seeds if (m, s, budgets[0]) not in index]
+    if missing:
+        fail(f'the rows hold no results for (method, seed) {missing}')
+    acc = {m: np.array([[index[m, s, b]['top1'] for b in budgets] for s in seeds]) for m in methods}
+    at_min = {m: np.array([[np.nan if index[m, s, b]['is_min_subnet'] is None else index[m, s, b]['is_min_subnet']
+                            for b in budgets] for s in seeds]) for m in methods}
+    return np.array(budgets), acc, at_min
+
+
+def min_subnet_marks(at_min: Dict[str, np.ndarray], methods: Sequence[str]) -> List[str]:
+    """Per budget: 'all' where every run of every method serves the min subnet, 'k/n' where some do, '?' where
+    the CSV does not say, '' where none does."""
+    stacked = np.concatenate([at_min[m] for m in methods])
+    marks = []
+    for column in stacked.T:
+        if np.isnan(column).any():
+            marks.append('?')
+        elif column.all():
+            marks.append('all')
+        else:
+            marks.append(f'{int(column.sum())}/{len(column)}' if column.any() else '')
+    return marks
+
+
+def report(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str) -> str:
+    """Markdown: mean +- std per method and budget; PSS - baseline as paired mean and 95% t-interval; AUC; marks."""
+    budgets, acc, at_min = accuracy_grid(rows, methods, seeds)
+    marks = min_subnet_marks(at_min, methods)
+    auc = {m: np.array([normalised_auc(budgets, acc[m][i]) for i in range(len(seeds))]) for m in methods}
+    base, others = methods[0], list(methods[1:])
+    label = {m: METHODS[m].label for m in methods}
+    lines = [f'## {title}: top-1 (%) at set_budget(B), mean ± std over seeds {", ".join(map(str, seeds))}', '']
+    headers = ['budget (MMACs)', 'min subnet served'] + [label[m] for m in methods]
+    table = [[f'{b:.2f}', marks[i]] + [mean_std(acc[m][:, i]) for m in methods] for i, b in enumerate(budgets)]
+    table.append(['AUC (mean top-1)', ''] + [mean_std(auc[m]) for m in methods])
+    lines += [format_table(headers, table), '']
+    if others:
+        lines += [f'## {label[base]} − baseline: mean paired difference over {len(seeds)} seeds [95% t-interval]', '']
+        headers = ['budget (MMACs)', 'min subnet served'] + [f'{label[base]} − {label[m]}' for m in others]
+        table = [[f'{b:.2f}', marks[i]] + [format_interval(*paired_difference(acc[base][:, i], acc[m][:, i]))
+                                           for m in others] for i, b in enumerate(budgets)]
+        table.append(['AUC (mean top-1)', ''] + [format_interval(*paired_difference(auc[base], auc[m]))
+                                                 for m in others])
+        lines += [format_table(headers, table), '']
+        useful = [i for i, mark in enumerate(marks) if mark != 'all']
+        for m in others:
+            diffs = [paired_difference(acc[base][:, i], acc[m][:, i]) for i in useful]
+            above = sum(lo > 0 for _, lo, _ in diffs)
+            below = sum(hi < 0 for _, _, hi in diffs)
+            lines.append(f'- {label[base]} vs {label[m]}: interval above zero at {above}, below zero at {below} of '
+                         f'the {len(useful)} budgets not served by the min subnet in every run')
+        lines.append('')
+    lines.append('"min subnet served": all = every run of every method serves the min subnet at that budget; every '
+                 'method trains the min subnet every step, so such a row says little about the middle-subnet rule; '
+                 'k/n = k of n runs; ? = not recorded (older CSV).')
     return '\n'.join(lines)
 
 
-def write_csv(path: Path, results, budgets: np.ndarray, aucs, args: argparse.Namespace) -> None:
-    with atomic_write(path, newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['method', 'seed', 'budget_flops', 'top1'])
-        for m in args.methods:
-            for s in args.seeds:
-                for b, a in zip(budgets, results[m, s]):
-                    writer.writerow([m, s, int(b), f'{a:.4f}'])
-                writer.writerow([m, s, 'auc', f'{aucs[m, s]:.4f}'])
-            stacked = np.stack([results[m, s] for s in args.seeds])
-            for stat, values in (('mean', stacked.mean(0)), ('std', stacked.std(0, ddof=1))):
-                for b, a in zip(budgets, values):
-                    writer.writerow([m, stat, int(b), f'{a:.4f}'])
-
-
-def plot(path: Path, results, budgets: np.ndarray, args: argparse.Namespace) -> None:
+def plot(path: Path, rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    budgets, acc, _ = accuracy_grid(rows, methods, seeds)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    x = budgets / 1e6
-    for m in args.methods:
-        stacked = np.stack([results[m, s] for s in args.seeds])
-        mean, std = stacked.mean(0), stacked.std(0, ddof=1)
-        ax.plot(x, mean, 'o-', ms=3, label=LABELS[m])
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    for m in methods:
+        mean, std = acc[m].mean(0), acc[m].std(0, ddof=1)
+        ax.plot(budgets, mean, 'o-', ms=3, label=METHODS[m].label)
+        ax.fill_between(budgets, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel('budget (MMACs): set_budget(B)')
-    ax.set_ylabel('validation top-1 (%)')
-    ax.set_title(f'pss_mobilenetv1 on digits, {args.epochs} epochs, mean ± std over {len(args.seeds)} seeds')
+    ax.set_ylabel('top-1 (%)')
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as temp:
         fig.savefig(temp, format='png')
     plt.close(fig)
 
 
+# data and training runs
+
+def read_idx(path: Path) -> np.ndarray:
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+    return read_sn3_pascalvincent_tensor(str(path), strict=False).numpy()
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file (MNIST's format) holding `array`."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def prepare_fashion_mnist(output: Path, source: Optional[Path], train_size: Optional[int],
+                          test_size: Optional[int]) -> Path:
+    """A Fashion-MNIST root for train_pss.py under `output`: the package's files gunzipped (timm_pss.dataset_setup),
+    then a fixed random subset of `train_size` training (and `test_size` test) images; None keeps all."""
+    from timm_pss.dataset_setup import SetupError, setup_dataset
+    full = output / 'fashion-mnist-full'
+    try:
+        setup_dataset('fashion-mnist', full, source)
+    except SetupError as e:
+        fail(f'{e}')
+    if train_size is None and test_size is None:
+        return full
+    root = output / f'fashion-mnist-train{train_size or "all"}-test{test_size or "all"}'
+    raw = root / 'FashionMNIST' / 'raw'
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, size in (('train', train_size), ('t10k', test_size)):
+        images = read_idx(full / 'FashionMNIST' / 'raw' / f'{prefix}-images-idx3-ubyte')
+        labels = read_idx(full / 'FashionMNIST' / 'raw' / f'{prefix}-labels-idx1-ubyte')
+        if size is not None and size > len(labels):
+            fail(f'asked for {size} {prefix} images, Fashion-MNIST has {len(labels)}')
+        keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:size or len(labels)])
+        for kind, array in (('images-idx3', images[keep]), ('labels-idx1', labels[keep])):
+            dest = raw / f'{prefix}-{kind}-ubyte'
+            data = idx_bytes(array)
+            if not dest.exists() or dest.read_bytes() != data:
+                write_bytes_atomic(dest, data)
+    return root
+
+
+def run_command(method: str, seed: int, args: argparse.Namespace, data_root: Optional[Path]) -> List[str]:
+    protocol = PROTOCOLS[args.dataset]
+    cmd = [*protocol.args, *METHODS[method].args, '--seed', str(seed), '--epochs', str(args.epochs), *args.extra]
+    if data_root is not None:
+        cmd += ['--data-dir', str(data_root.resolve())]
+    return cmd
+
+
+def train(method: str, seed: int, args: argparse.Namespace, data_root: Optional[Path]) -> Tuple[Path, dict]:
+    """One train_pss.py run (resumed when interrupted earlier, reused when finished); returns (folder, timing)."""
+    name = f'{method}-seed{seed}'
+    run_dir = args.output / name
+    cmd = run_command(method, seed, args, data_root)
+    record = run_dir / 'benchmark.json'
+    if record.exists() and (run_dir / 'results.json').exists():
+        done = json.loads(record.read_text())
+        if done['command'] != cmd:
+            fail(f'{run_dir} was trained with other settings; use another --output '
+                             f'or remove it')
+        return run_dir, dict(done, reused=True)
+    resume = []
+    if (run_dir / 'last.pth.tar').exists():
+        resume = ['--resume', str(run_dir)]
+    elif run_dir.exists():  # started by this script, stopped before its first checkpoint
+        shutil.rmtree(run_dir)
+    full = [sys.executable, str(ROOT / 'train_pss.py'), *cmd, '--output', str(args.output.resolve()),
+            '--experiment', name, *resume]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'OPENBLAS_NUM_THREADS': '1'}
+    start = time.perf_counter()
+    log = args.output / f'{name}.log'
+    with open(log, 'a') as f:
+        proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f'{" ".join(full)} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}')
+    timing = dict(command=cmd, wall_s=time.perf_counter() - start, cpu_s=usage.ru_utime + usage.ru_stime,
+                  resumed=bool(resume))
+    write_text_atomic(record, json.dumps(timing, indent=2))
+    return run_dir, dict(timing, reused=False)
+
+
+def train_all(runs: Sequence[Tuple[str, int]], args: argparse.Namespace, data_root: Optional[Path]) -> Dict:
+    """Train every (method, seed), `args.jobs` at a time, with a progress line after each run."""
+    finished, trained_wall = {}, []
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(train, m, s, args, data_root): (m, s) for m, s in runs}
+        for future in as_completed(futures):
+            run = futures[future]
+            finished[run] = future.result()
+            timing = finished[run][1]
+            if not timing['reused']:
+                trained_wall.append(timing['wall_s'])
+            left = len(runs) - len(finished)
+            eta = (f'about {math.ceil(np.mean(trained_wall) * left / args.jobs / 60)} min left' if trained_wall
+                   else 'time left unknown until a run is trained') if left else 'all done'
+            what = 'reused' if timing['reused'] else f'{timing["wall_s"] / 60:.1f} min'
+            print(f'[{len(finished)}/{len(runs)} runs done, {(time.perf_counter() - start) / 60:.1f} min] '
+                  f'{run[0]} seed {run[1]}: {what}; {eta}', flush=True)
+    return finished
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.output.mkdir(parents=True, exist_ok=True)
-    print(machine_lines('PSS vs uniform sampling: accuracy vs FLOPs on digits (benchmarks/pareto.py)'))
-    print(f'- protocol: {" ".join(PROTOCOL)} --epochs {args.epochs}; seeds {args.seeds}; {args.jobs} runs at a '
-          f'time, one thread each\n', flush=True)
-    runs = [(m, s) for s in args.seeds for m in args.methods]
-    start = time.perf_counter()
-    if args.report_only:
-        finished = {r: load_finished(*r, args) for r in runs}
+    protocol = PROTOCOLS[args.dataset]
+    title = f'pss_mobilenetv1 on {protocol.title}'
+    stem = f'pareto_{args.dataset.replace("-", "_")}'
+    heading = f'# Accuracy vs FLOPs by middle-subnet rule on {protocol.title} (benchmarks/pareto.py)'
+    if args.from_csv is not None:  # the machine that trained them is not this one: no machine lines
+        rows = read_csv(args.from_csv)
+        header = f'{heading}\n\n- re-reported from the per-seed rows of {args.from_csv.name} (no training)'
+        print(header)
     else:
-        taken = [str(args.output / f'{m}-seed{s}') for m, s in runs if (args.output / f'{m}-seed{s}').exists()]
-        if taken:  # train_pss.py would write to NAME-1 instead, and the report reads NAME
-            raise SystemExit(f'{taken[0]} exists from an earlier run; use another --output, or --report-only')
-        with ThreadPoolExecutor(args.jobs) as pool:
-            finished = dict(zip(runs, pool.map(lambda r: train(*r, args), runs)))
-    results, aucs, times = {}, {}, {}
-    budgets = evaluation_budgets()
-    for run, (run_dir, seconds, cpu_seconds) in finished.items():
-        with open(run_dir / 'results.json') as f:
-            entries = json.load(f)['entries']
-        results[run] = accuracy_at_budgets(entries, budgets)
-        aucs[run] = normalised_auc(budgets, results[run])
-        times[run] = seconds, cpu_seconds
-    print(report(results, budgets, aucs, times, args))
-    write_csv(args.output / 'pareto.csv', results, budgets, aucs, args)
-    plot(args.output / 'pareto.png', results, budgets, args)
-    cpu = [t[1] for t in times.values()]
-    cpu = f'{sum(cpu) / 60:.1f} min' if None not in cpu else 'n/a'
-    total = 'n/a (--report-only)' if args.report_only else f'{(time.perf_counter() - start) / 60:.1f} min'
-    print(f'\n- total wall time {total}, CPU time of the runs {cpu}; wrote {args.output / "pareto.csv"} '
-          f'and {args.output / "pareto.png"}')
+        print(machine_lines(heading[2:]))
+        data_root = None
+        if args.dataset == 'fashion-mnist':  # first: a missing source leaves no output folder behind
+            data_root = prepare_fashion_mnist(args.output, args.fashion_source, args.train_size,
+                                              protocol.quick_sizes[1] if args.quick else None)
+        args.output.mkdir(parents=True, exist_ok=True)
+        header = f'- protocol: {" ".join(protocol.args)} --epochs {args.epochs} {" ".join(args.extra)}'.rstrip()
+        header += (f'; training subset {args.train_size or "all"}; seeds {args.seeds}; {args.jobs} runs at a time, '
+                   f'one thread each')
+        print(header + '\n', flush=True)
+        runs = [(m, s) for s in args.seeds for m in args.methods]
+        start = time.perf_counter()
+        finished = train_all(runs, args, data_root)
+        space = space_of(protocol)
+        budgets = evaluation_budgets(space, int(QUICK_ARGS[1]) if args.quick else protocol.num_pools)
+        rows = []
+        for m, s in runs:
+            entries = json.loads((finished[m, s][0] / 'results.json').read_text())['entries']
+            rows += rows_of_run(m, s, entries, budgets, space.flops_span[0])
+        wall = [finished[r][1]['wall_s'] for r in runs]
+        header = '\n'.join([machine_lines(heading[2:]), header,
+                            f'- wall time: {(time.perf_counter() - start) / 60:.1f} min this invocation; '
+                            f'{np.mean(wall) / 60:.1f} min per run (as recorded when each was trained)'])
+    text = '\n'.join([header, '', report(rows, args.methods, args.seeds, title)])
+    print('\n' + report(rows, args.methods, args.seeds, title))
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.results / f'{stem}.md', text + '\n')
+    if args.from_csv is not None:  # the rows and their plot exist already
+        print(f'\n- wrote {args.results / stem}.md')
+        return 0
+    write_csv(args.results / f'{stem}.csv', rows)
+    plot(args.results / f'{stem}.png', rows, args.methods, args.seeds,
+         f'{title}, mean ± std over {len(args.seeds)} seeds')
+    print(f'\n- wrote {args.results / stem}.csv, .png and .md')
     return 0
 
 

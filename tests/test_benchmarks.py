@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script, *args):
+    """Run a benchmark script in a child process; returns its stdout (asserting exit 0)."""
     proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / script), *args],
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -40,12 +41,23 @@ def test_speed_quick():
     assert '| pss_mobilenetv2 |' in out and 'Correctness checks: all passed.' in out
 
 
-def test_pareto_quick(tmp_path):
-    out = _run('pareto.py', '--quick', '--output', str(tmp_path))
-    assert 'AUC (mean top-1)' in out and 'PSS − uniform in-bucket' in out and 'US-Net global width' in out
-    rows = (tmp_path / 'pareto.csv').read_text().splitlines()
-    assert rows[0] == 'method,seed,budget_flops,top1' and any(r.startswith('prioritized,mean,') for r in rows)
-    assert (tmp_path / 'pareto.png').stat().st_size > 10_000
+def test_pareto_quick_on_fashion_mnist_resumes_and_reports(tmp_path):
+    """The Fashion-MNIST harness end to end on tiny IDX files: runs, csv, plot, report; a re-run trains nothing."""
+    from support import write_fashion_mnist_gz
+    source = write_fashion_mnist_gz(tmp_path / 'src', num_train=192, num_test=256)
+    args = ['--dataset', 'fashion-mnist', '--quick', '--methods', 'pss', 'mutualnet', '--fashion-source', str(source),
+            '--output', str(tmp_path / 'runs')]
+    out = _run('pareto.py', *args)
+    assert '[4/4 runs done' in out and 'PSS − MutualNet-style' in out and 'AUC (mean top-1)' in out
+    rows = (tmp_path / 'runs' / 'pareto_fashion_mnist.csv').read_text().splitlines()
+    assert rows[0] == 'method,seed,budget_mflops,entry_mflops,top1,is_min_subnet'
+    assert len(rows) == 1 + 2 * 2 * 4  # methods x seeds x (min subnet + 3 pools' edges)
+    first = rows[1].split(',')
+    assert first[:2] == ['pss', '0'] and first[2] == first[3] and first[5] == '1'  # the min budget: the min subnet
+    assert '| all ' in (tmp_path / 'runs' / 'pareto_fashion_mnist.md').read_text()
+    assert (tmp_path / 'runs' / 'pareto_fashion_mnist.png').read_bytes()[:4] == b'\x89PNG'
+    again = _run('pareto.py', *args)
+    assert again.count(': reused;') == 4 and again.split('## ')[1:] == out.split('## ')[1:]
 
 
 def test_bench_latency_quick(tmp_path):

@@ -326,3 +326,23 @@ def test_summary_rows_are_rewritten_atomically(train_pss, tmp_path, monkeypatch)
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert [(r['epoch'], r['eval_top1']) for r in rows] == [('0', '0.0'), ('1', '15.0')]
+
+
+def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(tmp_path):
+    """--dataset torch/fashion_mnist: 10 classes from the dataset, in_chans=1 normalised by the data's own mean/std."""
+    from support import write_fashion_mnist_gz
+    from timm_pss.dataset_setup import setup_dataset
+    setup_dataset('fashion-mnist', tmp_path / 'data', write_fashion_mnist_gz(tmp_path / 'src'))
+    log = _run('--dataset', 'torch/fashion_mnist', '--data-dir', str(tmp_path / 'data'), '--epochs', '1', '-b', '16',
+               '--workers', '0', '--scale', '0.5', '1', '--hflip', '0.5', '--output', str(tmp_path),
+               '--experiment', 'fashion')
+    assert 'budget table with validation accuracy' in log
+    run = tmp_path / 'fashion'
+    config = json.loads((run / 'config.json').read_text())
+    assert config['num_classes'] == 10 and config['model_args']['in_chans'] == 1
+    mean, std = config['pretrained_cfg']['mean'], config['pretrained_cfg']['std']
+    assert len(mean) == len(std) == 1 and 0.2 < mean[0] < 0.6 and 0.1 < std[0] < 0.5  # the data's, not ImageNet's
+    model = timm.create_model('pss_mobilenetv1', num_classes=10, in_chans=1, resolution_range=(16, 24, 8))
+    model.load_state_dict(load_file(str(run / 'model.safetensors')), strict=True)
+    assert model.get_classifier().out_features == 10 and model.conv_stem.weight.shape[1] == 1
+    assert len(_rows(run)) >= 3

@@ -1,4 +1,5 @@
-"""Training data: the embedded default dataset (scikit-learn's handwritten digits) and held-out slices.
+"""Training data: the embedded default dataset (scikit-learn's handwritten digits), held-out slices, and what a
+dataset says about itself (classes, channels, pixel statistics) so train_pss.py can size the model and normalise.
 
 The digits (1,797 real 8x8 scans, shipped inside the scikit-learn wheel) need no download, so
 `python train_pss.py --model pss_mobilenetv1` trains anywhere. They come as RGB PIL images upsampled to a small
@@ -7,13 +8,14 @@ subnets) and `val`. Any timm transform applies, as with timm's own datasets.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ['DigitsDataset', 'IndexSubset', 'split_indices']
+__all__ = ['DigitsDataset', 'IndexSubset', 'ImageModeDataset', 'split_indices', 'dataset_num_classes',
+           'image_statistics']
 
 DIGITS_CLASSES = 10
 
@@ -37,6 +39,7 @@ class DigitsDataset(torch.utils.data.Dataset):
         transform: applied to each PIL image (timm's loaders set it).
     """
     splits = ('train', 'heldout', 'val')
+    classes = [str(d) for d in range(DIGITS_CLASSES)]
 
     def __init__(
             self,
@@ -91,3 +94,67 @@ class IndexSubset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
+
+
+class ImageModeDataset(torch.utils.data.Dataset):
+    """A dataset whose PIL images are converted to `mode` ('RGB', 'L') before its `transform` runs, e.g. grayscale
+    Fashion-MNIST replicated to three channels for a model built with in_chans=3."""
+
+    def __init__(self, dataset, mode: str):
+        self.dataset = dataset
+        self.mode = mode
+        self.transform = dataset.transform
+        dataset.transform = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        image = image.convert(self.mode)
+        return (self.transform(image) if self.transform is not None else image), target
+
+
+def _unwrap(dataset):
+    while isinstance(dataset, (IndexSubset, ImageModeDataset)):
+        dataset = dataset.dataset
+    return dataset
+
+
+def dataset_num_classes(dataset) -> Optional[int]:
+    """Number of classes a dataset declares: `classes` (torchvision datasets, DigitsDataset) or the reader's
+    `class_to_idx` (timm's folder datasets); None where it declares neither."""
+    dataset = _unwrap(dataset)
+    for owner in (dataset, getattr(dataset, 'reader', None)):
+        for name in ('classes', 'class_to_idx'):
+            value = getattr(owner, name, None)
+            if value:
+                return len(value)
+    return None
+
+
+def image_statistics(dataset, max_images: int = 2000) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
+    """(channels, per-channel mean, per-channel std) of a dataset's untransformed images, pixels scaled to [0, 1].
+
+    Read from up to `max_images` images evenly spread over the dataset (all of them when it is smaller), so a
+    60,000-image dataset costs a second. Raises ValueError when its items are not (PIL image, target) pairs.
+    """
+    base = dataset
+    while isinstance(base, IndexSubset):  # not past an ImageModeDataset: its conversion is part of the images
+        base = base.dataset
+    transform, base.transform = getattr(base, 'transform', None), None
+    try:
+        indices = np.unique(np.linspace(0, len(base) - 1, min(max_images, len(base))).round().astype(int))
+        pixels = []
+        for i in indices:
+            image = base[int(i)][0]
+            if not isinstance(image, Image.Image):
+                raise ValueError(f'expected PIL images from the dataset, got {type(image).__name__}')
+            array = np.asarray(image, dtype=np.float64) / 255.0
+            pixels.append(array.reshape(-1, 1 if array.ndim == 2 else array.shape[2]))
+    finally:
+        base.transform = transform
+    if len({p.shape[1] for p in pixels}) != 1:
+        raise ValueError('the dataset mixes images with different numbers of channels')
+    pixels = np.concatenate(pixels)
+    return pixels.shape[1], tuple(pixels.mean(0).tolist()), tuple(pixels.std(0).tolist())

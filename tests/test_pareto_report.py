@@ -1,0 +1,137 @@
+"""benchmarks/pareto.py's reporting math and bookkeeping as pure functions: paired t-intervals, AUC, the entry a
+budget serves, min-subnet marks, CSV formats, IDX subsets, refused methods, reuse of finished runs."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import pareto  # noqa: E402
+sys.path.remove(str(ROOT / 'benchmarks'))
+
+
+def test_t_quantiles_match_the_tables():
+    assert pareto.t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
+    assert pareto.t_quantile_975(4) == pytest.approx(2.776, abs=1e-3)
+    assert pareto.t_quantile_975(10_000) == pytest.approx(1.960, abs=1e-3)
+
+
+def test_paired_difference_is_the_mean_and_t_interval_of_per_seed_differences():
+    mean, low, high = pareto.paired_difference([11, 12, 13], [10, 10, 10])
+    half = 4.302653 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert mean == pytest.approx(2)
+    assert (low, high) == pytest.approx((2 - half, 2 + half), abs=1e-5)
+    # pairing: a constant per-seed gap has no width, however much the seeds differ
+    assert pareto.paired_difference([50, 70, 90], [49, 69, 89]) == pytest.approx((1, 1, 1))
+    with pytest.raises(ValueError, match='at least two seeds'):
+        pareto.paired_difference([1.0], [0.0])
+
+
+def test_normalised_auc_is_the_mean_accuracy_over_the_flops_span():
+    assert pareto.normalised_auc([1, 2, 5], [80, 80, 80]) == pytest.approx(80)
+    assert pareto.normalised_auc([0, 10], [0, 100]) == pytest.approx(50)
+    assert pareto.normalised_auc([0, 1, 4], [60, 90, 90]) == pytest.approx((75 * 1 + 90 * 3) / 4)
+    with pytest.raises(ValueError):
+        pareto.normalised_auc([3], [1])
+
+
+def test_rows_of_run_read_the_entry_set_budget_picks():
+    entries = [dict(flops=1e6, top1=60.0, heldout_top1=70.0), dict(flops=2e6, top1=75.0, heldout_top1=65.0),
+               dict(flops=3e6, top1=80.0, heldout_top1=80.0)]
+    rows = pareto.rows_of_run('pss', 3, entries, np.array([1e6, 2.5e6, 3e6]), min_flops=1e6)
+    # at 2.5M the 2M entry fits but the cheaper 1M entry has the better held-out accuracy: set_budget serves that
+    assert [(r['entry_mflops'], r['top1'], r['is_min_subnet']) for r in rows] == [(1, 60, 1), (1, 60, 1), (3, 80, 0)]
+    assert rows[1]['budget_mflops'] == 2.5 and rows[0]['method'] == 'pss' and rows[0]['seed'] == 3
+
+
+def _rows(gaps, methods=('pss', 'uniform'), seeds=(0, 1, 2)):
+    """Rows at two budgets; at the second, pss is better than uniform by `gaps` (one per seed)."""
+    rows = []
+    for m in methods:
+        for s, gap in zip(seeds, gaps):
+            rows.append(dict(method=m, seed=s, budget_mflops=1.0, entry_mflops=1.0, top1=50.0 + s, is_min_subnet=1))
+            rows.append(dict(method=m, seed=s, budget_mflops=2.0, entry_mflops=2.0,
+                             top1=70.0 + 5 * s + (gap if m == 'pss' else 0), is_min_subnet=int(m == 'uniform')))
+    return rows
+
+
+def test_report_marks_min_subnet_rows_and_gives_paired_intervals():
+    text = pareto.report(_rows([2.0, 3.0, 4.0]), ['pss', 'uniform'], [0, 1, 2], 'test')
+    lines = {line.split('|')[1].strip(): line for line in text.splitlines() if line.startswith('| ')}
+    assert '| all ' in lines['1.00'] and '3/6' in lines['2.00']
+    half = 4.302653 / math.sqrt(3)
+    assert f'+3.00 [{3 - half:+.2f}, {3 + half:+.2f}]' in text and '+0.00 [+0.00, +0.00]' in text
+    assert 'interval above zero at 1, below zero at 0 of the 1 budgets' in text
+
+
+def test_csv_round_trip_and_the_older_digits_format(tmp_path):
+    rows = _rows([1.0, 2.0, 3.0])
+    pareto.write_csv(tmp_path / 'r.csv', rows)
+    assert pareto.read_csv(tmp_path / 'r.csv') == rows
+    # the older format: method,seed,budget_flops,top1, plus auc / mean / std rows
+    old = pareto.read_csv(ROOT / 'benchmarks' / 'results' / 'pareto.csv')
+    assert len(old) == 3 * 3 * 11 and {r['method'] for r in old} == {'pss', 'uniform', 'mutualnet'}
+    first = [r for r in old if r['budget_mflops'] == min(o['budget_mflops'] for o in old)]
+    assert len(first) == 9 and all(r['is_min_subnet'] == 1 for r in first)
+    assert all(r['is_min_subnet'] is None for r in old if r not in first)
+
+
+def test_idx_subset_files_read_back_with_torchvision(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    (tmp_path / 'x-images-idx3-ubyte').write_bytes(pareto.idx_bytes(images))
+    (tmp_path / 'x-labels-idx1-ubyte').write_bytes(pareto.idx_bytes(np.arange(5, dtype=np.uint8)))
+    assert np.array_equal(pareto.read_idx(tmp_path / 'x-images-idx3-ubyte'), images)
+    assert pareto.read_idx(tmp_path / 'x-labels-idx1-ubyte').tolist() == [0, 1, 2, 3, 4]
+
+
+def test_methods_whose_options_train_pss_lacks_are_refused(monkeypatch, capsys):
+    monkeypatch.setitem(pareto.METHODS, 'future', pareto.Method('future', ('--pss-no-such-option',)))
+    monkeypatch.setitem(pareto.METHODS, 'badchoice', pareto.Method('bad', ('--pss-sampler', 'no-such-sampler')))
+    reasons = pareto.unsupported_methods(['pss', 'uniform', 'mutualnet', 'future', 'badchoice'])
+    assert set(reasons) == {'future', 'badchoice'} and '--pss-no-such-option' in reasons['future']
+    with pytest.raises(SystemExit) as exit_info:
+        pareto.parse_args(['--methods', 'pss', 'future'])
+    assert exit_info.value.code == 2 and 'method future needs' in capsys.readouterr().err
+
+
+def test_a_finished_run_is_reused_and_one_with_other_settings_refused(tmp_path, monkeypatch, capsys):
+    args = pareto.parse_args(['--dataset', 'digits', '--methods', 'pss', 'uniform', '--output', str(tmp_path)])
+    run = tmp_path / 'pss-seed0'
+    run.mkdir()
+    (run / 'results.json').write_text('{"entries": []}')
+    cmd = pareto.run_command('pss', 0, args, None)
+    (run / 'benchmark.json').write_text(json.dumps(dict(command=cmd, wall_s=60.0, cpu_s=55.0, resumed=False)))
+
+    def no_training(*a, **k):
+        raise AssertionError('a finished run was trained again')
+
+    monkeypatch.setattr(pareto.subprocess, 'Popen', no_training)
+    folder, timing = pareto.train('pss', 0, args, None)
+    assert folder == run and timing['reused'] and timing['wall_s'] == 60.0
+    args.epochs += 1
+    with pytest.raises(SystemExit) as exit_info:
+        pareto.train('pss', 0, args, None)
+    assert exit_info.value.code == 2 and 'other settings' in capsys.readouterr().err
+
+
+def test_from_csv_re_reports_the_stored_digits_runs(tmp_path, capsys):
+    assert pareto.main(['--dataset', 'digits', '--from-csv', str(ROOT / 'benchmarks' / 'results' / 'pareto.csv'),
+                        '--results', str(tmp_path)]) == 0
+    text = (tmp_path / 'pareto_digits.md').read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ['pareto_digits.md']
+    assert 'PSS − uniform in-bucket' in text and 'PSS − MutualNet-style' in text and '| all ' in text
+    assert '+3.95 [-5.32, +13.22]' in text  # AUC, PSS - uniform: the committed report's value
+    assert text == (ROOT / 'benchmarks' / 'results' / 'pareto_digits.md').read_text()
+
+
+def test_missing_fashion_mnist_files_name_the_package_and_leave_no_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pareto.main(['--quick', '--methods', 'pss', 'uniform', '--fashion-source', str(tmp_path / 'none'),
+                     '--output', str(tmp_path / 'runs')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and 'apt-get install -y dataset-fashion-mnist' in err[0]
+    assert not (tmp_path / 'runs').exists()

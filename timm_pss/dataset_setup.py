@@ -1,0 +1,125 @@
+"""Dataset set-up: lay out a dataset's files where timm's `--dataset torch/NAME --data-dir ROOT` reads them.
+
+    python -m timm_pss.dataset_setup fashion-mnist ROOT
+    python train_pss.py --dataset torch/fashion_mnist --data-dir ROOT ...
+
+Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package (four IDX `.gz` files in
+/usr/share/datasets/fashion-mnist/); they are gunzipped into ROOT/FashionMNIST/raw/, torchvision's layout, so no
+download is needed. Each file is written to a temporary file in that folder, fsynced and renamed; a file already
+there with the same content is kept, one with other content is never overwritten (nothing is written then).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .files import atomic_write
+
+__all__ = ['DatasetSource', 'SOURCES', 'SetupError', 'setup_dataset', 'main']
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a system package keeps a dataset's files and where torchvision expects them under ROOT."""
+    files: Tuple[str, ...]  # gzipped names in the source folder; written without '.gz'
+    source_dir: str
+    package: str  # the Debian package that installs source_dir
+    raw_dir: str  # relative to ROOT
+    timm_name: str  # --dataset value for timm
+
+
+SOURCES: Dict[str, DatasetSource] = {
+    'fashion-mnist': DatasetSource(
+        files=('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 't10k-images-idx3-ubyte.gz',
+               't10k-labels-idx1-ubyte.gz'),
+        source_dir='/usr/share/datasets/fashion-mnist', package='dataset-fashion-mnist',
+        raw_dir='FashionMNIST/raw', timm_name='torch/fashion_mnist'),
+}
+
+
+class SetupError(ValueError):
+    """The set-up cannot proceed: files missing from the source, or different files already at the destination."""
+
+
+def _gunzipped_chunks(path: Path):
+    try:
+        with gzip.open(path, 'rb') as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise SetupError(f'{path} is not a readable gzip file ({e})') from e
+
+
+def _same_content(gz_path: Path, existing: Path) -> bool:
+    """Whether `existing` holds exactly the gunzipped content of `gz_path` (streamed, any size)."""
+    with open(existing, 'rb') as f:
+        for chunk in _gunzipped_chunks(gz_path):
+            if f.read(len(chunk)) != chunk:
+                return False
+        return f.read(1) == b''
+
+
+def setup_dataset(name: str, root: Path, source_dir: Optional[Path] = None) -> List[Path]:
+    """Gunzip dataset `name`'s files from `source_dir` (default: its package's folder) into ROOT's raw folder.
+
+    Returns the files written (those already there with the same content are skipped). Checks everything before
+    writing anything: raises SetupError naming the missing source files and the package to install, a source that
+    does not gunzip, or the destination files whose content differs.
+    """
+    if name not in SOURCES:
+        raise SetupError(f'unknown dataset {name!r}; known: {sorted(SOURCES)}')
+    spec = SOURCES[name]
+    source_dir = Path(source_dir or spec.source_dir)
+    missing = [f for f in spec.files if not (source_dir / f).is_file()]
+    if missing:
+        raise SetupError(f'{source_dir} lacks {", ".join(missing)}; install them with: '
+                         f'apt-get install -y {spec.package}')
+    for f in spec.files:  # every source must gunzip completely before anything is written
+        for _ in _gunzipped_chunks(source_dir / f):
+            pass
+    raw = Path(root) / spec.raw_dir
+    pairs = [(source_dir / f, raw / f[:-len('.gz')]) for f in spec.files]
+    different = [str(dest) for src, dest in pairs if dest.exists() and not _same_content(src, dest)]
+    if different:
+        raise SetupError(f'{", ".join(different)} already exist with other content; not overwritten (move them '
+                         f'away to set up again)')
+    raw.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src, dest in pairs:
+        if not dest.exists():
+            with atomic_write(dest, 'wb') as f:  # a temporary beside dest, fsynced, renamed
+                for chunk in _gunzipped_chunks(src):
+                    f.write(chunk)
+            written.append(dest)
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m timm_pss.dataset_setup', description=__doc__.split('\n')[0])
+    parser.add_argument('dataset', choices=sorted(SOURCES), help='dataset to set up')
+    parser.add_argument('root', type=Path, help='dataset root, as given to train_pss.py --data-dir')
+    parser.add_argument('--source', type=Path, default=None,
+                        help='folder holding the .gz files (default: the Debian package\'s folder, e.g. '
+                             f'{SOURCES["fashion-mnist"].source_dir})')
+    args = parser.parse_args(argv)
+    try:
+        written = setup_dataset(args.dataset, args.root, args.source)
+    except SetupError as e:
+        print(f'{parser.prog}: error: {e}', file=sys.stderr)
+        return 2
+    spec = SOURCES[args.dataset]
+    kept = len(spec.files) - len(written)
+    print(f'{args.root / spec.raw_dir}: wrote {len(written)} files' + (f', kept {kept} identical' if kept else '')
+          + f'. Train with: python train_pss.py --dataset {spec.timm_name} --data-dir {args.root}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
