@@ -110,7 +110,9 @@ def test_offline_hf_cache_registry_tag_and_hf_hub(published, tmp_path):
     _hf_cache(cache, REPO, published)
     x = torch.randn(2, 3, 224, 224)
     torch.save(x, tmp_path / 'x.pt')
-    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf_home'))
+    # the same torch thread count as this process: outputs are compared bit for bit
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf_home'),
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run([sys.executable, '-c', LOAD_SCRIPT, str(cache), str(tmp_path / 'res.json'),
                            str(tmp_path / 'x.pt'), REPO], capture_output=True, text=True, env=env,
                           timeout=SUBPROCESS_TIMEOUT)
