@@ -214,7 +214,7 @@ def model_card_data(model, repo_id: str, training_args: Optional[dict] = None):
     """
     from huggingface_hub import EvalResult, ModelCardData
 
-    description, dataset_name, dataset_id = training_dataset(training_args)
+    _, dataset_name, dataset_id = training_dataset(training_args)
     split = str((training_args or {}).get('val_split') or 'validation')
     results = [
         EvalResult(task_type='image-classification', task_name='Image Classification',
@@ -365,9 +365,10 @@ def publish(source: Union[str, Path], repo_id: str, dry_run: Optional[Union[str,
         raise ValueError('--revision is empty; give a branch name, or leave it out for main')
     if dry_run is not None:
         keep = (Path(dry_run) / 'README.md').is_file() and not overwrite_readme
+        out = write_hub_folder(source, dry_run, repo_id, force=force, write_readme=not keep)
         if keep:
-            _logger.info(f'kept the existing {Path(dry_run) / "README.md"} (--overwrite-readme replaces it)')
-        return str(write_hub_folder(source, dry_run, repo_id, force=force, write_readme=not keep))
+            _logger.info(f'kept the existing {out / "README.md"} (--overwrite-readme replaces it)')
+        return str(out)
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:
