@@ -56,7 +56,7 @@ def test_publish_folder_contents(published, run_dir):
     assert config['pretrained_cfg']['input_size'] == [3, 224, 224]  # the max subnet's resolution
     assert 'model_args' in config
     card = (published / 'README.md').read_text()
-    assert card.startswith('---\nlibrary_name: timm') and f'# {REPO}' in card and '${' not in card
+    assert card.startswith('---\n') and f'# Model card for {REPO}' in card and '${' not in card
     assert '71.50' in card and '66.75' in card and '61.25' in card  # the measured table, as measured
     assert 'hf-hub:' + REPO in card and 'pss_pool_size: 50' in card and 'accuracy_vs_flops.png' in card
 
@@ -151,6 +151,7 @@ def test_publish_uploads_through_huggingface_hub(run_dir, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.HfApi, 'create_repo', create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder', upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, 'file_exists', lambda self, repo_id, filename, **kw: False)
     url = timm_pss.hub.publish(run_dir, 'someone/pss', private=True)
     assert url == Commit.commit_url
     assert calls['create'] == dict(repo_id='someone/pss', private=True, exist_ok=True)
@@ -259,3 +260,195 @@ def test_a_truncated_config_json_names_the_file(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         publish_main([str(broken), '--repo-id', 'a/b', '--dry-run', str(tmp_path / 'out')])
     assert e.value.code == 2 and f'{broken / "config.json"} is not valid JSON' in capsys.readouterr().err
+
+
+# --- the Hub page in timm's layout, publish options, failing fast offline ---
+
+def _python_blocks(card: str) -> list:
+    return [block.split('```', 1)[0] for block in card.split('```python\n')[1:]]
+
+
+def test_model_card_is_timm_layout_with_measured_metadata(published):
+    """Metadata parsed back by huggingface_hub: timm library, timm_pss tag, top-1 of every budget entry."""
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(published / 'README.md')
+    data = card.data
+    assert data.library_name == 'timm' and data.pipeline_tag == 'image-classification'
+    assert {'timm', 'timm_pss', 'image-classification'} <= set(data.tags) and data.license == 'apache-2.0'
+    assert data.base_model is None and data.datasets is None  # not warm-started; digits are no Hub dataset
+    reference = timm.create_model(f'local-dir:{published}', pretrained=True)
+    assert data.model_name == REPO and len(data.eval_results) == len(reference.budget_table) == 3
+    for result, entry in zip(data.eval_results, reference.budget_table):
+        assert result.metric_type == 'accuracy' and result.metric_value == entry.metrics['top1']
+        assert f'{entry.flops / 1e6:.2f} MMACs' in result.metric_name
+        assert result.task_type == 'image-classification' and result.dataset_name == 'scikit-learn digits'
+    text = card.text
+    sections = ['# Model card for ' + REPO, '## Model Details', '## Model Usage', '### Image Classification',
+                '### Feature Map Extraction', '### Image Embeddings', '## Budget Table', '## Citation']
+    assert all(s in text for s in sections)
+    assert [text.index(s) for s in sections] == sorted(text.index(s) for s in sections)
+    assert '300.84M (max subnet), 69.15M (min subnet)' in text and 'Params (M): 3.50' in text
+    blocks = _python_blocks(text)
+    assert len(blocks) == 3
+    for block in blocks:
+        assert block.startswith('# pip install .') and 'import timm_pss' in block
+    assert 'pypi.org' not in text and 'not on PyPI' in text
+
+
+def test_model_card_snippets_run(published, monkeypatch, capsys):
+    """The card's three snippets, run as written against a local-dir: copy (the image read from a local file)."""
+    import urllib.request
+    image = ROOT / 'tests' / 'data' / 'plot.png'
+    opened = []
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda url: opened.append(url) or open(image, 'rb'))
+    blocks = _python_blocks((published / 'README.md').read_text())
+    namespaces = []
+    for block in blocks:
+        assert f"'hf-hub:{REPO}'" in block
+        namespace = {}
+        exec(compile(block.replace(f'hf-hub:{REPO}', f'local-dir:{published}'), 'card', 'exec'), namespace)
+        namespaces.append(namespace)
+    assert len(opened) == 3
+    classify, features, embed = namespaces
+    entry = classify['model'].budget_table[1]
+    assert classify['model'].active_budget_index == 1 and classify['data_config']['input_size'][1:] == \
+        (entry.subnet.resolution,) * 2
+    assert classify['top5_class_indices'].shape == (1, 5) and classify['output'].shape == (1, 1000)
+    assert len(features['output']) == 5 and 'torch.Size' in capsys.readouterr().out
+    assert embed['output'].shape == (1, embed['model'].num_features) and embed['model'].num_classes == 0
+
+
+def test_base_model_and_dataset_come_from_the_run_args():
+    hub = timm_pss.hub
+    cached = '/home/u/.cache/huggingface/hub/models--timm--mobilenetv2_100.ra_in1k/snapshots/0a1b/model.safetensors'
+    assert hub.warm_start_model({'model': 'pss_mobilenetv2', 'initial_checkpoint': cached}) == \
+        'timm/mobilenetv2_100.ra_in1k'
+    assert hub.warm_start_model({'model': 'pss_mobilenetv2', 'pretrained': True}) == REPO
+    assert hub.warm_start_model({'model': 'hf-hub:me/pss@v1', 'pretrained': True}) == 'me/pss'
+    assert hub.warm_start_model({'model': 'pss_mobilenetv2', 'initial_checkpoint': 'mobilenetv2.pth'}) is None
+    assert hub.warm_start_model({'model': 'pss_mobilenetv2', 'pretrained': False}) is None
+    assert hub.warm_start_model(None) is None
+    assert hub.training_dataset({'dataset': 'hfds/timm/mini-imagenet'})[1:] == ('timm/mini-imagenet',) * 2
+    assert hub.training_dataset({'data_dir': '/data/imagenet/'})[1:] == ('imagenet', None)
+    assert hub.training_dataset({'dataset': 'torch/cifar10'})[1:] == ('cifar10', None)
+    assert hub.training_dataset({'model': 'pss_mobilenetv1'})[1:] == ('scikit-learn digits', None)
+    assert hub.training_dataset(None) == (None, None, None)
+
+
+def test_model_card_metadata_of_a_warm_started_hub_dataset_run(run_dir):
+    from huggingface_hub import ModelCard
+    model = timm.create_model(f'local-dir:{run_dir}', pretrained=True)
+    args = {'model': 'pss_mobilenetv2', 'dataset': 'hfds/timm/mini-imagenet', 'pretrained': True}
+    card = ModelCard(timm_pss.hub.render_model_card(model, 'me/pss', args))
+    assert card.data.base_model == REPO and card.data.datasets == ['timm/mini-imagenet']
+    assert {r.dataset_type for r in card.data.eval_results} == {'timm/mini-imagenet'}
+    assert f'**Warm-started from:** [{REPO}]' in card.text
+    bare = ModelCard(timm_pss.hub.render_model_card(model, 'me/pss'))  # nothing recorded: no dataset, no results
+    assert bare.data.eval_results is None and bare.data.datasets is None and 'not recorded' in bare.text
+
+
+def _fake_hub(monkeypatch, readme_on_hub: bool) -> dict:
+    import huggingface_hub
+    calls = {}
+
+    class Repo:
+        repo_id = 'someone/pss'
+
+    class Commit:
+        commit_url = 'https://huggingface.co/someone/pss/commit/abc'
+        pr_url = 'https://huggingface.co/someone/pss/discussions/1'
+
+    def file_exists(self, repo_id, filename, revision=None, **kw):
+        calls['file_exists'] = dict(repo_id=repo_id, filename=filename, revision=revision)
+        return readme_on_hub
+
+    def upload_folder(self, repo_id, folder_path, **kw):
+        calls['upload'] = dict(kw, repo_id=repo_id, files=sorted(p.name for p in Path(folder_path).iterdir()))
+        return Commit()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, 'create_repo', lambda self, repo_id, **kw: Repo())
+    monkeypatch.setattr(huggingface_hub.HfApi, 'file_exists', file_exists)
+    monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder', upload_folder)
+    return calls
+
+
+def test_publish_passes_revision_and_create_pr_and_keeps_the_hub_readme(run_dir, monkeypatch, capsys):
+    calls = _fake_hub(monkeypatch, readme_on_hub=True)
+    assert publish_main([str(run_dir), '--repo-id', 'someone/pss', '--revision', 'v2', '--create-pr']) == 0
+    assert 'discussions/1' in capsys.readouterr().out
+    assert calls['file_exists'] == dict(repo_id='someone/pss', filename='README.md', revision='v2')
+    upload = calls['upload']
+    assert upload['revision'] == 'v2' and upload['create_pr'] is True and upload['repo_id'] == 'someone/pss'
+    assert 'README.md' not in upload['files'] and {'config.json', 'model.safetensors'} <= set(upload['files'])
+    calls = _fake_hub(monkeypatch, readme_on_hub=True)
+    assert publish_main([str(run_dir), '--repo-id', 'someone/pss', '--overwrite-readme']) == 0
+    assert 'README.md' in calls['upload']['files'] and calls['upload']['revision'] is None
+    assert calls['upload']['create_pr'] is False
+    calls = _fake_hub(monkeypatch, readme_on_hub=False)  # a new repository gets the generated card
+    timm_pss.hub.publish(run_dir, 'someone/pss')
+    assert 'README.md' in calls['upload']['files']
+
+
+def test_publish_dry_run_keeps_a_hand_edited_readme(run_dir, tmp_path):
+    folder = tmp_path / 'hub'
+    folder.mkdir()
+    (folder / 'README.md').write_text('my own card')
+    assert publish_main([str(run_dir), '--repo-id', 'a/b', '--dry-run', str(folder), '--force']) == 0
+    assert (folder / 'README.md').read_text() == 'my own card' and (folder / 'model.safetensors').is_file()
+    assert publish_main([str(run_dir), '--repo-id', 'a/b', '--dry-run', str(folder), '--force',
+                         '--overwrite-readme']) == 0
+    assert (folder / 'README.md').read_text().startswith('---\n')
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Records every Hub download timm would start; each fails as a missing network would."""
+    import timm.models._hub as timm_hub
+    calls = []
+
+    def hf_hub_download(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise OSError('no network')
+
+    monkeypatch.setattr(timm_hub, 'hf_hub_download', hf_hub_download)
+    return calls
+
+
+def test_pretrained_fails_at_once_in_offline_mode(no_downloads, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(RuntimeError, match='offline mode is on') as e:
+        timm.create_model('pss_mobilenetv2', pretrained=True, cache_dir=tmp_path / 'empty_cache')
+    assert 'timm-pss/pss_mobilenetv2.pss_in1k' in str(e.value) and 'pretrained_cfg_overlay' in str(e.value)
+    assert no_downloads == []  # no download attempted, so no retries
+
+
+def test_pretrained_fails_at_once_when_the_hub_cannot_be_reached(no_downloads, monkeypatch, tmp_path):
+    import socket
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    for name in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'):
+        monkeypatch.delenv(name, raising=False)
+    probes = []
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        probes.append((address, timeout))
+        raise socket.gaierror(-2, 'Name or service not known')
+
+    monkeypatch.setattr(socket, 'create_connection', create_connection)
+    with pytest.raises(RuntimeError, match='cannot be reached'):
+        timm.create_model('pss_mobilenetv2', pretrained=True, cache_dir=tmp_path / 'empty_cache')
+    assert no_downloads == [] and len(probes) == 1 and probes[0][1] <= 1.0
+
+
+def test_cached_weights_load_without_probing_the_hub(published, no_downloads, monkeypatch, tmp_path):
+    """In the cache, weights are timm's to load: the offline check neither refuses nor probes the network."""
+    import socket
+    from huggingface_hub import constants
+    cache = tmp_path / 'cache'
+    _hf_cache(cache, REPO, published)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(socket, 'create_connection', lambda *a, **k: pytest.fail('probed the network'))
+    cfg = timm.models.get_pretrained_cfg('pss_mobilenetv2.pss_in1k').to_dict()
+    assert timm_pss.hub.hub_unreachable_reason(cfg, cache_dir=cache) is None
+    assert timm_pss.hub.hub_unreachable_reason(dict(cfg, file=str(published / 'model.safetensors'))) is None

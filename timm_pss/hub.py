@@ -8,22 +8,35 @@ timm_pss-specific step, and a `train_pss.py` run folder is such a folder.
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
+import re
 import shutil
+import socket
 import string
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
+from urllib.parse import urlsplit
 
 import yaml
 
 from .files import atomic_path, atomic_write, write_text_atomic
 
-__all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'check_local_dir_weights', 'load_run', 'save_hub_files',
+__all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'hub_unreachable_reason', 'check_local_dir_weights',
+           'load_run', 'save_hub_files', 'training_dataset', 'warm_start_model', 'model_card_data',
            'render_model_card', 'write_hub_folder', 'check_publish_dir', 'publish']
+
+_logger = logging.getLogger(__name__)
 
 HUB_ORG = 'timm-pss'
 MODEL_CARD_TEMPLATE = Path(__file__).with_name('MODEL_CARD.md')
 RUN_MARKERS = ('args.yaml', 'last.pth.tar', 'summary.csv')  # files only a train_pss.py run folder holds
+# timm_pss is not on PyPI and the project names no public repository: install from a checkout of its source
+INSTALL_COMMAND = 'pip install .'  # run in a checkout of the timm_pss source
+HUB_PROBE_TIMEOUT_S = 1.0  # how long a Hub download may take to connect before offline is assumed
+_PROXY_VARIABLES = ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')
 _RUN_EXTRAS = {'accuracy_vs_flops.png': 'accuracy_vs_flops.png', 'results.csv': 'results.csv',
                'results.json': 'results.json', 'args.yaml': 'training_args.yaml'}
 
@@ -43,6 +56,42 @@ def missing_weights_error(variant: str, pretrained_cfg: Optional[dict], error: E
         f'timm.create_model("{variant}", pretrained=True, '
         f'pretrained_cfg_overlay=dict(file="path/to/model.safetensors"))'
         f' or timm.create_model("local-dir:path/to/folder").')
+
+
+def hub_unreachable_reason(pretrained_cfg: Optional[dict], cache_dir: Optional[Union[str, Path]] = None
+                           ) -> Optional[str]:
+    """Why weights that timm would download from the Hub cannot come now, or None (try the download).
+
+    huggingface_hub retries an unreachable host for about 45 s before failing; this answers at once. None when the
+    weights come from elsewhere (file, url, local-dir) or are in the Hugging Face cache (which loads offline).
+    Otherwise: offline mode (`HF_HUB_OFFLINE`), or the Hub host not reachable within `HUB_PROBE_TIMEOUT_S`. With a
+    proxy configured the direct probe would say nothing, so it is skipped.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from timm.models._builder import _resolve_pretrained_source
+    from timm.models._hub import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, hf_split
+
+    load_from, location = _resolve_pretrained_source(dict(pretrained_cfg or {}))
+    if load_from != 'hf-hub':
+        return None
+    hub_id, filenames = (location[0], (location[1],)) if isinstance(location, (list, tuple)) else \
+        (location, (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))
+    repo_id, revision = hf_split(hub_id)
+    for filename in filenames:
+        if isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str):
+            return None
+    where = cache_dir or constants.HF_HUB_CACHE
+    if constants.HF_HUB_OFFLINE:
+        return f'offline mode is on (HF_HUB_OFFLINE) and the Hugging Face cache {where} does not hold them'
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)),
+                                 timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return (f'{url.hostname} cannot be reached ({e}) and the Hugging Face cache {where} does not hold them')
+    return None
 
 
 def check_local_dir_weights(pretrained_cfg: Optional[dict]) -> None:
@@ -83,6 +132,11 @@ def load_run(source: Union[str, Path]):
     return model
 
 
+def _budget_label(flops: float) -> str:
+    """A `set_budget` string that an entry of `flops` MACs fits in: MMACs rounded up to 2 decimals."""
+    return f'{math.ceil(flops / 1e4) / 100:.2f}M'
+
+
 def _results_table(model) -> str:
     table = model.budget_table
     names = [m for m in ('top1', 'top5', 'heldout_top1') if any(m in e.metrics for e in table)]
@@ -90,7 +144,7 @@ def _results_table(model) -> str:
                                                  'heldout_top1': 'held-out top-1 (%)'}[m] for m in names]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for e in table:
-        cells = [f'`{e.flops / 1e6:.0f}M`', f'{e.flops / 1e6:.2f}', str(e.subnet.resolution)]
+        cells = [f'`{_budget_label(e.flops)}`', f'{e.flops / 1e6:.2f}', str(e.subnet.resolution)]
         cells += [f'{e.metrics[m]:.2f}' if m in e.metrics else '-' for m in names]
         lines.append('| ' + ' | '.join(cells) + ' |')
     if 'top1' not in names:
@@ -98,36 +152,140 @@ def _results_table(model) -> str:
     return '\n'.join(lines)
 
 
+def training_dataset(training_args: Optional[dict]) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    """What a run was trained on, from its args.yaml: (description, short name, Hub dataset id or None).
+
+    train_pss.py trains on the embedded digits when neither --data-dir nor --dataset is given. Only timm's `hfds/` /
+    `hfids/` datasets are known Hub datasets; an image folder or a torchvision dataset gets no Hub id (none is
+    guessed from a folder name). Without recorded args all three are None.
+    """
+    if not training_args:
+        return None, None, None
+    dataset = str(training_args.get('dataset') or '')
+    data_dir = str(training_args.get('data_dir') or '')
+    if not dataset and not data_dir:
+        return ('scikit-learn handwritten digits (1,797 8x8 scans as RGB images), the embedded default of '
+                'train_pss.py', 'scikit-learn digits', None)
+    if dataset:
+        kind, _, name = dataset.partition('/')
+        if kind in ('hfds', 'hfids') and name:
+            return f'[{name}](https://huggingface.co/datasets/{name}) (Hugging Face dataset)', name, name
+        return f'`{dataset}` (timm dataset type)', name or dataset, None
+    name = Path(data_dir.rstrip('/\\')).name or data_dir
+    return f'the image folder `{name}` (train_pss.py --data-dir)', name, None
+
+
+_HF_CACHE_SNAPSHOT = re.compile(r'models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]')
+
+
+def warm_start_model(training_args: Optional[dict]) -> Optional[str]:
+    """The Hub model a run was warm-started from (card `base_model`), or None.
+
+    `--pretrained` starts from the `--model` tag's own Hub weights (its pretrained_cfg `hf_hub_id`, or an `hf-hub:`
+    name); `--initial-checkpoint` counts only when the file lies in a Hugging Face cache snapshot
+    (`models--ORG--NAME/snapshots/...`), which names its repository. Anything else is not a Hub model.
+    """
+    if not training_args:
+        return None
+    if training_args.get('pretrained'):
+        name = str(training_args.get('model') or '')
+        if name.startswith('hf-hub:'):
+            return name[len('hf-hub:'):].split('@')[0]
+        from timm.models._builder import resolve_pretrained_cfg
+        from timm.models._registry import split_model_name_tag
+        arch, tag = split_model_name_tag(name)
+        try:
+            hf_hub_id = resolve_pretrained_cfg(arch, pretrained_cfg=tag or None).hf_hub_id
+        except (RuntimeError, ValueError, AssertionError):  # not a registered model / tag
+            hf_hub_id = None
+        if hf_hub_id:
+            return hf_hub_id.split('@')[0]
+    checkpoint = str(training_args.get('initial_checkpoint') or '')
+    match = _HF_CACHE_SNAPSHOT.search(checkpoint)
+    return f'{match.group(1)}/{match.group(2)}' if match else None
+
+
+def model_card_data(model, repo_id: str, training_args: Optional[dict] = None):
+    """The card's metadata (`huggingface_hub.ModelCardData`), in timm's form, from the model and its run.
+
+    `library_name: timm` with the `timm_pss` tag: the weights are a timm model folder, but the architecture is
+    registered by `import timm_pss`, which the card says first. `model-index` holds the validation top-1 of every
+    budget table entry that recorded one; `datasets` / `base_model` only when the run names a Hub dataset / model.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    _, dataset_name, dataset_id = training_dataset(training_args)
+    split = str((training_args or {}).get('val_split') or 'validation')
+    results = [
+        EvalResult(task_type='image-classification', task_name='Image Classification',
+                   dataset_type=dataset_id or re.sub(r'[^a-z0-9]+', '-', dataset_name.lower()).strip('-'),
+                   dataset_name=dataset_name, dataset_split=split,
+                   metric_type='accuracy', metric_value=round(float(e.metrics['top1']), 2),
+                   metric_name=f'top-1 at {e.flops / 1e6:.2f} MMACs ({e.subnet.resolution}px, budget entry {i})')
+        for i, e in enumerate(model.budget_table) if 'top1' in e.metrics] if dataset_name else []
+    return ModelCardData(
+        library_name='timm', license='apache-2.0', pipeline_tag='image-classification',
+        tags=['image-classification', 'timm', 'timm_pss', 'pss-net', 'resource-adaptive'],
+        datasets=[dataset_id] if dataset_id else None, base_model=warm_start_model(training_args),
+        model_name=repo_id if results else None, eval_results=results or None)
+
+
+def _mmacs(flops: float) -> str:
+    return f'{flops / 1e6:.2f}M'
+
+
 def render_model_card(model, repo_id: str, training_args: Optional[dict] = None, has_plot: bool = False) -> str:
-    """The Hub README for `model`, from MODEL_CARD.md, filled with the model's own measurements."""
+    """The Hub README for `model` in timm's card layout: `model_card_data` metadata and the MODEL_CARD.md body,
+    filled with the model's own measurements and the run's settings (`training_args`, its args.yaml)."""
+    from huggingface_hub import ModelCard
+
     table = model.budget_table
     space = model.space
     arch = model.pretrained_cfg.get('architecture', type(model).__name__)
     if training_args:
         keys = ('model', 'data_dir', 'dataset', 'epochs', 'batch_size', 'opt', 'lr', 'weight_decay', 'sched',
-                'smoothing', 'mixup', 'cutmix', 'model_ema', 'seed', 'pss_budget_range', 'pss_num_pools',
-                'pss_pool_size', 'pss_momentum', 'pss_p_random', 'pss_temperature', 'pss_num_middle',
-                'pss_heldout_frac', 'pss_top_k', 'pss_calib_batches')
+                'smoothing', 'mixup', 'cutmix', 'model_ema', 'seed', 'pretrained', 'initial_checkpoint',
+                'pss_budget_range', 'pss_num_pools', 'pss_pool_size', 'pss_momentum', 'pss_p_random',
+                'pss_temperature', 'pss_num_middle', 'pss_heldout_frac', 'pss_top_k', 'pss_calib_batches')
         shown = {k: training_args[k] for k in keys if k in training_args}
         training = ('Trained with `train_pss.py`; the main settings (all of them in `training_args.yaml`):\n\n'
                     '```yaml\n' + yaml.safe_dump(shown, sort_keys=False) + '```')
     else:
         training = 'The training settings of these weights were not recorded with them.'
+    description = training_dataset(training_args)[0] or 'not recorded with these weights'
+    base_model = warm_start_model(training_args)
+    resolutions = sorted({e.subnet.resolution for e in table})
+    lo, hi = space.resolutions[0], space.resolutions[-1]
+    image_sizes = (f'{lo} x {lo} to {hi} x {hi} ({len(space.resolutions)} sizes)'
+                   + (f'; budget table entries at {", ".join(map(str, resolutions))}' if resolutions else ''))
+    example = table[len(table) // 2].flops if len(table) else space.flops_span[1]
     template = string.Template(MODEL_CARD_TEMPLATE.read_text(encoding='utf-8').split('<!-- card -->', 1)[1])
-    return template.substitute(
+    body = template.substitute(
         repo_id=repo_id,
         architecture=arch,
         dense_architecture=getattr(model, 'dense_architecture', '') or 'the dense timm model',
         num_classes=model.num_classes,
         groups=space.num_groups,
-        resolutions=f'{space.resolutions[0]}..{space.resolutions[-1]}',
+        resolutions=f'{lo}..{hi}',
         flops_span=f'{space.flops_span[0] / 1e6:.2f}M .. {space.flops_span[1] / 1e6:.2f}M',
         entries=len(table),
-        example_budget=f'{table[len(table) // 2].flops / 1e6:.0f}M',
+        install=INSTALL_COMMAND,
+        params_m=f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}',
+        macs_max=_mmacs(space.flops_span[1]),
+        macs_min=_mmacs(space.flops_span[0]),
+        table_span=(f'{_mmacs(table[0].flops)} .. {_mmacs(table[-1].flops)}' if len(table) else 'none'),
+        image_sizes=image_sizes,
+        dataset=description,
+        warm_start=f'- **Warm-started from:** [{base_model}](https://huggingface.co/{base_model})\n'
+                   if base_model else '',
+        topk=min(5, model.num_classes),
+        example_budget=_budget_label(example),
         results_table=_results_table(model),
         plot='![accuracy vs FLOPs](accuracy_vs_flops.png)' if has_plot else '',
         training=training,
     ).lstrip()
+    data = model_card_data(model, repo_id, training_args)
+    return str(ModelCard(f'---\n{data.to_yaml()}\n---\n{body}'))
 
 
 def save_hub_files(model, folder: Union[str, Path]) -> None:
@@ -164,10 +322,12 @@ def check_publish_dir(out_dir: Union[str, Path], force: bool = False) -> Path:
     return out
 
 
-def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_id: str, force: bool = False) -> Path:
+def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_id: str, force: bool = False,
+                     write_readme: bool = True) -> Path:
     """Write the Hub folder of a run (config.json, model.safetensors, README.md, plot, results, training args).
 
-    `out_dir` must be new or empty (or `force`), and never a run folder: see `check_publish_dir`.
+    `out_dir` must be new or empty (or `force`), and never a run folder: see `check_publish_dir`. Without
+    `write_readme` no model card is written (a README.md already there stays as it is).
     """
     out = check_publish_dir(out_dir, force=force)
     run = Path(source)
@@ -180,30 +340,44 @@ def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_i
         if (run / name).is_file():
             with atomic_write(out / target, 'wb') as f, open(run / name, 'rb') as src:
                 shutil.copyfileobj(src, f)
-    args_file = run / 'args.yaml'
-    training_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else None
-    card = render_model_card(model, repo_id, training_args, has_plot=(out / 'accuracy_vs_flops.png').is_file())
-    write_text_atomic(out / 'README.md', card)
+    if write_readme:
+        args_file = run / 'args.yaml'
+        training_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else None
+        card = render_model_card(model, repo_id, training_args, has_plot=(out / 'accuracy_vs_flops.png').is_file())
+        write_text_atomic(out / 'README.md', card)
     return out
 
 
 def publish(source: Union[str, Path], repo_id: str, dry_run: Optional[Union[str, Path]] = None, private: bool = False,
-            commit_message: str = 'Add timm_pss supernet', force: bool = False) -> str:
+            commit_message: str = 'Add timm_pss supernet', force: bool = False, revision: Optional[str] = None,
+            create_pr: bool = False, overwrite_readme: bool = False) -> str:
     """Write a run's Hub folder and upload it to `repo_id` (created if needed); with `dry_run`, only write it there
     (a new or empty folder, or with `force` one holding other files; never a run folder).
 
-    Authentication is huggingface_hub's own (`hf auth login` or the HF_TOKEN variable); no token is read, printed or
-    stored here. Returns the folder (dry run) or the uploaded commit's URL.
+    A README.md already in the repository (or in the `dry_run` folder) is a hand-edited card and is kept unless
+    `overwrite_readme`. `revision` (a branch) and `create_pr` go to `HfApi.upload_folder` as in timm's
+    `push_to_hf_hub`. Authentication is huggingface_hub's own (`hf auth login` or the HF_TOKEN variable); no token
+    is read, printed or stored here. Returns the folder (dry run) or the uploaded commit's (or PR's) URL.
     """
     if '/' not in repo_id or repo_id.count('/') != 1 or not all(repo_id.split('/')):
         raise ValueError(f'--repo-id must look like ORG/NAME, got {repo_id!r}')
+    if revision is not None and not str(revision).strip():
+        raise ValueError('--revision is empty; give a branch name, or leave it out for main')
     if dry_run is not None:
-        return str(write_hub_folder(source, dry_run, repo_id, force=force))
+        keep = (Path(dry_run) / 'README.md').is_file() and not overwrite_readme
+        out = write_hub_folder(source, dry_run, repo_id, force=force, write_readme=not keep)
+        if keep:
+            _logger.info(f'kept the existing {out / "README.md"} (--overwrite-readme replaces it)')
+        return str(out)
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_hub_folder(source, tmp, repo_id)
+        folder = write_hub_folder(source, tmp, repo_id)  # a bad run fails here, before anything reaches the Hub
         api = HfApi()
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message=commit_message)
-    return str(getattr(commit, 'commit_url', commit))
+        if not overwrite_readme and api.file_exists(repo.repo_id, 'README.md', revision=revision):
+            (folder / 'README.md').unlink()
+            _logger.info(f'kept the README.md of {repo.repo_id} (--overwrite-readme replaces it)')
+        commit = api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message=commit_message,
+                                   revision=revision, create_pr=create_pr)
+    return str(getattr(commit, 'pr_url', None) or getattr(commit, 'commit_url', commit))

@@ -2,14 +2,17 @@
 
     python -m timm_pss.publish output/train/RUN --repo-id ORG/NAME               # write and upload
     python -m timm_pss.publish output/train/RUN --repo-id ORG/NAME --dry-run DIR # write the folder only
+    python -m timm_pss.publish output/train/RUN --repo-id ORG/NAME --create-pr   # upload as a pull request
 
 --dry-run writes into a new or empty folder (--force: one holding other files), never into a training run folder.
 
 The folder is timm's Hub layout (config.json, model.safetensors with the budget table) plus README.md (the model
 card from MODEL_CARD.md, filled with the run's measurements), accuracy_vs_flops.png, results.csv/json and
-training_args.yaml. Log in with `hf auth login` or set HF_TOKEN; no token is read, printed or stored here.
+training_args.yaml. A README.md already in the repository (or the --dry-run folder) is a hand-edited card and is
+kept unless --overwrite-readme. Log in with `hf auth login` or set HF_TOKEN; no token is read, printed or stored here.
 """
 import argparse
+import logging
 import sys
 
 from .hub import publish
@@ -25,10 +28,17 @@ def main(argv=None) -> int:
                         help='let --dry-run replace the Hub files in a folder that holds other files (never a run)')
     parser.add_argument('--private', action='store_true', help='create the repository as private')
     parser.add_argument('--commit-message', default='Add timm_pss supernet')
+    parser.add_argument('--revision', default=None, metavar='BRANCH',
+                        help='upload to this branch of the repository instead of main (as timm push_to_hf_hub)')
+    parser.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing')
+    parser.add_argument('--overwrite-readme', action='store_true',
+                        help='replace a README.md already in the repository or folder with the generated card')
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         where = publish(args.source, args.repo_id, dry_run=args.dry_run, private=args.private,
-                        commit_message=args.commit_message, force=args.force)
+                        commit_message=args.commit_message, force=args.force, revision=args.revision,
+                        create_pr=args.create_pr, overwrite_readme=args.overwrite_readme)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f'error: {e}\n')
     except OSError as e:

@@ -25,7 +25,7 @@ from .budget import (
     resize_budget_buffers_on_load,
 )
 from .channel_plan import ChannelPlan
-from .hub import check_local_dir_weights, missing_weights_error
+from .hub import check_local_dir_weights, hub_unreachable_reason, missing_weights_error
 from .slimmable import SlimBatchNormBase, apply_widths, convert_to_slimmable, slimmable_layers
 from .spaces import Channels, SearchSpace, Subnet
 
@@ -264,9 +264,12 @@ def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cf
     and the pretrained_cfg follows the active subnet from the start."""
     feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
     if pretrained:
-        check_local_dir_weights(resolve_pretrained_cfg(
-            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict())
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+        check_local_dir_weights(cfg)
+        unreachable = hub_unreachable_reason(cfg, kwargs.get('cache_dir'))
+        if unreachable:  # fail now rather than after huggingface_hub's retries
+            raise missing_weights_error(variant, cfg, ConnectionError(unreachable))
     try:
         model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     except OSError as e:  # huggingface_hub / download failures: offline, no such repo or file
