@@ -29,6 +29,7 @@ from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -348,8 +349,10 @@ def usage_error(message: str):
 
 
 # PSS settings a resumed run must share with the run it continues (its pools and space depend on them)
-RESUME_SETTINGS = ('model', 'model_kwargs', 'num_classes', 'pss_resolutions', 'pss_width_range', 'pss_num_pools',
-                   'pss_pool_size', 'pss_budget_range', 'pss_latency_range', 'pss_metrics')
+RESUME_SETTINGS = ('model', 'model_kwargs', 'num_classes', 'in_chans', 'pss_resolutions', 'pss_width_range',
+                   'pss_num_pools', 'pss_pool_size', 'pss_budget_range', 'pss_latency_range', 'pss_metrics')
+# settings a run may leave unset, to be inferred from its data: compared once the data has filled them in
+INFERRED_SETTINGS = ('num_classes', 'in_chans')
 
 
 def plain_args(args: argparse.Namespace) -> dict:
@@ -388,7 +391,10 @@ def read_resume_metadata(path: Path) -> dict:
 
 
 def check_resume_settings(args: argparse.Namespace, path: Path, meta: dict) -> None:
-    """Stop unless the checkpoint's run used the same model and PSS settings as this command."""
+    """Stop unless the checkpoint's run used the same model and PSS settings as this command.
+
+    Settings this command leaves to the data (`INFERRED_SETTINGS` still None) are skipped: call again once the
+    data has filled them in."""
     saved = meta.get('args')
     if isinstance(saved, argparse.Namespace):
         saved = vars(saved)
@@ -402,6 +408,8 @@ def check_resume_settings(args: argparse.Namespace, path: Path, meta: dict) -> N
 
     ours, saved = plain_args(args), yaml.safe_load(yaml.safe_dump(saved))
     for key in RESUME_SETTINGS:
+        if key in INFERRED_SETTINGS and ours.get(key) is None:
+            continue
         if key in saved and saved[key] != ours.get(key):
             option = '--' + key.replace('_', '-')
             usage_error(f'--resume {path} is a run of {saved.get("model")} with {option} {shown(saved[key])}, this '
@@ -426,8 +434,9 @@ def check_image_folders(args: argparse.Namespace) -> None:
                             f'add its images or remove the folder')
 
 
-def check_run_args(args: argparse.Namespace) -> None:
-    """Usage errors found before anything is built: each stops with one line naming the problem and the fix."""
+def check_run_args(args: argparse.Namespace) -> Optional[Path]:
+    """Usage errors found before anything is built: each stops with one line naming the problem and the fix.
+    Returns the checkpoint file `--resume` names, if any."""
     if args.epochs < 1:
         usage_error(f'--epochs must be at least 1, got {args.epochs}')
     if args.batch_size < 1:
@@ -443,6 +452,8 @@ def check_run_args(args: argparse.Namespace) -> None:
     if args.resume:
         path = resume_checkpoint_file(args.resume)
         check_resume_settings(args, path, read_resume_metadata(path))
+        return path
+    return None
 
 
 def checkpoint_bytes(model, args: argparse.Namespace) -> int:
@@ -717,7 +728,7 @@ def plot_results(rows, path: Path, title: str) -> None:
 def main(argv=None):
     setup_default_logging()
     args, args_text = parse_args(argv)
-    check_run_args(args)
+    resume_file = check_run_args(args)
     device = init_distributed_device(args)
     primary = is_primary(args)
     random_seed(args.seed, args.rank)
@@ -735,6 +746,8 @@ def main(argv=None):
     if args.pss_width_range:
         model_kwargs['width_range'] = tuple(args.pss_width_range)
     datasets = resolve_data_properties(args, create_datasets(args))
+    if resume_file is not None and any(getattr(args, key) is not None for key in INFERRED_SETTINGS):
+        check_resume_settings(args, resume_file, read_resume_metadata(resume_file))  # now with the data's values
     for key, value in (('num_classes', args.num_classes),
                        ('in_chans', args.in_chans), ('global_pool', args.gp), ('drop_path_rate', args.drop_path),
                        ('bn_momentum', args.bn_momentum), ('bn_eps', args.bn_eps)):
