@@ -1,7 +1,7 @@
 """Speed of timm_pss against the baselines, one run: every ratio measured against a baseline in the same process.
 
-What it measures, per model (`--models`, default `pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50`), in six
-sections (`--sections`, default all, in this order). The first four reuse the other benchmarks' functions and
+What it measures, per model (`--models`, default `pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50`), in eight
+sections (`--sections`, default all but `compile`, in this order). The first four reuse the other benchmarks' functions and
 print their tables; see those scripts for the details.
 
 1. `flops` (bench_models.py, 1 thread): vectorised `space.flops_many(batch)` on 1,000,000 random subnets vs the
@@ -15,14 +15,17 @@ print their tables; see those scripts for the details.
    recalibration) at three budgets; median ms, speed-up, logits equal to the recalibrated ones, no forward pass.
    Here the baseline calibrates on `--calib-batches` (default 4) x 32 images, `--calib-repeats` (default 1) run
    per budget, fewer than bench_budget.py's 8 x 32 x 3, to keep the run short; the speed-up scales with them.
-5. `latency`: forward latency (eval, `torch.no_grad`, batch `--batch-size`, default 1) at three budgets,
+5. `latency`: forward latency (eval, `torch.no_grad`, each batch size of `--batch-sizes`, default 1 and 32; above
+   batch 1 `--large-batch-repeats` rounds, default 5, after at most 2 warm-up) at three budgets,
    `--budgets` (default 25, 50 and 100 % of the max subnet's FLOPs), of
      a. the supernet with that subnet active (`set_subnet`),
      b. the exported model `timm_pss.export_subnet(model)`,
      c. the baseline: a dense timm model of the same widths built independently with timm's pruning helper
         (bench_models.build_dense_baseline), loaded with the exported weights,
    each fed an input at the subnet's own resolution, interleaved (one forward each per round, `--repeats` rounds
-   after `--warmup`), median ms, with the ratios supernet/dense and exported/dense. Outputs are checked first
+   after `--warmup`), median ms, with the ratios supernet/dense and exported/dense, the per-round supernet/dense
+   ratio's median and quartiles (its spread), and the memory of the supernet's inference cache (copies of the
+   input-cut conv/linear weights, `timm_pss.slimmable.inference_cache_bytes`). Outputs are checked first
    (supernet == exported, dense == exported, `torch.allclose` atol 1e-5). The subnet of a budget: the max subnet
    at 100 %, else `space.sample(rng=<level>, flops_range=level x (1 -+ --tolerance))` (default +-3 %), or the min
    subnet where that range lies below the space's smallest subnet.
@@ -33,13 +36,27 @@ print their tables; see those scripts for the details.
    proportional to FLOPs; above 1: the small subnet saves less time than FLOPs). Checked: exported == supernet at
    every level, every sampled subnet's FLOPs inside its level's range.
 
+7. `train`: one training step (forward in train mode + cross-entropy + backward, grads set to None first) of the
+   supernet at a fixed subnet vs the dense timm model of the same widths (5c), at the widths of each budget of 5,
+   the space's smallest resolution, batch `--train-batch` (default 8), interleaved, median of `--train-repeats`
+   (default 7) rounds after 1 warm-up; the loss and every gradient are checked equal first.
+8. `compile` (only when asked for; minutes per budget): `torch.compile(supernet)` (default inductor backend, needs
+   a C++ compiler on CPU) on `--compile-models` (default the first of `--models`): the first call after switching
+   to each budget of 5 (compilation; graphs compiled and recompilations counted from torch._dynamo's counters),
+   then `--compile-rounds` (default 10) rounds that switch through all budgets, timing set_subnet + compiled
+   forward, set_subnet + eager forward and the dense model at each. A failed compile is reported, not fatal.
+
+`--output FILE` also writes the report to FILE atomically (a temporary in the same folder, fsynced and renamed);
+an existing FILE is refused unless `--force`.
+
 The run ends with a summary table of the headline ratios per model and the wall time of every section. The
 exit status is 1 if any correctness check fails (the ones the other benchmarks enforce, plus those of 5 and 6);
 throughput and latency targets are reported, not enforced.
 
 Run from the repository root:
 
-    python benchmarks/speed.py                  # full settings, three models: estimated ~6 min on a 2-core VM
+    python benchmarks/speed.py                  # full settings, three models: estimated ~10 min on a 2-core VM
+    python benchmarks/speed.py --sections compile --models pss_mobilenetv1  # torch.compile: minutes per budget
     python benchmarks/speed.py --quick --models pss_mobilenetv2          # tiny settings, ~20 s (smoke test)
     python benchmarks/speed.py --sections latency scaling --models pss_resnet50 --batch-size 8 --threads 4
 
@@ -74,21 +91,25 @@ from timm_pss import Subnet  # noqa: E402
 from timm_pss.files import check_new_file, write_text_atomic  # noqa: E402
 
 SECTIONS = ('flops', 'sampling', 'step', 'budget', 'latency', 'scaling', 'train', 'compile')
+DEFAULT_SECTIONS = SECTIONS[:-1]
 ATOL = bench_models.ATOL
-FULL_RUN_ESTIMATE = 'about 6 min on a 2-core VM at 1 thread for the three default models (estimated)'
+FULL_RUN_ESTIMATE = 'about 10 min on a 2-core VM at 1 thread for the three default models (estimated)'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__.split('\n', 1)[0])
-    parser.add_argument('--sections', nargs='+', default=list(SECTIONS),
-                        help=f'sections to run (space or comma separated), of: {" ".join(SECTIONS)}')
+    parser.add_argument('--sections', nargs='+', default=list(DEFAULT_SECTIONS),
+                        help=f'sections to run (space or comma separated), of: {" ".join(SECTIONS)}; default all but '
+                             f'compile (minutes of compilation per budget)')
     parser.add_argument('--batch-size', type=int, default=1, help='batch size of the scaling forward passes (6)')
     parser.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 32],
                         help='batch sizes of the latency forward passes (5)')
-    parser.add_argument('--large-batch-repeats', type=int, default=10,
+    parser.add_argument('--large-batch-repeats', type=int, default=5,
                         help='timed latency rounds (5) at batch sizes above 1, median kept')
     parser.add_argument('--train-batch', type=int, default=8, help='batch size of the training steps (7)')
     parser.add_argument('--train-repeats', type=int, default=7, help='timed training-step rounds (7), median kept')
+    parser.add_argument('--compile-models', nargs='+',
+                        help='supernets of the compile section (8); default the first of --models')
     parser.add_argument('--compile-rounds', type=int, default=10,
                         help='timed rounds of budget switching with the compiled model (8), median kept')
     parser.add_argument('--output', help='also write the report to this file (atomically); it must not exist '
@@ -121,6 +142,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.train_batch, args.train_repeats = min(args.train_batch, 2), min(args.train_repeats, 2)
         args.compile_rounds = min(args.compile_rounds, 2)
     args.batch_sizes = sorted(set(args.batch_sizes))
+    args.compile_models = args.compile_models or args.models[:1]
+    unknown = [m for m in args.compile_models if m not in timm.list_models('pss_*')]
+    if unknown:
+        parser.error(f'unknown --compile-models {unknown}; available: {timm.list_models("pss_*")}')
     args.sections = [s for item in args.sections for s in item.split(',') if s]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown or not args.sections:
@@ -510,7 +535,7 @@ def summarize(section: str, results, summary: Dict[str, Dict[str, str]]) -> None
     elif section == 'compile':
         for r in results:
             if 'error' not in r:
-                summary[r['model']]['compiled / dense (after first calls)'] = ' / '.join(
+                summary.setdefault(r['model'], {})['compiled / dense (after first calls)'] = ' / '.join(
                     f'{st["ms_compiled"] / st["ms_dense"]:.2f}' for st in r['steady'])
     elif section == 'scaling':
         for name in dict.fromkeys(r['model'] for r in results):
@@ -565,7 +590,7 @@ def run_section(section: str, args: argparse.Namespace):
         results = [r for name in args.models for r in bench_train_step(name, args)]
         return results, report_train_step(results, args)
     if section == 'compile':
-        results = [bench_compile(name, args) for name in args.models]
+        results = [bench_compile(name, args) for name in args.compile_models]
         return results, report_compile(results, args)
     results = [r for name in args.models for r in bench_scaling(name, args)]
     return results, report_scaling(results, args)
