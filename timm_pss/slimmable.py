@@ -61,8 +61,8 @@ class SlimmableLayer:
                              f'{active_in}->{active_out}')
         # plain ints on the switching hot path: skip nn.Module.__setattr__'s parameter/module checks
         state = self.__dict__
-        if state.get('active_in') != active_in or state.get('active_out') != active_out:
-            state.pop(_CACHE_ATTR, None)  # the old slice's copy is never served again: free it now
+        if _CACHE_ATTR in state and (state['active_in'] != active_in or state['active_out'] != active_out):
+            del state[_CACHE_ATTR]  # the old slice's copy is never served again: free it now
         state['active_in'], state['active_out'] = active_in, active_out
 
     def _active_params(self) -> tuple:
