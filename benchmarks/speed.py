@@ -1,8 +1,8 @@
 """Speed of timm_pss against the baselines, one run: every ratio measured against a baseline in the same process.
 
 What it measures, per model (`--models`, default `pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50`), in eight
-sections (`--sections`, default all but `compile`, in this order). The first four reuse the other benchmarks' functions and
-print their tables; see those scripts for the details.
+sections (`--sections`, default all but `compile`, in this order). The first four reuse the other benchmarks'
+functions and print their tables; see those scripts for the details.
 
 1. `flops` (bench_models.py, 1 thread): vectorised `space.flops_many(batch)` on 1,000,000 random subnets vs the
    scalar `space.flops(subnet)` loop; subnets/s, speed-up, identical FLOPs.
@@ -89,6 +89,7 @@ import bench_pss  # noqa: E402
 import timm_pss  # noqa: E402
 from timm_pss import Subnet  # noqa: E402
 from timm_pss.files import check_new_file, write_text_atomic  # noqa: E402
+from timm_pss.slimmable import INFERENCE_CACHE_SUBNETS  # noqa: E402
 
 SECTIONS = ('flops', 'sampling', 'step', 'budget', 'latency', 'scaling', 'train', 'compile')
 DEFAULT_SECTIONS = SECTIONS[:-1]
@@ -486,7 +487,8 @@ def report_compile(results: Sequence[dict], args: argparse.Namespace) -> bool:
         print(f'First call: set_subnet then the compiled model\'s first forward at that budget, in budget order '
               f'(compilation included; graphs compiled: by torch.compile during that call). Then every round switches '
               f'through all budgets: set_subnet + compiled forward, set_subnet + eager supernet forward (its '
-              f'inference cache rebuilt after each switch), the dense model of that subnet; median of '
+              f'inference cache keeps up to {INFERENCE_CACHE_SUBNETS} width settings per layer), the dense model of '
+              f'that subnet; median of '
               f'{args.compile_rounds} rounds. Compiled == eager: torch.allclose(atol=1e-4).')
     print()
     return all(f['equal'] for r in results if 'error' not in r for f in r['first'])

@@ -8,7 +8,7 @@ from timm.layers import BatchNormAct2d
 
 from timm_pss.slimmable import (
     SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear, apply_widths, convert_to_slimmable,
-    inference_cache_bytes,
+    INFERENCE_CACHE_SUBNETS, inference_cache_bytes,
 )
 from timm_pss.spaces import Channels
 
@@ -199,3 +199,22 @@ def test_grad_enabled_eval_forward_keeps_gradients_to_the_full_weights():
     grad = model[0].weight.grad
     assert grad.shape == (32, 16, 3, 3) and grad[:24, :12].abs().sum() > 0
     assert not grad[24:].any() and not grad[:, 12:].any()
+
+
+def test_inference_cache_keeps_a_few_width_settings_and_serves_them_again():
+    model = _cut_model()
+    x = torch.randn(2, 16, 6, 6)
+    widths = [(12, 24), (8, 28), (16, 32), (4, 8), (10, 20)]  # one more than the layers keep
+    copies = {}
+    for w in widths[:INFERENCE_CACHE_SUBNETS]:
+        apply_widths(model, w)
+        _cached(model, x[:, :w[0]])
+        with torch.no_grad():
+            copies[w] = model[0]._inference_params()[0]
+    apply_widths(model, widths[0])  # switching back serves the copy made before, not a new one
+    with torch.no_grad():
+        assert model[0]._inference_params()[0] is copies[widths[0]]
+    assert torch.equal(_cached(model, x[:, :12]), _uncached(model, x[:, :12]))
+    apply_widths(model, widths[-1])
+    _cached(model, x[:, :10])
+    assert len(model[0].__dict__['_inference_weight_cache']) == INFERENCE_CACHE_SUBNETS  # the oldest went

@@ -10,8 +10,9 @@ and reused: the per-call slicing goes (a few microseconds of Python and dispatch
 slice that cuts input channels, which is not contiguous and which torch's conv would copy on every call (about
 14 % of a batch-1 MobileNetV1 forward at 25 % FLOPs), is copied once. Everything else the cache holds is a view.
 It is keyed on the active widths and budget entry, the identity of the layer's parameters and buffers and the
-weight's in-place version (an optimizer step or `load_state_dict` bumps it), and dropped on a width switch,
-`train()` / `eval()` and `.to()`; its memory is at most the active subnet's conv / linear weights once more.
+weight's in-place version (an optimizer step or `load_state_dict` bumps it), and dropped on `train()` / `eval()`
+and `.to()`. Each layer keeps up to `INFERENCE_CACHE_SUBNETS` (4) width settings, so switching among a few budgets
+does not rebuild it; its memory is at most that many subnets' conv / linear weights (each at most the subnet's).
 Training, grad-enabled calls, FX tracing, TorchScript and `torch.compile` run the plain slicing forward (views:
 gradients flow to the full weights). Writes through `weight.data` bypass the version counter: call `model.eval()`
 after them to drop the cache.
@@ -28,12 +29,13 @@ from .spaces import Channels
 
 __all__ = [
     'SlimmableLayer', 'SlimConv2d', 'SlimBatchNormBase', 'SlimBatchNorm2d', 'SlimBatchNormAct2d', 'SlimLinear',
-    'convert_to_slimmable', 'apply_widths', 'slimmable_layers', 'inference_cache_bytes',
+    'convert_to_slimmable', 'apply_widths', 'slimmable_layers', 'inference_cache_bytes', 'INFERENCE_CACHE_SUBNETS',
 ]
 
 # torch >= 2.6 tells fx.symbolic_trace apart from torch.export (whose tracing is_compiling covers)
 _fx_symbolic_tracing = getattr(_fx_trace, 'is_fx_symbolic_tracing', _fx_trace.is_fx_tracing)
 _CACHE_ATTR = '_inference_weight_cache'
+INFERENCE_CACHE_SUBNETS = 4  # width settings each layer's inference cache keeps (a few budgets switched often)
 
 
 def _serves_inference_cache(training: bool) -> bool:
@@ -46,6 +48,7 @@ class SlimmableLayer:
     # channel rules are Python objects used only when switching: no annotations, so TorchScript leaves them out
     in_rule = None
     out_rule = None
+    __jit_ignored_attributes__ = [_CACHE_ATTR]  # the inference cache is eager-only; TorchScript must not type it
     active_in: int
     active_out: int
 
@@ -60,10 +63,7 @@ class SlimmableLayer:
             raise ValueError(f'{type(self).__name__} of {full_in}->{full_out} channels cannot run at '
                              f'{active_in}->{active_out}')
         # plain ints on the switching hot path: skip nn.Module.__setattr__'s parameter/module checks
-        state = self.__dict__
-        if _CACHE_ATTR in state and (state['active_in'] != active_in or state['active_out'] != active_out):
-            del state[_CACHE_ATTR]  # the old slice's copy is never served again: free it now
-        state['active_in'], state['active_out'] = active_in, active_out
+        self.__dict__['active_in'], self.__dict__['active_out'] = active_in, active_out
 
     def _active_params(self) -> tuple:
         """The tensors this layer's functional call takes at the active channels (views of the full ones)."""
@@ -71,18 +71,27 @@ class SlimmableLayer:
 
     @torch.jit.unused
     def _inference_params(self) -> tuple:
-        """`_active_params()`, made contiguous, kept and served while the widths and the tensors are unchanged."""
+        """`_active_params()`, made contiguous, kept and served while the widths and the tensors are unchanged.
+
+        Up to `INFERENCE_CACHE_SUBNETS` width settings are kept per layer (the oldest goes first), so a server that
+        alternates a few budgets does not rebuild on every switch. The dict is replaced, never changed in place,
+        so a thread reading it never sees it change under it.
+        """
         params, buffers = self._parameters, self._buffers
         weight = params.get('weight')
-        key = (self.active_in, self.active_out, self.__dict__.get('budget_index'),
-               None if weight is None else weight._version,
-               *map(id, params.values()), *map(id, buffers.values()))
-        cached = self.__dict__.get(_CACHE_ATTR)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        # the cache holds the keyed tensors too, so no id in the key can be reused by a new tensor while it lives
+        tensors = (None if weight is None else weight._version, *map(id, params.values()),
+                   *map(id, buffers.values()))
+        key = (self.active_in, self.active_out, self.__dict__.get('budget_index'), *tensors)
+        cache = self.__dict__.get(_CACHE_ATTR, {})
+        cached = cache.get(key)
+        if cached is not None:
+            return cached[0]
         values = tuple(t if t is None or t.is_contiguous() else t.contiguous() for t in self._active_params())
-        self.__dict__[_CACHE_ATTR] = (key, values, tuple(params.values()), tuple(buffers.values()))
+        # entries of other tensors (an update, a load) are never served again; the rest keep the newest ones
+        kept = [(k, v) for k, v in cache.items() if k[3:] == tensors]
+        kept = kept[max(0, len(kept) - INFERENCE_CACHE_SUBNETS + 1):]
+        # each entry holds the keyed tensors too, so no id in its key can be reused by a new tensor while it lives
+        self.__dict__[_CACHE_ATTR] = dict(kept + [(key, (values, tuple(params.values()), tuple(buffers.values())))])
         return values
 
     def __getstate__(self):
@@ -301,8 +310,8 @@ def inference_cache_bytes(model: nn.Module) -> int:
     """Bytes of the copies held by the inference cache of `model`'s slimmable layers (its views hold none)."""
     total = 0
     for m in model.modules():
-        cached = m.__dict__.get(_CACHE_ATTR) if isinstance(m, SlimmableLayer) else None
-        if cached is not None:
-            shared = {t.untyped_storage().data_ptr() for t in cached[2] + cached[3] if t is not None}
-            total += sum(t.nbytes for t in cached[1] if t is not None and t.untyped_storage().data_ptr() not in shared)
+        for values, params, buffers in (m.__dict__.get(_CACHE_ATTR, {}).values()
+                                        if isinstance(m, SlimmableLayer) else ()):
+            shared = {t.untyped_storage().data_ptr() for t in params + buffers if t is not None}
+            total += sum(t.nbytes for t in values if t is not None and t.untyped_storage().data_ptr() not in shared)
     return total
