@@ -42,6 +42,7 @@ from timm.models import adapt_model_from_string  # noqa: E402
 
 import timm_pss  # noqa: E402
 from timm_pss import Subnet  # noqa: E402
+from timm_pss.slimmable import inference_cache_bytes  # noqa: E402
 
 TARGET_SUBNETS_PER_S = 1_000_000
 ATOL = 1e-5
@@ -97,8 +98,8 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[float]:
-    """Median wall time (ms) of each fn; each round calls every fn once, so drift hits all of them alike."""
+def interleaved_times_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[List[float]]:
+    """Wall times (ms) of each fn per round; each round calls every fn once, so drift hits all of them alike."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -107,8 +108,22 @@ def interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int, war
         for fn, ts in zip(fns, times):
             t0 = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t0)
-    return [1e3 * statistics.median(ts) for ts in times]
+            ts.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[float]:
+    """Median wall time (ms) of each fn, timed interleaved (`interleaved_times_ms`)."""
+    return [statistics.median(ts) for ts in interleaved_times_ms(fns, repeats, warmup)]
+
+
+def ratio_quartiles(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
+    """Quartiles (q1, median, q3) of the per-round ratios of two interleaved timings: the ratio with its spread."""
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    if len(ratios) < 2:
+        return ratios * 3
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return [q1, median, q3]
 
 
 # ---------------------------------------------------------------------------------------------- 1. FLOPs
@@ -181,12 +196,16 @@ def bench_subnet_latency(supernet, subnet: Subnet, args: argparse.Namespace) -> 
     dense = build_dense_baseline(supernet, exported)
     x = torch.randn(args.batch_size, 3, subnet.resolution, subnet.resolution)
     y_super, y_export, y_dense = supernet(x), exported(x), dense(x)
-    ms_super, ms_export, ms_dense = interleaved_median_ms(
+    times = interleaved_times_ms(
         [lambda: supernet(x), lambda: exported(x), lambda: dense(x)], args.repeats, args.warmup)
+    ms_super, ms_export, ms_dense = (statistics.median(ts) for ts in times)
     return dict(
         subnet=subnet, mmacs=supernet.space.flops(subnet) / 1e6,
         params=sum(p.numel() for p in exported.parameters()) / 1e6,
         ms_super=ms_super, ms_export=ms_export, ms_dense=ms_dense,
+        super_dense_quartiles=ratio_quartiles(times[0], times[2]),
+        cache_mb=inference_cache_bytes(supernet) / 2 ** 20,
+        weights_mb=sum(p.nbytes for p in exported.parameters()) / 2 ** 20,
         super_eq_export=torch.allclose(y_super, y_export, atol=ATOL), diff_super=max_abs_diff(y_super, y_export),
         dense_eq_export=torch.allclose(y_dense, y_export, atol=ATOL), diff_dense=max_abs_diff(y_dense, y_export),
     )

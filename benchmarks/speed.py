@@ -1,8 +1,8 @@
 """Speed of timm_pss against the baselines, one run: every ratio measured against a baseline in the same process.
 
-What it measures, per model (`--models`, default `pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50`), in six
-sections (`--sections`, default all, in this order). The first four reuse the other benchmarks' functions and
-print their tables; see those scripts for the details.
+What it measures, per model (`--models`, default `pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50`), in eight
+sections (`--sections`, default all but `compile`, in this order). The first four reuse the other benchmarks'
+functions and print their tables; see those scripts for the details.
 
 1. `flops` (bench_models.py, 1 thread): vectorised `space.flops_many(batch)` on 1,000,000 random subnets vs the
    scalar `space.flops(subnet)` loop; subnets/s, speed-up, identical FLOPs.
@@ -15,14 +15,17 @@ print their tables; see those scripts for the details.
    recalibration) at three budgets; median ms, speed-up, logits equal to the recalibrated ones, no forward pass.
    Here the baseline calibrates on `--calib-batches` (default 4) x 32 images, `--calib-repeats` (default 1) run
    per budget, fewer than bench_budget.py's 8 x 32 x 3, to keep the run short; the speed-up scales with them.
-5. `latency`: forward latency (eval, `torch.no_grad`, batch `--batch-size`, default 1) at three budgets,
+5. `latency`: forward latency (eval, `torch.no_grad`, each batch size of `--batch-sizes`, default 1 and 32; above
+   batch 1 `--large-batch-repeats` rounds, default 5, after at most 2 warm-up) at three budgets,
    `--budgets` (default 25, 50 and 100 % of the max subnet's FLOPs), of
      a. the supernet with that subnet active (`set_subnet`),
      b. the exported model `timm_pss.export_subnet(model)`,
      c. the baseline: a dense timm model of the same widths built independently with timm's pruning helper
         (bench_models.build_dense_baseline), loaded with the exported weights,
    each fed an input at the subnet's own resolution, interleaved (one forward each per round, `--repeats` rounds
-   after `--warmup`), median ms, with the ratios supernet/dense and exported/dense. Outputs are checked first
+   after `--warmup`), median ms, with the ratios supernet/dense and exported/dense, the per-round supernet/dense
+   ratio's median and quartiles (its spread), and the memory of the supernet's inference cache (copies of the
+   input-cut conv/linear weights, `timm_pss.slimmable.inference_cache_bytes`). Outputs are checked first
    (supernet == exported, dense == exported, `torch.allclose` atol 1e-5). The subnet of a budget: the max subnet
    at 100 %, else `space.sample(rng=<level>, flops_range=level x (1 -+ --tolerance))` (default +-3 %), or the min
    subnet where that range lies below the space's smallest subnet.
@@ -33,13 +36,27 @@ print their tables; see those scripts for the details.
    proportional to FLOPs; above 1: the small subnet saves less time than FLOPs). Checked: exported == supernet at
    every level, every sampled subnet's FLOPs inside its level's range.
 
+7. `train`: one training step (forward in train mode + cross-entropy + backward, grads set to None first) of the
+   supernet at a fixed subnet vs the dense timm model of the same widths (5c), at the widths of each budget of 5,
+   the space's smallest resolution, batch `--train-batch` (default 8), interleaved, median of `--train-repeats`
+   (default 7) rounds after 1 warm-up; the loss and every gradient are checked equal first.
+8. `compile` (only when asked for; minutes per budget): `torch.compile(supernet)` (default inductor backend, needs
+   a C++ compiler on CPU) on `--compile-models` (default the first of `--models`): the first call after switching
+   to each budget of 5 (compilation; graphs compiled and recompilations counted from torch._dynamo's counters),
+   then `--compile-rounds` (default 10) rounds that switch through all budgets, timing set_subnet + compiled
+   forward, set_subnet + eager forward and the dense model at each. A failed compile is reported, not fatal.
+
+`--output FILE` also writes the report to FILE atomically (a temporary in the same folder, fsynced and renamed);
+an existing FILE is refused unless `--force`.
+
 The run ends with a summary table of the headline ratios per model and the wall time of every section. The
 exit status is 1 if any correctness check fails (the ones the other benchmarks enforce, plus those of 5 and 6);
 throughput and latency targets are reported, not enforced.
 
 Run from the repository root:
 
-    python benchmarks/speed.py                  # full settings, three models: estimated ~6 min on a 2-core VM
+    python benchmarks/speed.py                  # full settings, three models: estimated ~10 min on a 2-core VM
+    python benchmarks/speed.py --sections compile --models pss_mobilenetv1  # torch.compile: minutes per budget
     python benchmarks/speed.py --quick --models pss_mobilenetv2          # tiny settings, ~20 s (smoke test)
     python benchmarks/speed.py --sections latency scaling --models pss_resnet50 --batch-size 8 --threads 4
 
@@ -56,28 +73,49 @@ from common import (  # noqa: E402  first of the benchmark modules: sets 1 threa
 )
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 from typing import Dict, List, Sequence, Tuple  # noqa: E402
 
 import timm  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import bench_budget  # noqa: E402
 import bench_models  # noqa: E402
 import bench_pss  # noqa: E402
 import timm_pss  # noqa: E402
 from timm_pss import Subnet  # noqa: E402
+from timm_pss.files import check_new_file, write_text_atomic  # noqa: E402
+from timm_pss.slimmable import INFERENCE_CACHE_SUBNETS  # noqa: E402
 
-SECTIONS = ('flops', 'sampling', 'step', 'budget', 'latency', 'scaling')
+SECTIONS = ('flops', 'sampling', 'step', 'budget', 'latency', 'scaling', 'train', 'compile')
+DEFAULT_SECTIONS = SECTIONS[:-1]
 ATOL = bench_models.ATOL
-FULL_RUN_ESTIMATE = 'about 6 min on a 2-core VM at 1 thread for the three default models (estimated)'
+FULL_RUN_ESTIMATE = 'about 10 min on a 2-core VM at 1 thread for the three default models (estimated)'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__.split('\n', 1)[0])
-    parser.add_argument('--sections', nargs='+', default=list(SECTIONS),
-                        help=f'sections to run (space or comma separated), of: {" ".join(SECTIONS)}')
-    parser.add_argument('--batch-size', type=int, default=1, help='batch size of the latency forward passes (5, 6)')
+    parser.add_argument('--sections', nargs='+', default=list(DEFAULT_SECTIONS),
+                        help=f'sections to run (space or comma separated), of: {" ".join(SECTIONS)}; default all but '
+                             f'compile (minutes of compilation per budget)')
+    parser.add_argument('--batch-size', type=int, default=1, help='batch size of the scaling forward passes (6)')
+    parser.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 32],
+                        help='batch sizes of the latency forward passes (5)')
+    parser.add_argument('--large-batch-repeats', type=int, default=5,
+                        help='timed latency rounds (5) at batch sizes above 1, median kept')
+    parser.add_argument('--train-batch', type=int, default=8, help='batch size of the training steps (7)')
+    parser.add_argument('--train-repeats', type=int, default=7, help='timed training-step rounds (7), median kept')
+    parser.add_argument('--compile-models', nargs='+',
+                        help='supernets of the compile section (8); default the first of --models')
+    parser.add_argument('--compile-rounds', type=int, default=10,
+                        help='timed rounds of budget switching with the compiled model (8), median kept')
+    parser.add_argument('--output', help='also write the report to this file (atomically); it must not exist '
+                                         'unless --force')
+    parser.add_argument('--force', action='store_true', help='let --output replace an existing file')
     parser.add_argument('--repeats', type=int, default=50, help='timed latency rounds (5, 6), median kept')
     parser.add_argument('--warmup', type=int, default=5, help='untimed latency rounds first (5, 6)')
     parser.add_argument('--budgets', nargs='+', type=float, default=[25, 50, 100],
@@ -90,7 +128,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--calib-batches', type=int, default=4, help='calibrate_bn batches of the baseline (4)')
     parser.add_argument('--calib-repeats', type=int, default=1, help='timed baseline runs per budget (4)')
     args = parse_benchmark_args(parser, argv, positive=(
-        'batch_size', 'repeats', 'train_steps', 'calib_batches', 'calib_repeats'))
+        'batch_size', 'repeats', 'train_steps', 'calib_batches', 'calib_repeats', 'large_batch_repeats',
+        'train_batch', 'train_repeats', 'compile_rounds'))
+    if any(b < 1 for b in args.batch_sizes):
+        parser.error('--batch-sizes must be at least 1')
+    if args.output is not None:
+        try:
+            check_new_file(args.output, force=args.force)
+        except ValueError as e:
+            parser.error(str(e))
+    if args.quick:
+        args.batch_sizes = [min(b, 4) for b in args.batch_sizes]
+        args.large_batch_repeats = min(args.large_batch_repeats, 3)
+        args.train_batch, args.train_repeats = min(args.train_batch, 2), min(args.train_repeats, 2)
+        args.compile_rounds = min(args.compile_rounds, 2)
+    args.batch_sizes = sorted(set(args.batch_sizes))
+    args.compile_models = args.compile_models or args.models[:1]
+    unknown = [m for m in args.compile_models if m not in timm.list_models('pss_*')]
+    if unknown:
+        parser.error(f'unknown --compile-models {unknown}; available: {timm.list_models("pss_*")}')
     args.sections = [s for item in args.sections for s in item.split(',') if s]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown or not args.sections:
@@ -170,37 +226,63 @@ def subnet_lines(results: Sequence[dict]) -> None:
 
 # ---------------------------------------------------------------------------------------------- 5. latency
 
+def latency_settings(args: argparse.Namespace, batch: int) -> argparse.Namespace:
+    """bench_models' latency settings at `batch`: --repeats rounds at batch 1, --large-batch-repeats above."""
+    ns = argparse.Namespace(**vars(args.models_args))
+    ns.batch_size = batch
+    if batch > 1:
+        ns.repeats, ns.warmup = min(ns.repeats, args.large_batch_repeats), min(ns.warmup, 2)
+    return ns
+
+
 def bench_budget_latency(name: str, args: argparse.Namespace) -> List[dict]:
-    """Supernet vs exported vs dense baseline (bench_models.bench_subnet_latency) at each of args.budgets."""
+    """Supernet vs exported vs dense baseline (bench_models.bench_subnet_latency) at each of args.budgets and
+    args.batch_sizes."""
     torch.manual_seed(0)
     supernet = timm.create_model(name).eval()
     space = supernet.space
     results = []
-    for p in args.budgets:
-        subnet, how, _ = level_subnet(space, p, args.tolerance)
-        r = bench_models.bench_subnet_latency(supernet, subnet, args.models_args)
-        results.append(dict(model=name, fraction=p, how=how, flops_ratio=1e6 * r['mmacs'] / space.flops_span[1], **r))
+    for batch in args.batch_sizes:
+        ns = latency_settings(args, batch)
+        for p in args.budgets:
+            subnet, how, _ = level_subnet(space, p, args.tolerance)
+            r = bench_models.bench_subnet_latency(supernet, subnet, ns)
+            results.append(dict(model=name, batch=batch, repeats=ns.repeats, warmup=ns.warmup, fraction=p, how=how,
+                                flops_ratio=1e6 * r['mmacs'] / space.flops_span[1], **r))
     return results
+
+
+def quartile_cell(q: Sequence[float]) -> str:
+    return f'{q[1]:.3f} [{q[0]:.3f}, {q[2]:.3f}]'
 
 
 def report_budget_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
     ns = args.models_args
     print(f'## Forward latency at {len(args.budgets)} budgets: supernet (set_subnet) vs exported (export_subnet) '
-          f'vs dense timm baseline (batch {ns.batch_size}, {threads(args.threads)}, median ms)')
+          f'vs dense timm baseline (batch {", ".join(map(str, args.batch_sizes))}, {threads(args.threads)}, '
+          f'median ms)')
     print()
-    headers = ['model', 'budget', 'FLOPs / max'] + bench_models.LATENCY_HEADERS[1:]
-    rows = [[r['model'], percent(r['fraction']), f'{r["flops_ratio"]:.3f}'] + bench_models.latency_cells(r)[1:]
+    headers = (['model', 'batch', 'budget', 'FLOPs / max'] + bench_models.LATENCY_HEADERS[1:]
+               + ['supernet/dense per round: median [q1, q3]', 'cache (MB)', 'subnet weights (MB)'])
+    rows = [[r['model'], str(r['batch']), percent(r['fraction']), f'{r["flops_ratio"]:.3f}']
+            + bench_models.latency_cells(r)[1:]
+            + [quartile_cell(r['super_dense_quartiles']), f'{r["cache_mb"]:.2f}', f'{r["weights_mb"]:.2f}']
             for r in results]
     print(format_table(headers, rows))
     print()
+    rounds = '; '.join(f'batch {b}: median of {r["repeats"]} rounds after {r["warmup"]} warm-up'
+                       for b, r in {r['batch']: r for r in results}.items())
     print(f'Budget: % of the max subnet\'s FLOPs (MACs); FLOPs / max: the chosen subnet\'s. Supernet: the supernet '
-          f'with the subnet active; exported: timm_pss.export_subnet; dense: an independent timm model of the same '
-          f'widths (adapt_model_from_string) with the exported weights; all fed {ns.batch_size} image(s) at the '
-          f'subnet\'s resolution, interleaved, median of {ns.repeats} rounds after {ns.warmup} warm-up. Ratios: '
-          f'< 1x is faster than the dense model. Equality: torch.allclose(atol={ATOL:g}) on the logits, max '
+          f'with the subnet active (eval, torch.no_grad: its inference cache serves the sliced weights); exported: '
+          f'timm_pss.export_subnet; dense: an independent timm model of the same widths (adapt_model_from_string) '
+          f'with the exported weights; all fed the batch at the subnet\'s resolution, interleaved ({rounds}). '
+          f'Ratios: < 1x is faster than the dense model; per round: the supernet/dense ratio of each round, median '
+          f'and quartiles (the spread on this machine). Cache: bytes the supernet\'s inference cache holds after the '
+          f'run (copies of the input-cut conv/linear weights; timm_pss.slimmable.inference_cache_bytes); subnet '
+          f'weights: the exported model\'s parameters. Equality: torch.allclose(atol={ATOL:g}) on the logits, max '
           f'|difference| in brackets.')
     print('Subnets (resolution, widths per group):')
-    subnet_lines(results)
+    subnet_lines([r for r in results if r['batch'] == results[0]['batch']])
     print()
     return all(r['super_eq_export'] and r['dense_eq_export'] for r in results)
 
@@ -272,6 +354,146 @@ def report_scaling(results: Sequence[dict], args: argparse.Namespace) -> bool:
     return all(r['equal'] and r['in_level'] for r in results)
 
 
+# ---------------------------------------------------------------------------------------------- 7. train
+
+def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
+    """Forward + backward (cross-entropy, grads set to None first) of the supernet at a fixed subnet vs the dense
+    timm model of the same widths, interleaved, at each of args.budgets' widths and the space's smallest resolution."""
+    torch.manual_seed(0)
+    supernet = timm.create_model(name).eval()
+    space = supernet.space
+    resolution = space.resolutions[0]
+    results = []
+    for p in args.budgets:
+        level, how, _ = level_subnet(space, p, args.tolerance)
+        subnet = supernet.set_subnet(Subnet(resolution, level.widths))
+        dense = bench_models.build_dense_baseline(supernet, timm_pss.export_subnet(supernet.eval()))
+        x = torch.randn(args.train_batch, 3, resolution, resolution)
+        target = torch.randint(0, supernet.num_classes, (args.train_batch,))
+
+        def step(model):
+            model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), target)
+            loss.backward()
+            return loss
+
+        supernet.train(), dense.train()
+        equal = torch.allclose(step(supernet), step(dense), atol=1e-4)
+        grads_equal = all(torch.allclose(p_s.grad[tuple(slice(0, n) for n in p_d.shape)], p_d.grad, atol=1e-4)
+                          for p_s, p_d in zip(supernet.parameters(), dense.parameters()))
+        times = bench_models.interleaved_times_ms(
+            [lambda: step(supernet), lambda: step(dense)], args.train_repeats, warmup=1)
+        results.append(dict(model=name, fraction=p, how=how, subnet=subnet, mmacs=space.flops(subnet) / 1e6,
+                            ms_super=statistics.median(times[0]), ms_dense=statistics.median(times[1]),
+                            quartiles=bench_models.ratio_quartiles(*times), equal=equal and grads_equal))
+    return results
+
+
+def report_train_step(results: Sequence[dict], args: argparse.Namespace) -> bool:
+    print(f'## Training step (forward + backward) at a fixed subnet: supernet vs dense timm model of the same widths '
+          f'(batch {args.train_batch}, {threads(args.threads)}, median ms)')
+    print()
+    headers = ['model', 'budget widths', 'res', 'MMACs', 'supernet (ms)', 'dense (ms)', 'supernet/dense',
+               'per round: median [q1, q3]', 'loss and grads equal']
+    rows = [[r['model'], percent(r['fraction']), str(r['subnet'].resolution), f'{r["mmacs"]:.1f}',
+             f'{r["ms_super"]:.1f}', f'{r["ms_dense"]:.1f}', f'{r["ms_super"] / r["ms_dense"]:.3f}x',
+             quartile_cell(r['quartiles']), yes_no(r['equal'])] for r in results]
+    print(format_table(headers, rows))
+    print()
+    print(f'Budget widths: the widths of the latency section\'s subnet for that budget, run at the space\'s smallest '
+          f'resolution. A step: zero_grad(set_to_none=True), forward in train mode (batch statistics), cross-entropy, '
+          f'backward; the supernet slices its full weights (views; gradients land in full-size .grad tensors, zero '
+          f'outside the subnet), the dense model has weights of the subnet\'s size. Interleaved, median of '
+          f'{args.train_repeats} rounds after 1 warm-up; per round: the ratio of each round, median and quartiles. '
+          f'Equal: loss and every gradient (the supernet\'s cut to the dense shape) torch.allclose(atol=1e-4).')
+    print()
+    return all(r['equal'] for r in results)
+
+
+# ---------------------------------------------------------------------------------------------- 8. compile
+
+def compile_counters() -> Tuple[int, int]:
+    """(graphs compiled, recompilations) by torch.compile so far in this process."""
+    from torch._dynamo.utils import counters
+    return counters['stats']['unique_graphs'], sum(counters['recompiles'].values())
+
+
+@torch.no_grad()
+def bench_compile(name: str, args: argparse.Namespace) -> dict:
+    """torch.compile(model) with budget switching: the first call at each budget (compile), then rounds that switch
+    through all budgets, timing the compiled model, the eager supernet and the dense model at each."""
+    torch.manual_seed(0)
+    supernet = timm.create_model(name).eval()
+    space = supernet.space
+    subnets = [level_subnet(space, p, args.tolerance)[0] for p in args.budgets]
+    inputs = [torch.randn(1, 3, s.resolution, s.resolution) for s in subnets]
+    dense = []
+    for s in subnets:
+        supernet.set_subnet(s)
+        dense.append(bench_models.build_dense_baseline(supernet, timm_pss.export_subnet(supernet)))
+    torch._dynamo.reset()
+    compiled = torch.compile(supernet)
+    first = []
+    try:
+        for s, x in zip(subnets, inputs):
+            supernet.set_subnet(s)
+            before = compile_counters()
+            t0 = time.perf_counter()
+            y = compiled(x)
+            seconds = time.perf_counter() - t0
+            after = compile_counters()
+            first.append(dict(subnet=s, seconds=seconds, graphs=after[0] - before[0],
+                              equal=torch.allclose(y, supernet(x), atol=1e-4)))
+    except Exception as e:  # noqa: BLE001  e.g. no C++ compiler for the CPU inductor backend
+        return dict(model=name, error=f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+    before = compile_counters()
+    fns = []
+    for s, x, d in zip(subnets, inputs, dense):
+        fns += [lambda s=s, x=x: (supernet.set_subnet(s), compiled(x)), lambda s=s, x=x: (supernet.set_subnet(s),
+                supernet(x)), lambda x=x, d=d: d(x)]
+    times = bench_models.interleaved_times_ms(fns, args.compile_rounds, warmup=1)
+    after = compile_counters()
+    steady = [dict(ms_compiled=statistics.median(times[3 * i]), ms_eager=statistics.median(times[3 * i + 1]),
+                   ms_dense=statistics.median(times[3 * i + 2]),
+                   quartiles=bench_models.ratio_quartiles(times[3 * i], times[3 * i + 2])) for i in range(len(subnets))]
+    return dict(model=name, first=first, steady=steady, graphs_while_switching=after[0] - before[0],
+                recompiles_while_switching=after[1] - before[1])
+
+
+def report_compile(results: Sequence[dict], args: argparse.Namespace) -> bool:
+    print(f'## torch.compile(model) with budget switching (batch 1, {threads(args.threads)})')
+    print()
+    rows = []
+    for r in results:
+        if 'error' in r:
+            print(f'- {r["model"]}: torch.compile failed here: {r["error"]}')
+            continue
+        for p, f, st in zip(args.budgets, r['first'], r['steady']):
+            rows.append([r['model'], percent(p), str(f['subnet'].resolution), f'{f["seconds"]:.1f}', str(f['graphs']),
+                         f'{st["ms_compiled"]:.2f}', f'{st["ms_eager"]:.2f}', f'{st["ms_dense"]:.2f}',
+                         f'{st["ms_compiled"] / st["ms_dense"]:.2f}x', f'{st["ms_eager"] / st["ms_dense"]:.2f}x',
+                         quartile_cell(st['quartiles']), yes_no(f['equal'])])
+    if rows:
+        print(format_table(['model', 'budget', 'res', 'first call (s)', 'graphs compiled', 'compiled (ms)',
+                            'eager (ms)', 'dense (ms)', 'compiled/dense', 'eager/dense',
+                            'compiled/dense per round: median [q1, q3]', 'compiled == eager'], rows))
+        print()
+        for r in results:
+            if 'error' not in r:
+                print(f'- {r["model"]}: while switching through the {len(r["first"])} budgets for '
+                      f'{args.compile_rounds} rounds (+1 warm-up): {r["graphs_while_switching"]} graphs compiled, '
+                      f'{r["recompiles_while_switching"]} recompilations')
+        print()
+        print(f'First call: set_subnet then the compiled model\'s first forward at that budget, in budget order '
+              f'(compilation included; graphs compiled: by torch.compile during that call). Then every round switches '
+              f'through all budgets: set_subnet + compiled forward, set_subnet + eager supernet forward (its '
+              f'inference cache keeps up to {INFERENCE_CACHE_SUBNETS} width settings per layer), the dense model of '
+              f'that subnet; median of '
+              f'{args.compile_rounds} rounds. Compiled == eager: torch.allclose(atol=1e-4).')
+    print()
+    return all(f['equal'] for r in results if 'error' not in r for f in r['first'])
+
+
 # ---------------------------------------------------------------------------------------------- summary
 
 def summarize(section: str, results, summary: Dict[str, Dict[str, str]]) -> None:
@@ -298,12 +520,25 @@ def summarize(section: str, results, summary: Dict[str, Dict[str, str]]) -> None
             summary[r['model']]['set_budget vs recalibration (min)'] = f'{min(speedups):,.0f}x'
     elif section == 'latency':
         for name in dict.fromkeys(r['model'] for r in results):
+            for batch in dict.fromkeys(r['batch'] for r in results):
+                rs = [r for r in results if r['model'] == name and r['batch'] == batch]
+                budgets = '/'.join(f'{100 * r["fraction"]:g}' for r in rs)
+                at = f'at {budgets}%' + ('' if batch == 1 else f', batch {batch}')
+                summary[name][f'exported / dense {at}'] = ' / '.join(
+                    f'{r["ms_export"] / r["ms_dense"]:.2f}' for r in rs)
+                summary[name][f'supernet / dense {at}'] = ' / '.join(
+                    f'{r["ms_super"] / r["ms_dense"]:.2f}' for r in rs)
+    elif section == 'train':
+        for name in dict.fromkeys(r['model'] for r in results):
             rs = [r for r in results if r['model'] == name]
             budgets = '/'.join(f'{100 * r["fraction"]:g}' for r in rs)
-            summary[name][f'exported / dense at {budgets}%'] = ' / '.join(
-                f'{r["ms_export"] / r["ms_dense"]:.2f}' for r in rs)
-            summary[name][f'supernet / dense at {budgets}%'] = ' / '.join(
+            summary[name][f'train step supernet / dense at {budgets}%'] = ' / '.join(
                 f'{r["ms_super"] / r["ms_dense"]:.2f}' for r in rs)
+    elif section == 'compile':
+        for r in results:
+            if 'error' not in r:
+                summary.setdefault(r['model'], {})['compiled / dense (after first calls)'] = ' / '.join(
+                    f'{st["ms_compiled"] / st["ms_dense"]:.2f}' for st in r['steady'])
     elif section == 'scaling':
         for name in dict.fromkeys(r['model'] for r in results):
             smaller = [r for r in results if r['model'] == name and r['fraction'] < 1]
@@ -353,12 +588,42 @@ def run_section(section: str, args: argparse.Namespace):
     if section == 'latency':
         results = [r for name in args.models for r in bench_budget_latency(name, args)]
         return results, report_budget_latency(results, args)
+    if section == 'train':
+        results = [r for name in args.models for r in bench_train_step(name, args)]
+        return results, report_train_step(results, args)
+    if section == 'compile':
+        results = [bench_compile(name, args) for name in args.compile_models]
+        return results, report_compile(results, args)
     results = [r for name in args.models for r in bench_scaling(name, args)]
     return results, report_scaling(results, args)
 
 
+class Tee(io.TextIOBase):
+    """A text stream that writes to `stream` and keeps a copy (the report for --output)."""
+
+    def __init__(self, stream):
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.output is None:
+        return run_benchmark(args)
+    tee = Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        status = run_benchmark(args)
+    write_text_atomic(args.output, tee.copy.getvalue() + f'rc={status}\n')
+    return status
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
     print_header(args)
     summary = {name: {} for name in args.models}
     seconds, failed = {}, []

@@ -1,4 +1,6 @@
 """Slimmable layers equal a narrow dense layer holding the first k channels, and share the full weights."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -6,6 +8,7 @@ from timm.layers import BatchNormAct2d
 
 from timm_pss.slimmable import (
     SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear, apply_widths, convert_to_slimmable,
+    INFERENCE_CACHE_SUBNETS, inference_cache_bytes,
 )
 from timm_pss.spaces import Channels
 
@@ -89,3 +92,129 @@ def test_state_dict_keys_unchanged_by_conversion():
     convert_to_slimmable(dense)
     assert {k: v.shape for k, v in dense.state_dict().items()} == keys
     assert all(a is b for a, b in zip(params, dense.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------- inference cache
+
+def _cut_model(seed=0):
+    """conv (input channels cut: a non-contiguous slice) -> BN -> pool -> linear, at widths (12, 24)."""
+    torch.manual_seed(seed)
+    model = convert_to_slimmable(nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5)))
+    model[0].set_rules(Channels(0), Channels(1))
+    model[1].set_rules(Channels(1), Channels(1))
+    model[4].set_rules(Channels(1), None)
+    with torch.no_grad():
+        model[1].running_mean.normal_(), model[1].running_var.uniform_(0.5, 2)
+    apply_widths(model, (12, 24))
+    return model.eval()
+
+
+def _uncached(model, x):
+    """The output of the plain slicing forward (grad enabled: the cache is never served)."""
+    with torch.enable_grad():
+        return model(x).detach()
+
+
+def _cached(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def _sgd_step(model):
+    x = torch.randn(2, model[0].active_in, 6, 6)
+    model(x).square().mean().backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+
+
+def _load_other(model, assign=False):
+    model.load_state_dict(_cut_model(seed=1).state_dict(), assign=assign)
+
+
+def _write_through_data_in_train_mode(model):
+    model.train()
+    model[0].weight.data.mul_(2)  # no version bump: only the train() / eval() drop protects the cache
+    model.eval()
+
+
+CACHE_EVENTS = {
+    'width switch': lambda m: apply_widths(m, (8, 28)),
+    'optimizer step': _sgd_step,
+    'load_state_dict': _load_other,
+    'load_state_dict assign': lambda m: _load_other(m, assign=True),
+    'train/eval': _write_through_data_in_train_mode,
+    'to float64': lambda m: m.double(),
+}
+
+
+def test_inference_cache_is_bitwise_the_slicing_forward_and_reused():
+    model = _cut_model()
+    x = torch.randn(2, 12, 6, 6)
+    expected = _uncached(model, x)
+    assert inference_cache_bytes(model) == 0
+    assert torch.equal(_cached(model, x), expected)
+    copies = inference_cache_bytes(model)
+    # only the two input-cut weights are copied (conv 24x12x3x3, linear 5x24); BN and biases are views
+    assert copies == 4 * (24 * 12 * 9 + 5 * 24)
+    with torch.no_grad():
+        first = model[0]._inference_params()[0]
+        assert model[0]._inference_params()[0] is first and first.is_contiguous()
+    assert torch.equal(_cached(model, x), expected) and inference_cache_bytes(model) == copies
+    with torch.inference_mode():
+        assert torch.equal(model(x), expected)
+    clone = copy.deepcopy(model)  # as ModelEma does: the copy starts without the cache
+    assert inference_cache_bytes(clone) == 0 and torch.equal(_cached(clone, x), expected)
+
+
+@pytest.mark.parametrize('event', list(CACHE_EVENTS))
+def test_inference_cache_is_never_served_stale(event):
+    model = _cut_model()
+    _cached(model, torch.randn(2, 12, 6, 6))
+    assert inference_cache_bytes(model) > 0
+    CACHE_EVENTS[event](model)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(2, model[0].active_in, 6, 6, dtype=dtype)
+    assert torch.equal(_cached(model, x), _uncached(model, x))
+
+
+def test_inference_cache_follows_the_budget_entry_statistics():
+    model = _cut_model()
+    bn = model[1]
+    bn.register_buffer('budget_running_mean', torch.randn(2, 32))
+    bn.register_buffer('budget_running_var', torch.rand(2, 32) + 0.5)
+    x = torch.randn(2, 12, 6, 6)
+    outputs = []
+    for index in (0, 1):
+        bn.__dict__['budget_index'] = index  # as SubnetSwitch._activate sets it
+        outputs.append(_cached(model, x))
+        assert torch.equal(outputs[-1], _uncached(model, x))
+    assert not torch.equal(*outputs)
+
+
+def test_grad_enabled_eval_forward_keeps_gradients_to_the_full_weights():
+    model = _cut_model()
+    x = torch.randn(2, 12, 6, 6)
+    _cached(model, x)  # a cache exists; a grad-enabled call must not use its detached copies
+    model(x).sum().backward()
+    grad = model[0].weight.grad
+    assert grad.shape == (32, 16, 3, 3) and grad[:24, :12].abs().sum() > 0
+    assert not grad[24:].any() and not grad[:, 12:].any()
+
+
+def test_inference_cache_keeps_a_few_width_settings_and_serves_them_again():
+    model = _cut_model()
+    x = torch.randn(2, 16, 6, 6)
+    widths = [(12, 24), (8, 28), (16, 32), (4, 8), (10, 20)]  # one more than the layers keep
+    copies = {}
+    for w in widths[:INFERENCE_CACHE_SUBNETS]:
+        apply_widths(model, w)
+        _cached(model, x[:, :w[0]])
+        with torch.no_grad():
+            copies[w] = model[0]._inference_params()[0]
+    apply_widths(model, widths[0])  # switching back serves the copy made before, not a new one
+    with torch.no_grad():
+        assert model[0]._inference_params()[0] is copies[widths[0]]
+    assert torch.equal(_cached(model, x[:, :12]), _uncached(model, x[:, :12]))
+    apply_widths(model, widths[-1])
+    _cached(model, x[:, :10])
+    assert len(model[0].__dict__['_inference_weight_cache']) == INFERENCE_CACHE_SUBNETS  # the oldest went

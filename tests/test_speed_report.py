@@ -1,0 +1,66 @@
+"""benchmarks/speed.py's bookkeeping: ratio spreads of interleaved timings, and --output written atomically."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+_environ = dict(os.environ)
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import bench_models  # noqa: E402
+import speed  # noqa: E402
+sys.path.remove(str(ROOT / 'benchmarks'))
+os.environ.clear()
+os.environ.update(_environ)  # the benchmarks' one-thread settings stay out of the other tests and their subprocesses
+
+QUICK = ['--quick', '--models', 'pss_mobilenetv2', '--sections', 'flops']
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ratio_quartiles_are_those_of_the_per_round_ratios():
+    # rounds pair up: a slow round slows both, so the per-round ratio stays 2 while the times spread
+    assert bench_models.ratio_quartiles([2, 20, 200, 2000], [1, 10, 100, 1000]) == pytest.approx([2, 2, 2])
+    q1, median, q3 = bench_models.ratio_quartiles([1, 2, 3, 4, 5], [1, 1, 1, 1, 1])
+    assert (q1, median, q3) == pytest.approx((1.5, 3, 4.5))
+    assert bench_models.ratio_quartiles([3], [2]) == pytest.approx([1.5, 1.5, 1.5])
+
+
+def test_output_is_the_printed_report(tmp_path, capsys):
+    out = tmp_path / 'speed.txt'
+    assert speed.main(QUICK + ['--output', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert '## Vectorised FLOPs' in printed and out.read_text() == printed + 'rc=0\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['speed.txt']
+
+
+def test_an_existing_output_is_refused_before_any_work_unless_forced(tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'speed.txt'
+    out.write_text('earlier results')
+    monkeypatch.setattr(speed, 'run_section', lambda *a: pytest.fail('measured before checking --output'))
+    with pytest.raises(SystemExit) as exit_info:
+        speed.main(QUICK + ['--output', str(out)])
+    assert exit_info.value.code == 2 and 'exists' in capsys.readouterr().err
+    assert out.read_text() == 'earlier results'
+
+
+def test_a_failed_run_leaves_the_old_output_and_no_temporary(tmp_path, monkeypatch):
+    out = tmp_path / 'speed.txt'
+    out.write_text('earlier results')
+
+    def broken(section, args):
+        print('half a report')
+        raise RuntimeError('injected failure')
+
+    monkeypatch.setattr(speed, 'run_section', broken)
+    with pytest.raises(RuntimeError, match='injected failure'):
+        speed.main(QUICK + ['--output', str(out), '--force'])
+    assert out.read_text() == 'earlier results'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['speed.txt']
