@@ -125,7 +125,7 @@ def test_torchrun_two_processes(tmp_path):
     assert sum(len(p) for p in meta['task_state']['pss_sampler']['pools']) > 0
 
 
-def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
+def test_config_file_sets_defaults_and_rejects_unknown_pss_keys(tmp_path):
     sys.path.insert(0, str(ROOT))
     try:
         import train_pss
@@ -140,7 +140,7 @@ def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
     recipe = str(ROOT / 'recipes/pss_mobilenetv1_imagenet.yaml')
     imagenet, _ = train_pss.parse_args(['--data-dir', '/data', '-c', recipe])
     assert imagenet.epochs == 250 and imagenet.pss_budget_range == [110e6, 570e6, 10e6] and not imagenet.pss_wd_depthwise
-    config.write_text('epochz: 7\n')
+    config.write_text('pss_pool_sise: 7\n')  # a misspelt --pss-* key is an error (other unknown keys: a warning)
     with pytest.raises(SystemExit):
         train_pss.parse_args(['-c', str(config)])
     with pytest.raises(SystemExit):
@@ -346,3 +346,53 @@ def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(tmp_path):
     model.load_state_dict(load_file(str(run / 'model.safetensors')), strict=True)
     assert model.get_classifier().out_features == 10 and model.conv_stem.weight.shape[1] == 1
     assert len(_rows(run)) >= 3
+
+
+# parity with timm's train.py: its args.yaml as -c, embedded defaults, --help
+
+def test_timm_args_yaml_is_accepted_with_a_warning_for_unused_keys(train_pss, caplog):
+    """tests/data/timm_args.yaml is what timm's train.py writes (every option of its parser, here for --data-dir
+    /data/imagenet): it is read, our keys apply, the others are named in one warning."""
+    timm_args = str(ROOT / 'tests/data/timm_args.yaml')
+    with caplog.at_level('INFO', logger='train_pss'):
+        args, _ = train_pss.parse_args(['-c', timm_args, '--epochs', '3'])
+    assert args.data_dir == '/data/imagenet' and args.epochs == 3 and args.batch_size == 128
+    assert args.hflip == 0.5 and args.scale == [0.08, 1.0]  # a named dataset: timm's defaults, not the digits'
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(warnings) == 1 and 'naflex_loader' in warnings[0] and 'kd_model_name' in warnings[0]
+    assert not any('embedded digits' in r.getMessage() for r in caplog.records)
+
+
+def test_embedded_defaults_apply_only_when_no_dataset_is_named(train_pss, tmp_path, caplog):
+    config = tmp_path / 'c.yaml'
+    config.write_text('data_dir: /data/imagenet\n')
+    args, _ = train_pss.parse_args(['-c', str(config)])  # data_dir in the YAML: timm's defaults, not the digits'
+    assert (args.batch_size, args.lr, args.hflip, args.pss_num_pools) == (128, None, 0.5, 40)
+    config.write_text('data: /data/imagenet\n')  # timm's old positional dataset path
+    assert train_pss.parse_args(['-c', str(config)])[0].data_dir == '/data/imagenet'
+    config.write_text('epochs: 3\n')
+    with caplog.at_level('INFO', logger='train_pss'):
+        args, _ = train_pss.parse_args(['-c', str(config), '-b', '16'])
+    assert (args.epochs, args.batch_size, args.lr, args.hflip) == (3, 16, 0.1, 0.0)
+    shown = [r.getMessage() for r in caplog.records if 'embedded digits' in r.getMessage()]
+    assert len(shown) == 1 and 'lr=0.1' in shown[0] and ' epochs=' not in shown[0] and 'batch_size' not in shown[0]
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('epochs: 2.5\n', 'epochs: 2.5 is not an integer'),
+    ('lr: fast\n', "lr: 'fast' is not a valid float"),
+    ('pss_metrics: [speed]\n', "'speed' is not one of flops, latency"),
+    ('pss_resolutions: [16, 24]\n', 'has 2 values, 3 expected'),
+    ('amp: yes please\n', 'is not true or false'),
+    ('- a list\n', 'not a mapping'),
+])
+def test_config_values_are_converted_and_checked(train_pss, tmp_path, capsys, text, expected):
+    config = tmp_path / 'c.yaml'
+    config.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        train_pss.parse_args(['-c', str(config)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and expected in err, err
+    config.write_text('lr: 1e-3\nepochs: "7"\npss_budget_range: [110M, 5.7e8, 10M]\n')  # YAML strings convert
+    args, _ = train_pss.parse_args(['-c', str(config)])
+    assert (args.lr, args.epochs, args.pss_budget_range) == (1e-3, 7, [110e6, 570e6, 10e6])
