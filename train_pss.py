@@ -72,21 +72,36 @@ EMBEDDED_DEFAULTS = dict(
 DIGITS_IMAGE_SIZE = 32
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if 'default' in (action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         add_help=add_help,
         description='Train a timm_pss supernet with Prioritized Subnet Sampling (options as timm train.py, '
-                    'plus --pss-*)', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    'plus --pss-*)', formatter_class=HelpFormatter,
+        epilog='Defaults shown are the ones that apply to this command line: with no --data-dir/--dataset (on the '
+               'command line or in -c) the embedded digits settings replace ' + ', '.join(
+                   '--' + k.replace('_', '-') for k in EMBEDDED_DEFAULTS) + '; add --data-dir DIR to see timm\'s.')
     parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file whose keys set the defaults')
 
     group = parser.add_argument_group('Dataset')
     group.add_argument('--data-dir', metavar='DIR', help='dataset root (ImageNet-style folders); default: the '
                        'embedded digits dataset')
     group.add_argument('--dataset', metavar='NAME', default='', help='timm dataset type, e.g. "torch/cifar10"')
-    group.add_argument('--train-split', metavar='NAME', default='train')
-    group.add_argument('--val-split', metavar='NAME', default='validation')
-    group.add_argument('--dataset-download', action='store_true', default=False)
-    group.add_argument('--class-map', default='', type=str, metavar='FILENAME')
+    group.add_argument('--train-split', metavar='NAME', default='train',
+                       help='dataset split to train on (the held-out slice is taken from it)')
+    group.add_argument('--val-split', metavar='NAME', default='validation', help='dataset split to validate on')
+    group.add_argument('--dataset-download', action='store_true', default=False,
+                       help='download a torch/ or tfds/ dataset that supports it')
+    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+                       help='file mapping class names to indices')
 
     group = parser.add_argument_group('Model')
     group.add_argument('--model', default='pss_mobilenetv1', type=str, metavar='MODEL',
@@ -96,101 +111,149 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help='load these weights first, e.g. timm\'s dense mobilenetv2_100 (same keys at full width)')
     group.add_argument('--resume', default='', type=str, metavar='PATH',
                        help='resume from this checkpoint or run folder (its last.pth.tar)')
-    group.add_argument('--no-resume-opt', action='store_true', default=False)
-    group.add_argument('--num-classes', type=int, default=None, metavar='N')
+    group.add_argument('--no-resume-opt', action='store_true', default=False,
+                       help='with --resume, do not restore the optimizer state')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+                       help='number of classes (default None: the number the dataset declares)')
     group.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type')
-    group.add_argument('--img-size', type=int, default=None, metavar='N')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N')
-    group.add_argument('--crop-pct', default=None, type=float, metavar='N')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
-    group.add_argument('--interpolation', default='', type=str, metavar='NAME')
+    group.add_argument('--img-size', type=int, default=None, metavar='N',
+                       help='image size of the loaders; must equal the space\'s max resolution (--pss-resolutions '
+                            'sets the training resolutions; default None: that max)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                       help='image channels (default None: the data\'s own, 1 for grayscale, 3 for RGB)')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
+                       help='C H W of the loaders\' images; H and W must equal the space\'s max resolution (default '
+                            'None: in_chans x max resolution)')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                       help='centre-crop fraction of evaluation images (default None: the model\'s)')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='normalisation mean per channel (default None: timm\'s, or a grayscale dataset\'s own)')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='normalisation std per channel (default None: timm\'s, or a grayscale dataset\'s own)')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                       help='resize interpolation of evaluation images (default \'\': the model\'s)')
     group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
-    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
-    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N')
-    group.add_argument('--grad-checkpointing', action='store_true', default=False)
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+                       help='evaluation batch size (default None: --batch-size)')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+                       help='batches whose gradients are summed per optimizer step')
+    group.add_argument('--grad-checkpointing', action='store_true', default=False,
+                       help='recompute activations in the backward pass to save memory')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                       help='extra timm.create_model keyword arguments, KEY=VALUE ...')
 
     group = parser.add_argument_group('Optimizer')
-    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER')
-    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON')
-    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
-    group.add_argument('--momentum', type=float, default=0.9, metavar='M')
-    group.add_argument('--weight-decay', type=float, default=2e-5)
-    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
-    group.add_argument('--clip-mode', type=str, default='norm')
-    group.add_argument('--layer-decay', type=float, default=None)
+    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER',
+                       help='timm optimizer name (timm\'s "sgd" is SGD with Nesterov momentum)')
+    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
+                       help='optimizer epsilon (default None: the optimizer\'s)')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
+                       help='optimizer betas (default None: the optimizer\'s)')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M', help='optimizer momentum')
+    group.add_argument('--weight-decay', type=float, default=2e-5, help='weight decay (see --pss-wd-depthwise)')
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
+                       help='clip gradients at this norm or value (default None: no clipping)')
+    group.add_argument('--clip-mode', type=str, default='norm', help='gradient clipping mode: norm, value or agc')
+    group.add_argument('--layer-decay', type=float, default=None,
+                       help='layer-wise learning-rate decay factor (default None: off)')
 
     group = parser.add_argument_group('Learning rate schedule')
-    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER')
-    group.add_argument('--sched-on-updates', action='store_true', default=False)
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='timm LR scheduler name')
+    group.add_argument('--sched-on-updates', action='store_true', default=False,
+                       help='step the LR scheduler every optimizer update instead of every epoch')
     group.add_argument('--lr', type=float, default=None, metavar='LR', help='learning rate (default: from --lr-base)')
     group.add_argument('--lr-base', type=float, default=0.1, metavar='LR', help='lr for --lr-base-size images')
-    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV')
+    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV', help='batch size --lr-base is given for')
     group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE', help='"linear" or "sqrt"')
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
-    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
-    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N')
-    group.add_argument('--lr-k-decay', type=float, default=1.0)
-    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR')
-    group.add_argument('--min-lr', type=float, default=0, metavar='LR')
-    group.add_argument('--epochs', type=int, default=300, metavar='N')
-    group.add_argument('--start-epoch', default=None, type=int, metavar='N')
-    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES')
-    group.add_argument('--decay-epochs', type=float, default=90, metavar='N')
-    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N')
-    group.add_argument('--warmup-prefix', action='store_true', default=False)
-    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N')
-    group.add_argument('--patience-epochs', type=int, default=10, metavar='N')
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
+                       help='LR noise on/off epochs as fractions of the run (default None: no noise)')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT', help='LR cycle length multiplier')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT', help='LR decay per cycle')
+    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N', help='LR cycles (cycling when > 1)')
+    group.add_argument('--lr-k-decay', type=float, default=1.0, help='k-decay of the cosine / poly schedules')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR', help='LR at the start of warm-up')
+    group.add_argument('--min-lr', type=float, default=0, metavar='LR', help='lowest LR of the schedule')
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs to train')
+    group.add_argument('--start-epoch', default=None, type=int, metavar='N',
+                       help='epoch to start at (default None: 0, or the resumed checkpoint\'s)')
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+                       help='epochs at which the multistep scheduler decays the LR')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N',
+                       help='epochs between LR decays of the step scheduler')
+    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N', help='epochs of LR warm-up')
+    group.add_argument('--warmup-prefix', action='store_true', default=False,
+                       help='leave the warm-up out of the decay schedule')
+    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
+                       help='epochs at --min-lr after the schedule ends')
+    group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
+                       help='epochs without improvement before the plateau scheduler decays the LR')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
+                       help='LR decay factor of the step / multistep / plateau schedulers')
 
     group = parser.add_argument_group('Augmentation and regularization')
-    group.add_argument('--no-aug', action='store_true', default=False)
-    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT')
-    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO')
-    group.add_argument('--hflip', type=float, default=0.5)
-    group.add_argument('--vflip', type=float, default=0.)
-    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT')
+    group.add_argument('--no-aug', action='store_true', default=False,
+                       help='no training augmentation (resize and centre-crop only)')
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
+                       help='random-resized-crop area range')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
+                       help='random-resized-crop aspect-ratio range')
+    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    group.add_argument('--vflip', type=float, default=0., help='vertical flip probability')
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT', help='colour jitter strength')
     group.add_argument('--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. rand-m9-mstd0.5')
-    group.add_argument('--reprob', type=float, default=0., metavar='PCT')
-    group.add_argument('--remode', type=str, default='pixel')
-    group.add_argument('--recount', type=int, default=1)
-    group.add_argument('--mixup', type=float, default=0.0)
-    group.add_argument('--cutmix', type=float, default=0.0)
-    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
-    group.add_argument('--mixup-prob', type=float, default=1.0)
-    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
-    group.add_argument('--mixup-mode', type=str, default='batch')
-    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N')
-    group.add_argument('--smoothing', type=float, default=0.1)
-    group.add_argument('--train-interpolation', type=str, default='random')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='random-erasing probability')
+    group.add_argument('--remode', type=str, default='pixel', help='random-erasing mode: const, rand or pixel')
+    group.add_argument('--recount', type=int, default=1, help='random-erasing regions per image')
+    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (on when > 0)')
+    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (on when > 0)')
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
+                       help='cutmix min/max area ratio; overrides --cutmix (default None: off)')
+    group.add_argument('--mixup-prob', type=float, default=1.0,
+                       help='probability of mixup or cutmix per batch when either is on')
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                       help='probability of cutmix instead of mixup when both are on')
+    group.add_argument('--mixup-mode', type=str, default='batch', help='mixup / cutmix per batch, pair or elem')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
+                       help='turn mixup / cutmix off from this epoch (0: never)')
+    group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
+    group.add_argument('--train-interpolation', type=str, default='random',
+                       help='resize interpolation of training images (random: a random one per image)')
     group.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate')
-    group.add_argument('--drop-path', type=float, default=None, metavar='PCT')
-    group.add_argument('--bn-momentum', type=float, default=None)
-    group.add_argument('--bn-eps', type=float, default=None)
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+                       help='stochastic depth rate (default None: the model\'s)')
+    group.add_argument('--bn-momentum', type=float, default=None,
+                       help='BatchNorm momentum (default None: the model\'s)')
+    group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon (default None: the model\'s)')
     group.add_argument('--dist-bn', type=str, default='reduce', help='"broadcast", "reduce" or "" at epoch end')
 
     group = parser.add_argument_group('Model exponential moving average')
-    group.add_argument('--model-ema', action='store_true', default=False)
-    group.add_argument('--model-ema-force-cpu', action='store_true', default=False)
-    group.add_argument('--model-ema-decay', type=float, default=0.9998)
-    group.add_argument('--model-ema-warmup', action='store_true')
+    group.add_argument('--model-ema', action='store_true', default=False,
+                       help='keep an exponential moving average of the weights; it is evaluated and finalised')
+    group.add_argument('--model-ema-force-cpu', action='store_true', default=False,
+                       help='keep the EMA weights on the CPU')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998, help='EMA decay per update')
+    group.add_argument('--model-ema-warmup', action='store_true', help='warm the EMA decay up from 0')
 
     group = parser.add_argument_group('Miscellaneous')
-    group.add_argument('--seed', type=int, default=42, metavar='S')
-    group.add_argument('--log-interval', type=int, default=50, metavar='N')
-    group.add_argument('--checkpoint-hist', type=int, default=3, metavar='N')
-    group.add_argument('-j', '--workers', type=int, default=4, metavar='N')
+    group.add_argument('--seed', type=int, default=42, metavar='S',
+                       help='random seed (data split, pools, initial weights)')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N', help='batches between training log lines')
+    group.add_argument('--checkpoint-hist', type=int, default=3, metavar='N', help='best checkpoints to keep')
+    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+                       help='data-loading worker processes per training process')
     group.add_argument('--amp', action='store_true', default=False, help='mixed precision (bfloat16 on CPU)')
     group.add_argument('--amp-dtype', default='float16', type=str, help='float16 or bfloat16 on GPU')
-    group.add_argument('--pin-mem', action='store_true', default=False)
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
+    group.add_argument('--pin-mem', action='store_true', default=False,
+                       help='pin CPU memory in the data loaders (faster copies to the GPU)')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str,
+                       help='torch device')
     group.add_argument('--output', default='', type=str, metavar='PATH', help='output root (default: ./output)')
     group.add_argument('--experiment', default='', type=str, metavar='NAME', help='run folder name')
-    group.add_argument('--eval-metric', default='top1', type=str)
-    group.add_argument('--local_rank', '--local-rank', default=0, type=int)
+    group.add_argument('--eval-metric', default='top1', type=str,
+                       help='metric that ranks checkpoints and drives the plateau scheduler: top1, top5, min_top1 or '
+                            'top1@BUDGET (one of --pss-eval-budgets)')
+    group.add_argument('--local_rank', '--local-rank', default=0, type=int,
+                       help='set by the launcher under distributed training')
 
     group = parser.add_argument_group('Prioritized Subnet Sampling')
     group.add_argument('--pss-budget-range', nargs=3, type=parse_flops, default=None, metavar=('LO', 'HI', 'STEP'),

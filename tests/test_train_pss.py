@@ -396,3 +396,27 @@ def test_config_values_are_converted_and_checked(train_pss, tmp_path, capsys, te
     config.write_text('lr: 1e-3\nepochs: "7"\npss_budget_range: [110M, 5.7e8, 10M]\n')  # YAML strings convert
     args, _ = train_pss.parse_args(['-c', str(config)])
     assert (args.lr, args.epochs, args.pss_budget_range) == (1e-3, 7, [110e6, 570e6, 10e6])
+
+
+def _help_default(text: str, option: str) -> str:
+    """The '(default: X)' that --help shows for `option` (the help may wrap onto the next lines)."""
+    block = text[text.index(option + ' '):]
+    return block[block.index('(default: ') + len('(default: '):block.index(')', block.index('(default: '))]
+
+
+def test_help_gives_every_option_one_line_and_the_defaults_that_apply(train_pss, capsys):
+    parser = train_pss.build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != 'help']
+    missing = [a.option_strings[-1] for a in options if not a.help or '\n' in a.help]
+    assert not missing, f'options without a one-line help: {missing}'
+    for argv, batch, epochs, hflip in (([], 64, 25, 0.0), (['--data-dir', '/data/imagenet'], 128, 300, 0.5)):
+        with pytest.raises(SystemExit) as e:
+            train_pss.parse_args(argv + ['--help'])
+        text = capsys.readouterr().out
+        assert e.value.code == 0
+        args, _ = train_pss.parse_args(argv)
+        assert (args.batch_size, args.epochs, args.hflip) == (batch, epochs, hflip)
+        assert _help_default(text, '--batch-size N') == str(args.batch_size)
+        assert _help_default(text, '--epochs N') == str(args.epochs)
+        assert _help_default(text, '--hflip HFLIP') == str(args.hflip)
+        assert _help_default(text, '--checkpoint-hist N') == str(args.checkpoint_hist)
