@@ -605,6 +605,8 @@ def check_resume_settings(args: argparse.Namespace, path: Path, meta: dict) -> N
 
     ours, saved = plain_args(args), yaml.safe_load(yaml.safe_dump(saved))
     for key in RESUME_SETTINGS:
+        if key == 'num_classes' and ours.get(key) is None:
+            continue  # inferred from the data, as the saved run's was
         if key in saved and saved[key] != ours.get(key):
             option = '--' + key.replace('_', '-')
             usage_error(f'--resume {path} is a run of {saved.get("model")} with {option} {shown(saved[key])}, this '
@@ -648,6 +650,11 @@ def check_run_args(args: argparse.Namespace) -> None:
     if args.log_wandb and importlib.util.find_spec('wandb') is None:
         usage_error('--log-wandb needs the wandb package, which is not installed: pip install wandb (or leave out '
                     '--log-wandb)')
+    if args.eval_metric.startswith('top1@'):  # top1@300M names the summary's top1@300.00M
+        try:
+            args.eval_metric = f'top1@{format_flops(parse_flops(args.eval_metric[5:]))}'
+        except ValueError:
+            pass  # not a budget: refused below with the allowed names
     if args.eval_metric not in eval_metric_names(args):
         usage_error(f'--eval-metric {args.eval_metric} is not recorded by train_pss.py (it measures accuracy, no '
                     f'validation loss); use one of {", ".join(eval_metric_names(args))}')

@@ -496,6 +496,12 @@ def test_drop_connect_is_drop_path(train_pss):
     assert train_pss.parse_args(['--drop-connect', '0.1'])[0].drop_path == 0.1
 
 
+def test_eval_metric_names_a_recorded_metric(train_pss):
+    args, _ = train_pss.parse_args(['--pss-eval-budgets', '300M', '--eval-metric', 'top1@300M'])
+    train_pss.check_run_args(args)
+    assert args.eval_metric == 'top1@300.00M' and args.eval_metric in train_pss.eval_metric_names(args)
+
+
 def test_channels_last_and_torch_compile_follow_the_subnet_switching(train_pss):
     """A compiled channels_last PSS step (max, a pooled middle, min subnet) gives the eager channels_last step's
     loss and gradients; each new subnet is a new graph, a subnet seen before reuses its graph. Backend 'eager' runs
@@ -560,3 +566,14 @@ def test_other_ranks_outwait_rank0_beyond_the_default_timeout(tmp_path, mode, wa
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
     assert (proc.returncode == 0) == waited, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert ('rank 1 waited' in proc.stdout) == waited
+
+
+def test_resume_accepts_the_class_count_the_run_inferred(train_pss, tmp_path):
+    """The saved run inferred --num-classes 10 from the data; resuming it without --num-classes infers it again."""
+    base = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1']
+    folder = _checkpoint(train_pss, tmp_path / 'run', base, num_classes=10)
+    args, _ = train_pss.parse_args(base + ['--resume', str(folder)])
+    train_pss.check_run_args(args)  # no SystemExit
+    args, _ = train_pss.parse_args(base + ['--resume', str(folder), '--num-classes', '5'])
+    with pytest.raises(SystemExit):
+        train_pss.check_run_args(args)
