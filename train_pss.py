@@ -15,7 +15,9 @@ accuracy_vs_flops.png.
 """
 import argparse
 import csv
+import difflib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ import sys
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -37,11 +39,12 @@ import torch.distributed as dist
 import yaml
 import timm
 from timm.data import Mixup, create_dataset, create_loader, resolve_data_config
+from timm.data.loader import PrefetchLoader
 from timm.data.dataset_factory import _search_split
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.loss import create_classification_loss
 from timm.models import load_checkpoint, resume_checkpoint
-from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.optim import create_optimizer_v2, optimizer_kwargs, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
     AverageMeter, CheckpointSaver, NativeScaler, ParseKwargs, distribute_bn, init_distributed_device,
@@ -72,20 +75,36 @@ EMBEDDED_DEFAULTS = dict(
 DIGITS_IMAGE_SIZE = 32
 
 
-def build_parser() -> argparse.ArgumentParser:
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if 'default' in (action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        add_help=add_help,
         description='Train a timm_pss supernet with Prioritized Subnet Sampling (options as timm train.py, '
-                    'plus --pss-*)', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    'plus --pss-*)', formatter_class=HelpFormatter,
+        epilog='Defaults shown are the ones that apply to this command line: with no --data-dir/--dataset (on the '
+               'command line or in -c) the embedded digits settings replace ' + ', '.join(
+                   '--' + k.replace('_', '-') for k in EMBEDDED_DEFAULTS) + '; add --data-dir DIR to see timm\'s.')
     parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML file whose keys set the defaults')
 
     group = parser.add_argument_group('Dataset')
     group.add_argument('--data-dir', metavar='DIR', help='dataset root (ImageNet-style folders); default: the '
                        'embedded digits dataset')
     group.add_argument('--dataset', metavar='NAME', default='', help='timm dataset type, e.g. "torch/cifar10"')
-    group.add_argument('--train-split', metavar='NAME', default='train')
-    group.add_argument('--val-split', metavar='NAME', default='validation')
-    group.add_argument('--dataset-download', action='store_true', default=False)
-    group.add_argument('--class-map', default='', type=str, metavar='FILENAME')
+    group.add_argument('--train-split', metavar='NAME', default='train',
+                       help='dataset split to train on (the held-out slice is taken from it)')
+    group.add_argument('--val-split', metavar='NAME', default='validation', help='dataset split to validate on')
+    group.add_argument('--dataset-download', action='store_true', default=False,
+                       help='download a torch/ or tfds/ dataset that supports it')
+    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+                       help='file mapping class names to indices')
 
     group = parser.add_argument_group('Model')
     group.add_argument('--model', default='pss_mobilenetv1', type=str, metavar='MODEL',
@@ -95,101 +114,182 @@ def build_parser() -> argparse.ArgumentParser:
                        help='load these weights first, e.g. timm\'s dense mobilenetv2_100 (same keys at full width)')
     group.add_argument('--resume', default='', type=str, metavar='PATH',
                        help='resume from this checkpoint or run folder (its last.pth.tar)')
-    group.add_argument('--no-resume-opt', action='store_true', default=False)
-    group.add_argument('--num-classes', type=int, default=None, metavar='N')
+    group.add_argument('--no-resume-opt', action='store_true', default=False,
+                       help='with --resume, do not restore the optimizer state')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+                       help='number of classes (default None: the number the dataset declares)')
     group.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type')
-    group.add_argument('--img-size', type=int, default=None, metavar='N')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N')
-    group.add_argument('--crop-pct', default=None, type=float, metavar='N')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
-    group.add_argument('--interpolation', default='', type=str, metavar='NAME')
+    group.add_argument('--img-size', type=int, default=None, metavar='N',
+                       help='image size of the loaders; must equal the space\'s max resolution (--pss-resolutions '
+                            'sets the training resolutions; default None: that max)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                       help='image channels (default None: the data\'s own, 1 for grayscale, 3 for RGB)')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
+                       help='C H W of the loaders\' images; H and W must equal the space\'s max resolution (default '
+                            'None: in_chans x max resolution)')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                       help='centre-crop fraction of evaluation images (default None: the model\'s)')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='normalisation mean per channel (default None: timm\'s, or a grayscale dataset\'s own)')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='normalisation std per channel (default None: timm\'s, or a grayscale dataset\'s own)')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                       help='resize interpolation of evaluation images (default \'\': the model\'s)')
     group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
-    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
-    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N')
-    group.add_argument('--grad-checkpointing', action='store_true', default=False)
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+                       help='evaluation batch size (default None: --batch-size)')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+                       help='batches whose gradients are summed per optimizer step')
+    group.add_argument('--channels-last', action='store_true', default=False,
+                       help='channels_last memory layout for the model and its training batches')
+    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor', metavar='BACKEND',
+                       help='torch.compile the training model with this backend (bare flag: inductor); each new '
+                            'subnet is a recompile, see README (default: None, eager)')
+    group.add_argument('--torchcompile-mode', type=str, default=None, metavar='MODE',
+                       help='torch.compile mode (default: None, torch\'s default)')
+    group.add_argument('--grad-checkpointing', action='store_true', default=False,
+                       help='recompute activations in the backward pass to save memory')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                       help='extra timm.create_model keyword arguments, KEY=VALUE ...')
 
     group = parser.add_argument_group('Optimizer')
-    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER')
-    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON')
-    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
-    group.add_argument('--momentum', type=float, default=0.9, metavar='M')
-    group.add_argument('--weight-decay', type=float, default=2e-5)
-    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
-    group.add_argument('--clip-mode', type=str, default='norm')
-    group.add_argument('--layer-decay', type=float, default=None)
+    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER',
+                       help='timm optimizer name (timm\'s "sgd" is SGD with Nesterov momentum)')
+    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
+                       help='optimizer epsilon (default None: the optimizer\'s)')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
+                       help='optimizer betas (default None: the optimizer\'s)')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M', help='optimizer momentum')
+    group.add_argument('--weight-decay', type=float, default=2e-5, help='weight decay (see --pss-wd-depthwise)')
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
+                       help='clip gradients at this norm or value (default None: no clipping)')
+    group.add_argument('--clip-mode', type=str, default='norm', help='gradient clipping mode: norm, value or agc')
+    group.add_argument('--layer-decay', type=float, default=None,
+                       help='layer-wise learning-rate decay factor (default None: off)')
 
     group = parser.add_argument_group('Learning rate schedule')
-    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER')
-    group.add_argument('--sched-on-updates', action='store_true', default=False)
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='timm LR scheduler name')
+    group.add_argument('--sched-on-updates', action='store_true', default=False,
+                       help='step the LR scheduler every optimizer update instead of every epoch')
     group.add_argument('--lr', type=float, default=None, metavar='LR', help='learning rate (default: from --lr-base)')
     group.add_argument('--lr-base', type=float, default=0.1, metavar='LR', help='lr for --lr-base-size images')
-    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV')
-    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE', help='"linear" or "sqrt"')
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
-    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
-    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N')
-    group.add_argument('--lr-k-decay', type=float, default=1.0)
-    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR')
-    group.add_argument('--min-lr', type=float, default=0, metavar='LR')
-    group.add_argument('--epochs', type=int, default=300, metavar='N')
-    group.add_argument('--start-epoch', default=None, type=int, metavar='N')
-    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES')
-    group.add_argument('--decay-epochs', type=float, default=90, metavar='N')
-    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N')
-    group.add_argument('--warmup-prefix', action='store_true', default=False)
-    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N')
-    group.add_argument('--patience-epochs', type=int, default=10, metavar='N')
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE')
+    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV', help='batch size --lr-base is given for')
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
+                       help='"linear" or "sqrt" scaling of --lr-base with the global batch (default \'\': sqrt for '
+                            'Ada* and LAMB optimizers, linear otherwise, as timm)')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
+                       help='LR noise on/off epochs as fractions of the run (default None: no noise)')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT', help='LR cycle length multiplier')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT', help='LR decay per cycle')
+    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N', help='LR cycles (cycling when > 1)')
+    group.add_argument('--lr-k-decay', type=float, default=1.0, help='k-decay of the cosine / poly schedules')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR', help='LR at the start of warm-up')
+    group.add_argument('--min-lr', type=float, default=0, metavar='LR', help='lowest LR of the schedule')
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs to train')
+    group.add_argument('--start-epoch', default=None, type=int, metavar='N',
+                       help='epoch to start at (default None: 0, or the resumed checkpoint\'s)')
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+                       help='epochs at which the multistep scheduler decays the LR')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N',
+                       help='epochs between LR decays of the step scheduler')
+    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N', help='epochs of LR warm-up')
+    group.add_argument('--warmup-prefix', action='store_true', default=False,
+                       help='leave the warm-up out of the decay schedule')
+    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
+                       help='epochs at --min-lr after the schedule ends')
+    group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
+                       help='epochs without improvement before the plateau scheduler decays the LR')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
+                       help='LR decay factor of the step / multistep / plateau schedulers')
 
     group = parser.add_argument_group('Augmentation and regularization')
-    group.add_argument('--no-aug', action='store_true', default=False)
-    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT')
-    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO')
-    group.add_argument('--hflip', type=float, default=0.5)
-    group.add_argument('--vflip', type=float, default=0.)
-    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT')
+    group.add_argument('--no-aug', action='store_true', default=False,
+                       help='no training augmentation (resize and centre-crop only)')
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
+                       help='random-resized-crop area range')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
+                       help='random-resized-crop aspect-ratio range')
+    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    group.add_argument('--vflip', type=float, default=0., help='vertical flip probability')
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT', help='colour jitter strength')
     group.add_argument('--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. rand-m9-mstd0.5')
-    group.add_argument('--reprob', type=float, default=0., metavar='PCT')
-    group.add_argument('--remode', type=str, default='pixel')
-    group.add_argument('--recount', type=int, default=1)
-    group.add_argument('--mixup', type=float, default=0.0)
-    group.add_argument('--cutmix', type=float, default=0.0)
-    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
-    group.add_argument('--mixup-prob', type=float, default=1.0)
-    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
-    group.add_argument('--mixup-mode', type=str, default='batch')
-    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N')
-    group.add_argument('--smoothing', type=float, default=0.1)
-    group.add_argument('--train-interpolation', type=str, default='random')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='random-erasing probability')
+    group.add_argument('--remode', type=str, default='pixel', help='random-erasing mode: const, rand or pixel')
+    group.add_argument('--recount', type=int, default=1, help='random-erasing regions per image')
+    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (on when > 0)')
+    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (on when > 0)')
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
+                       help='cutmix min/max area ratio; overrides --cutmix (default None: off)')
+    group.add_argument('--mixup-prob', type=float, default=1.0,
+                       help='probability of mixup or cutmix per batch when either is on')
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                       help='probability of cutmix instead of mixup when both are on')
+    group.add_argument('--mixup-mode', type=str, default='batch', help='mixup / cutmix per batch, pair or elem')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
+                       help='turn mixup / cutmix off from this epoch (0: never)')
+    group.add_argument('--aug-repeats', type=float, default=0, metavar='N',
+                       help='repeated augmentation: each image N times per epoch across ranks (torchrun only; 0: off)')
+    group.add_argument('--bce-loss', action='store_true', default=False,
+                       help='binary cross-entropy for the max subnet\'s loss (the others distil from it)')
+    group.add_argument('--bce-sum', action='store_true', default=False, help='with --bce-loss, sum over classes')
+    group.add_argument('--bce-target-thresh', type=float, default=None,
+                       help='with --bce-loss, binarize soft targets above this value (default: None, off)')
+    group.add_argument('--bce-pos-weight', type=float, default=None,
+                       help='with --bce-loss, weight of the positive term (default: None, 1)')
+    group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
+    group.add_argument('--train-interpolation', type=str, default='random',
+                       help='resize interpolation of training images (random: a random one per image)')
     group.add_argument('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate')
-    group.add_argument('--drop-path', type=float, default=None, metavar='PCT')
-    group.add_argument('--bn-momentum', type=float, default=None)
-    group.add_argument('--bn-eps', type=float, default=None)
+    group.add_argument('--drop-connect', type=float, default=None, metavar='PCT',
+                       help='deprecated name of --drop-path, as in timm (default: None)')
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+                       help='stochastic depth rate (default None: the model\'s)')
+    group.add_argument('--bn-momentum', type=float, default=None,
+                       help='BatchNorm momentum (default None: the model\'s)')
+    group.add_argument('--bn-eps', type=float, default=None, help='BatchNorm epsilon (default None: the model\'s)')
+    group.add_argument('--sync-bn', action='store_true', default=False,
+                       help='refused: SyncBatchNorm would replace the slimmable BN layers (use --dist-bn)')
     group.add_argument('--dist-bn', type=str, default='reduce', help='"broadcast", "reduce" or "" at epoch end')
 
     group = parser.add_argument_group('Model exponential moving average')
-    group.add_argument('--model-ema', action='store_true', default=False)
-    group.add_argument('--model-ema-force-cpu', action='store_true', default=False)
-    group.add_argument('--model-ema-decay', type=float, default=0.9998)
-    group.add_argument('--model-ema-warmup', action='store_true')
+    group.add_argument('--model-ema', action='store_true', default=False,
+                       help='keep an exponential moving average of the weights; it is evaluated and finalised')
+    group.add_argument('--model-ema-force-cpu', action='store_true', default=False,
+                       help='keep the EMA weights on the CPU')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998, help='EMA decay per update')
+    group.add_argument('--model-ema-warmup', action='store_true', help='warm the EMA decay up from 0')
 
     group = parser.add_argument_group('Miscellaneous')
-    group.add_argument('--seed', type=int, default=42, metavar='S')
-    group.add_argument('--log-interval', type=int, default=50, metavar='N')
-    group.add_argument('--checkpoint-hist', type=int, default=3, metavar='N')
-    group.add_argument('-j', '--workers', type=int, default=4, metavar='N')
+    group.add_argument('--seed', type=int, default=42, metavar='S',
+                       help='random seed (data split, pools, initial weights)')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N', help='batches between training log lines')
+    group.add_argument('--val-interval', type=int, default=1, metavar='N',
+                       help='epochs between evaluations (the last epoch is always evaluated)')
+    group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
+                       help='optimizer updates between recovery checkpoints (recovery-EPOCH-BATCH.pth.tar; 0: none)')
+    group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N', help='best checkpoints to keep')
+    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+                       help='data-loading worker processes per training process')
     group.add_argument('--amp', action='store_true', default=False, help='mixed precision (bfloat16 on CPU)')
     group.add_argument('--amp-dtype', default='float16', type=str, help='float16 or bfloat16 on GPU')
-    group.add_argument('--pin-mem', action='store_true', default=False)
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
+    group.add_argument('--no-prefetcher', action='store_true', default=False,
+                       help='turn off timm\'s prefetcher (on CUDA it loads the next batch and normalises on the '
+                            'GPU; other devices never use it)')
+    group.add_argument('--log-wandb', action='store_true', default=False,
+                       help='log each epoch\'s metrics to Weights & Biases (needs: pip install wandb)')
+    group.add_argument('--wandb-project', default=None, type=str, metavar='NAME',
+                       help='wandb project (default: None, wandb\'s)')
+    group.add_argument('--pin-mem', action='store_true', default=False,
+                       help='pin CPU memory in the data loaders (faster copies to the GPU)')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str,
+                       help='torch device')
     group.add_argument('--output', default='', type=str, metavar='PATH', help='output root (default: ./output)')
     group.add_argument('--experiment', default='', type=str, metavar='NAME', help='run folder name')
-    group.add_argument('--eval-metric', default='top1', type=str)
-    group.add_argument('--local_rank', '--local-rank', default=0, type=int)
+    group.add_argument('--eval-metric', default='top1', type=str,
+                       help='metric that ranks checkpoints and drives the plateau scheduler: top1, top5, min_top1 or '
+                            'top1@BUDGET (one of --pss-eval-budgets)')
+    group.add_argument('--local_rank', '--local-rank', default=0, type=int,
+                       help='set by the launcher under distributed training')
 
     group = parser.add_argument_group('Prioritized Subnet Sampling')
     group.add_argument('--pss-budget-range', nargs=3, type=parse_flops, default=None, metavar=('LO', 'HI', 'STEP'),
@@ -249,27 +349,119 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv=None):
-    parser = build_parser()
+def options_given(argv) -> set:
+    """The option names (dests) that `argv` itself sets, whatever their defaults."""
+    parser = build_parser(add_help=False)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
     known, _ = parser.parse_known_args(argv)
-    if not known.data_dir and not known.dataset:
+    return set(vars(known))
+
+
+def config_value(action: argparse.Action, value):
+    """`value` from a YAML config converted and checked as the command line would treat it for `action`; raises
+    ValueError saying what is allowed."""
+    if value is None:
+        return None
+    if action.nargs == 0:  # flags (store_true, BooleanOptionalAction)
+        if not isinstance(value, bool):
+            raise ValueError(f'{value!r} is not true or false')
+        return value
+    if isinstance(action, ParseKwargs):
+        if not isinstance(value, dict):
+            raise ValueError(f'{value!r} is not a mapping of keyword arguments')
+        return value
+    many = action.nargs not in (None, '?')
+    if many != isinstance(value, (list, tuple)):
+        raise ValueError(f'{value!r} is not {"a list" if many else "a single value"}')
+    values = list(value) if many else [value]
+    if isinstance(action.nargs, int) and len(values) != action.nargs:
+        raise ValueError(f'{value!r} has {len(values)} values, {action.nargs} expected')
+    if action.nargs == '+' and not values:
+        raise ValueError('an empty list; give at least one value')
+    converted = []
+    for v in values:
+        if isinstance(v, (dict, list, bool)) and action.type is not None:
+            raise ValueError(f'{v!r} is not a {getattr(action.type, "__name__", "value")}')
+        if action.type is int and isinstance(v, float) and not v.is_integer():
+            raise ValueError(f'{v!r} is not an integer')
+        try:
+            v = action.type(v) if action.type is not None else v
+        except (TypeError, ValueError) as e:
+            raise ValueError(f'{v!r} is not a valid {getattr(action.type, "__name__", "value")} ({e})') from None
+        if action.choices is not None and v not in action.choices:
+            raise ValueError(f'{v!r} is not one of {", ".join(map(str, action.choices))}')
+        converted.append(v)
+    return converted if many else converted[0]
+
+
+def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The defaults a YAML config sets: our own keys, converted and checked like command-line values.
+
+    Accepts timm's args.yaml (what timm's train.py writes, and timm's published hparams): keys this script does not
+    use are logged in one warning and skipped, as timm's train.py skips them; a `data` key (timm's old positional
+    dataset path) is read as `data_dir`. An unknown `pss_*` key is our own option misspelt: an error.
+    """
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except OSError as e:
+        parser.error(f'-c/--config {path}: cannot read it ({e.strerror or e})')
+    except yaml.YAMLError as e:
+        parser.error(f'-c/--config {path} is not valid YAML ({" ".join(str(e).split())})')
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        parser.error(f'-c/--config {path} holds a {type(config).__name__}, not a mapping of option names to values')
+    actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+    config = dict(config)
+    if config.get('data') and not config.get('data_dir'):
+        config['data_dir'] = config['data']
+    config.pop('data', None)
+    defaults, unused = {}, []
+    for key, value in config.items():
+        if key in actions:
+            try:
+                defaults[key] = config_value(actions[key], value)
+            except ValueError as e:
+                parser.error(f'-c/--config {path}: {key}: {e}')
+        elif str(key).startswith('pss_'):
+            close = difflib.get_close_matches(key, [k for k in actions if k.startswith('pss_')], n=1)
+            hint = f'did you mean {close[0]}?' if close else 'see --help for the --pss-* options'
+            parser.error(f'-c/--config {path}: unknown key {key} ({hint})')
+        else:
+            unused.append(str(key))
+    if unused:
+        _logger.warning(f'{path}: {len(unused)} key(s) not used by train_pss.py, ignored: {", ".join(sorted(unused))}')
+    return defaults
+
+
+def dataset_named(known: argparse.Namespace, config: dict) -> bool:
+    """Whether the command line or the config names a dataset (else the embedded digits apply)."""
+    return bool(known.data_dir or known.dataset or config.get('data_dir') or config.get('dataset'))
+
+
+def parse_args(argv=None):
+    """(args, args.yaml text): timm's precedence, command line over -c/--config over defaults, where the defaults
+    are the embedded digits settings (EMBEDDED_DEFAULTS) when no dataset is named anywhere."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    known, _ = build_parser(add_help=False).parse_known_args(argv)
+    config = read_config(known.config, parser) if known.config else {}
+    if not dataset_named(known, config):
         parser.set_defaults(**EMBEDDED_DEFAULTS)
-    if known.config:
-        with open(known.config) as f:
-            config = yaml.safe_load(f) or {}
-        unknown = sorted(set(config) - set(vars(known)))
-        if unknown:
-            parser.error(f'{known.config}: unknown keys {unknown}; keys are option names with "_", e.g. batch_size')
-        parser.set_defaults(**config)
+        given = options_given(argv)
+        applied = {k: v for k, v in EMBEDDED_DEFAULTS.items() if k not in config and k not in given}
+        if applied and os.environ.get('RANK', '0') == '0' and not {'-h', '--help'} & set(argv):
+            _logger.info('No --data-dir/--dataset: the embedded digits dataset with its defaults ' +
+                         ' '.join(f'{k}={v}' for k, v in applied.items()))
+    parser.set_defaults(**config)
     args = parser.parse_args(argv)
-    try:  # list defaults from --config are not converted by argparse
-        if args.pss_budget_range is not None:
-            args.pss_budget_range = [parse_flops(v) for v in args.pss_budget_range]
-        args.pss_eval_budgets = [parse_flops(v) for v in args.pss_eval_budgets]
-    except ValueError as e:
-        parser.error(str(e))
     if args.grad_accum_steps < 1:
         parser.error('--grad-accum-steps must be at least 1')
+    if args.drop_connect is not None:
+        if args.drop_path is not None:
+            parser.error('--drop-connect is the deprecated name of --drop-path; give only --drop-path')
+        args.drop_path = args.drop_connect
     if args.pss_finalize_only and not args.resume:
         parser.error('--pss-finalize-only needs --resume CHECKPOINT')
     if not 0 < args.pss_heldout_frac < 1:
@@ -338,6 +530,17 @@ def check_pools_identical(sampler, world_size: int) -> None:
     dist.all_gather_object(digests, digest)
     if len(set(digests)) != 1:
         raise RuntimeError(f'PSS pools diverged across ranks: {digests}')
+
+
+# Rank 0 alone evaluates each epoch and finalises the budget table (at ImageNet scale: many passes over the held-out
+# slice); the other ranks wait for it on a CPU (gloo) group with this timeout instead of the default group's
+# (NCCL's 10 minutes), which would abort them mid-wait.
+RANK0_WORK_TIMEOUT = timedelta(hours=48)
+
+
+def create_wait_group(timeout: timedelta = RANK0_WORK_TIMEOUT):
+    """A gloo process group (all ranks must call this together) whose barrier waits up to `timeout`."""
+    return dist.new_group(backend='gloo', timeout=timeout)
 
 
 # argument, resume and run-folder checks: one line and exit code 2 before any long work
@@ -443,6 +646,25 @@ def check_run_args(args: argparse.Namespace) -> Optional[Path]:
         usage_error(f'-b/--batch-size must be at least 1, got {args.batch_size}')
     if args.validation_batch_size is not None and args.validation_batch_size < 1:
         usage_error(f'-vb/--validation-batch-size must be at least 1, got {args.validation_batch_size}')
+    if args.sync_bn:
+        usage_error('--sync-bn cannot work with a supernet: SyncBatchNorm would replace the slimmable BN layers that '
+                    'run each subnet\'s width; BN statistics are averaged across ranks at each epoch end (--dist-bn '
+                    'reduce) and calibrated per budget at finalisation')
+    for option, value, least in (('--val-interval', args.val_interval, 1), ('--recovery-interval',
+                                 args.recovery_interval, 0), ('--aug-repeats', args.aug_repeats, 0)):
+        if value < least:
+            usage_error(f'{option} must be at least {least}, got {value}')
+    if args.log_wandb and importlib.util.find_spec('wandb') is None:
+        usage_error('--log-wandb needs the wandb package, which is not installed: pip install wandb (or leave out '
+                    '--log-wandb)')
+    if args.eval_metric.startswith('top1@'):  # top1@300M names the summary's top1@300.00M
+        try:
+            args.eval_metric = f'top1@{format_flops(parse_flops(args.eval_metric[5:]))}'
+        except ValueError:
+            pass  # not a budget: refused below with the allowed names
+    if args.eval_metric not in eval_metric_names(args):
+        usage_error(f'--eval-metric {args.eval_metric} is not recorded by train_pss.py (it measures accuracy, no '
+                    f'validation loss); use one of {", ".join(eval_metric_names(args))}')
     if args.data_dir:
         if not Path(args.data_dir).exists() and not args.dataset_download:
             usage_error(f'--data-dir {args.data_dir} does not exist; give the dataset root (with train/ and '
@@ -454,6 +676,58 @@ def check_run_args(args: argparse.Namespace) -> Optional[Path]:
         check_resume_settings(args, path, read_resume_metadata(path))
         return path
     return None
+
+
+def lr_base_scale(opt: str) -> str:
+    """timm's default --lr-base-scale: "sqrt" for Ada* and LAMB optimizers, "linear" for the others."""
+    return 'sqrt' if any(name in opt.lower() for name in ('ada', 'lamb')) else 'linear'
+
+
+def scaled_lr(lr_base: float, global_batch: int, lr_base_size: int, scale: str) -> float:
+    """--lr-base for --lr-base-size images scaled to `global_batch` images, linearly or by the square root."""
+    ratio = global_batch / lr_base_size
+    return lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
+
+
+def depthwise_weight_names(model: torch.nn.Module) -> list:
+    """Names of the depthwise conv weights (one input channel per group; a grayscale stem is not one)."""
+    return [f'{name}.weight' for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
+
+
+def create_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """timm's optimizer for `args`; --no-pss-wd-depthwise adds the depthwise weights to the model's no-weight-decay
+    list, keeping --layer-decay (whose groups also carry the decay split)."""
+    kwargs = optimizer_kwargs(cfg=args)
+    if args.pss_wd_depthwise:
+        return create_optimizer_v2(model, **kwargs)
+    no_decay = set(getattr(model, 'no_weight_decay', lambda: set())()) | set(depthwise_weight_names(model))
+    if kwargs.get('layer_decay') is not None:
+        groups = partial(param_groups_layer_decay, weight_decay=args.weight_decay, no_weight_decay_list=no_decay,
+                         layer_decay=kwargs['layer_decay'], min_scale=kwargs.get('layer_decay_min_scale', 0.),
+                         no_opt_scale=kwargs.get('layer_decay_no_opt_scale'))
+    else:
+        groups = partial(param_groups_weight_decay, weight_decay=args.weight_decay, no_weight_decay_list=no_decay)
+    return create_optimizer_v2(model, param_group_fn=groups, **kwargs)
+
+
+def eval_metric_names(args: argparse.Namespace) -> list:
+    """What --eval-metric may name: the metrics each epoch's evaluation records."""
+    return ['top1', 'top5', 'min_top1'] + [f'top1@{format_flops(b)}' for b in args.pss_eval_budgets]
+
+
+def check_image_size(args: argparse.Namespace, space) -> None:
+    """Stop unless --img-size / --input-size agree with the space: in timm they set the training resolution, which
+    for a supernet is each subnet's own (--pss-resolutions); the loaders deliver the largest."""
+    largest = max(space.resolutions)
+    sizes = (('--img-size', args.img_size, args.img_size),
+             ('--input-size', args.input_size and ' '.join(map(str, args.input_size)),
+              args.input_size and tuple(args.input_size[1:])))
+    for option, shown, size in sizes:
+        if size is not None and size not in (largest, (largest, largest)):
+            usage_error(f'{option} {shown}: a supernet trains each subnet at its own resolution '
+                        f'({min(space.resolutions)}..{largest} px here) and its loaders deliver the largest, '
+                        f'{largest} px; set the resolutions with --pss-resolutions MIN MAX STEP instead')
 
 
 def checkpoint_bytes(model, args: argparse.Namespace) -> int:
@@ -521,7 +795,8 @@ def write_summary_row(path: Path, epoch: int, train_metrics: dict, eval_metrics:
         with open(path, newline='') as f:
             kept = [r for r in csv.DictReader(f) if r.get('epoch') not in (None, '') and int(r['epoch']) < epoch]
     with atomic_write(path, newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(row), restval='', extrasaction='ignore')
+        fields = dict.fromkeys([key for r in kept for key in r] + list(row))  # epochs without evaluation have fewer
+        writer = csv.DictWriter(f, fieldnames=list(fields), restval='', extrasaction='ignore')
         writer.writeheader()
         writer.writerows(kept)
         writer.writerow(row)
@@ -586,17 +861,27 @@ def create_loaders(args, data_config, datasets, mixup_active, device):
     train, calib, heldout, val = datasets
     common = dict(input_size=data_config['input_size'], interpolation=data_config['interpolation'],
                   mean=data_config['mean'], std=data_config['std'], num_workers=args.workers,
-                  pin_memory=args.pin_mem, use_prefetcher=False, device=device)
+                  pin_memory=args.pin_mem, use_prefetcher=args.prefetcher, device=device)
     train_loader = create_loader(
         train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
         re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
         vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa, distributed=args.distributed,
+        num_aug_repeats=args.aug_repeats,
         **dict(common, interpolation=args.train_interpolation))
     eval_batch = args.validation_batch_size or args.batch_size
     eval_kw = dict(common, batch_size=eval_batch, is_training=False, crop_pct=data_config['crop_pct'],
                    distributed=False)
     return (train_loader, create_loader(calib, **eval_kw), create_loader(heldout, **eval_kw),
             create_loader(val, **eval_kw))
+
+
+def monitor_batch(loader, batch_size: int, seed: int):
+    """The pool monitor's fixed batch from `loader`'s dataset, normalised as the loader delivers it (timm's
+    prefetcher leaves uint8 images in the dataset and normalises on the device)."""
+    images, labels = fixed_batch(loader.dataset, batch_size, seed)
+    if isinstance(loader, PrefetchLoader):
+        images = images.to(loader.mean.device).float().sub_(loader.mean).div_(loader.std)
+    return images, labels
 
 
 # training and evaluation
@@ -615,8 +900,14 @@ def build_sampler(args, space, latency_table=None):
     return samplers[0] if len(samplers) == 1 else MultiCostSampler(samplers, seed=args.seed)
 
 
+def eta(elapsed: float, done: int, total: int) -> str:
+    """Time left as H:MM:SS when `done` of `total` equal steps took `elapsed` seconds."""
+    left = elapsed / max(done, 1) * max(total - done, 0)
+    return str(timedelta(seconds=round(left)))
+
+
 def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_scheduler, mixup_fn, amp_autocast,
-                    args, device):
+                    args, device, saver=None):
     task.train()
     sampler = task.sampler
     accum = args.grad_accum_steps
@@ -629,6 +920,8 @@ def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_
     optimizer.zero_grad()
     for batch_idx, (images, target) in enumerate(loader):
         images, target = images.to(device), target.to(device)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         hard_target = target
         if mixup_fn is not None:
             images, target = mixup_fn(images, target)
@@ -657,6 +950,8 @@ def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_
             num_updates += 1
             task.update_ema(step=num_updates)
             lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+            if saver is not None and args.recovery_interval and num_updates % args.recovery_interval == 0:
+                saver.save_recovery(epoch, batch_idx=batch_idx)
         if is_primary(args) and (batch_idx % args.log_interval == 0 or batch_idx == last_idx):
             now = time.time()
             lr = optimizer.param_groups[0]['lr']
@@ -665,7 +960,8 @@ def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_
                 f'Train: {epoch} [{batch_idx:>4d}/{len(loader)} ({100. * batch_idx / max(last_idx, 1):>3.0f}%)]  '
                 f'loss(max) {losses.val:.3f} ({losses.avg:.3f})  distill {distill.avg:.3f}  lr {lr:.3e}  '
                 f'{seen * args.world_size / max(now - start, 1e-9):.0f} img/s  pools {sum(fill)}/'
-                f'{len(fill) * sampler.config.pool_size}  p_random {sampler.p_random:.3f}')
+                f'{len(fill) * sampler.config.pool_size}  p_random {sampler.p_random:.3f}  '
+                f'ETA {eta(now - start, batch_idx + 1, len(loader))}')
     return OrderedDict(loss=losses.avg, distill=distill.avg, time=time.time() - start)
 
 
@@ -678,13 +974,18 @@ def best_pooled_subnet(sampler, budget):
     return None
 
 
-def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches):
-    """{name: (top1, top5)} for each (name, subnet), each with BN calibrated first."""
+def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches, progress: str = ''):
+    """{name: (top1, top5)} for each (name, subnet), each with BN calibrated first; with `progress`, a log line
+    per subnet (at ImageNet scale each is a pass over the validation split)."""
     supernet = find_supernet(model)
     previous = supernet.active_subnet
     results = OrderedDict()
-    for name, subnet in subnets.items():
+    start = time.time()
+    for i, (name, subnet) in enumerate(subnets.items()):
         results[name] = evaluate_subnet(supernet, subnet, calib_loader, val_loader, calib_batches)
+        if progress:
+            _logger.info(f'{progress} {i + 1}/{len(subnets)}: {name} top-1 {results[name][0]:.2f}  '
+                         f'ETA {eta(time.time() - start, i + 1, len(subnets))}')
     supernet.set_subnet(previous)
     return results
 
@@ -731,6 +1032,10 @@ def main(argv=None):
     resume_file = check_run_args(args)
     device = init_distributed_device(args)
     primary = is_primary(args)
+    if args.aug_repeats and not args.distributed:
+        usage_error(f'--aug-repeats {args.aug_repeats:g} repeats each image across ranks: it needs distributed '
+                    f'training (torchrun --nproc_per_node=N), as in timm')
+    args.prefetcher = device.type == 'cuda' and not args.no_prefetcher
     random_seed(args.seed, args.rank)
     embedded = not args.data_dir and not args.dataset
     if primary:
@@ -758,6 +1063,7 @@ def main(argv=None):
     model = timm.create_model(args.model, pretrained=args.pretrained, **model_kwargs)
     if not isinstance(model, SupernetMixin):
         raise SystemExit(f'--model {args.model} is not a timm_pss supernet; use one of {supernets}')
+    check_image_size(args, model.space)
     if args.initial_checkpoint:
         load_checkpoint(model, args.initial_checkpoint)
     if args.grad_checkpointing:
@@ -766,6 +1072,8 @@ def main(argv=None):
     # the saved config.json then normalises as training did (e.g. a grayscale dataset's own mean/std)
     model.pretrained_cfg.update(mean=tuple(data_config['mean']), std=tuple(data_config['std']))
     model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     resume_path = resume_checkpoint_file(args.resume) if args.resume else None
     output_dir = None
     if primary:
@@ -773,19 +1081,13 @@ def main(argv=None):
         output_dir = claim_output_dir(args, resume_path)
 
     if args.lr is None:
+        args.lr_base_scale = args.lr_base_scale or lr_base_scale(args.opt)
         batch = args.batch_size * args.world_size * args.grad_accum_steps
-        scale = batch / args.lr_base_size
-        scale = scale ** 0.5 if args.lr_base_scale == 'sqrt' else scale
-        args.lr = args.lr_base * scale
-    if args.pss_wd_depthwise:
-        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
-    else:
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            depthwise = p.ndim == 4 and p.shape[1] == 1
-            (no_decay if p.ndim <= 1 or depthwise else decay).append(p)
-        groups = [{'params': no_decay, 'weight_decay': 0.0}, {'params': decay, 'weight_decay': args.weight_decay}]
-        optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
+        args.lr = scaled_lr(args.lr_base, batch, args.lr_base_size, args.lr_base_scale)
+        if primary:
+            _logger.info(f'Learning rate ({args.lr}) from base ({args.lr_base}) x (global batch {batch} / '
+                         f'{args.lr_base_size}), {args.lr_base_scale} scaling')
+    optimizer = create_optimizer(model, args)
 
     amp_autocast, loss_scaler = nullcontext, None
     if args.amp:
@@ -801,7 +1103,9 @@ def main(argv=None):
         latency_table.check_model(model)
     sampler = build_sampler(args, space, latency_table)
     mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-    criterion = create_classification_loss(smoothing=args.smoothing, soft_targets=mixup_active)
+    criterion = create_classification_loss(
+        loss_type='bce' if args.bce_loss else None, smoothing=args.smoothing, soft_targets=mixup_active,
+        bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
     task = ResumablePSSTask(model, sampler, num_middle=args.pss_num_middle, criterion=criterion, device=device,
                             verbose=primary)
     task.run_args = plain_args(args)
@@ -821,6 +1125,12 @@ def main(argv=None):
         if primary:
             _logger.info(f'Resumed from {path} at epoch {resume_epoch} with {sum(sampler.fill())} pooled subnets')
 
+    if args.torchcompile:
+        if primary:
+            _logger.info(f'Compiling the training model (backend {args.torchcompile}, mode {args.torchcompile_mode}): '
+                         f'each subnet seen for the first time compiles anew, up to torch._dynamo\'s recompile limit')
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+    wait_group = create_wait_group() if args.distributed else None
     if args.distributed:
         task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None)
 
@@ -839,7 +1149,7 @@ def main(argv=None):
         lr_scheduler.step(start_epoch) if not args.sched_on_updates else lr_scheduler.step_update(
             start_epoch * updates_per_epoch)
 
-    saver = None
+    saver = wandb_run = None
     if primary:
         write_text_atomic(output_dir / 'args.yaml', args_text)
         saver = CheckpointSaver(model=model, optimizer=optimizer, amp_scaler=loss_scaler,  # args: in task.run_args
@@ -848,13 +1158,16 @@ def main(argv=None):
         if args.resume and path.resolve().parent == output_dir.resolve():  # continue its checkpoint history
             saver.load_state_dict_from_checkpoint(str(path))
         _logger.info(f'Run folder: {output_dir}')
+        if args.log_wandb:
+            import wandb  # optional: check_run_args stopped already if it is not installed
+            wandb_run = wandb.init(project=args.wandb_project, name=output_dir.name, config=plain_args(args))
         _logger.info(f'Space: {space}; {len(sampler.pools)} pools of {args.pss_pool_size}, centres '
                      f'{sampler.describe_bucket(0)} .. {sampler.describe_bucket(len(sampler.pools) - 1)}')
 
     eval_model = task.get_trainable_module(ema=True).module if task.has_ema() else model
     pool_monitor = None
     if not args.pss_finalize_only and (args.pss_refresh_scores or not args.pss_no_diagnostics):
-        images, labels = fixed_batch(calib_loader.dataset, args.batch_size, args.seed)
+        images, labels = monitor_batch(calib_loader, args.batch_size, args.seed)
         pool_monitor = PoolMonitor(model, sampler, images, labels, diagnostics=not args.pss_no_diagnostics,
                                    csv_path=output_dir / 'pss_diagnostics.csv' if primary else None,
                                    refresh=args.pss_refresh_scores, autocast=amp_autocast, start_epoch=start_epoch)
@@ -867,7 +1180,7 @@ def main(argv=None):
             if args.pss_schedule == 'epoch':
                 sampler.set_progress(epoch / num_epochs)
             train_metrics = train_one_epoch(epoch, num_epochs, task, train_loader, optimizer, loss_scaler,
-                                            lr_scheduler, mixup_fn, amp_autocast, args, device)
+                                            lr_scheduler, mixup_fn, amp_autocast, args, device, saver)
             if pool_monitor is not None:
                 monitor_start = time.time()
                 pools = pool_monitor.end_epoch(epoch)
@@ -880,13 +1193,20 @@ def main(argv=None):
                 if args.dist_bn in ('broadcast', 'reduce'):
                     distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
             eval_metrics = OrderedDict()
-            if primary:
+            evaluate = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs
+            if primary and not evaluate:
+                _logger.info(f'Epoch {epoch}: no evaluation (--val-interval {args.val_interval})  '
+                             f'[{train_metrics["time"]:.1f}s]')
+                write_summary_row(output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
+                                  lr=optimizer.param_groups[0]['lr'])
+            if primary and evaluate:
                 subnets = OrderedDict(max=space.max_subnet(), min=space.min_subnet())
                 for budget in args.pss_eval_budgets:
                     subnet = best_pooled_subnet(sampler, budget)
                     if subnet is not None:
                         subnets[format_flops(budget)] = subnet
-                results = evaluate_subnets(eval_model, subnets, calib_loader, val_loader, args.pss_calib_batches)
+                results = evaluate_subnets(eval_model, subnets, calib_loader, val_loader, args.pss_calib_batches,
+                                           progress=f'Eval {epoch}')
                 eval_metrics['top1'], eval_metrics['top5'] = results['max']
                 eval_metrics['min_top1'] = results['min'][0]
                 for name, (top1, _) in results.items():
@@ -897,22 +1217,28 @@ def main(argv=None):
                     for name, (top1, _) in results.items()) + f'  [{train_metrics["time"]:.1f}s]')
                 write_summary_row(output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
                                   lr=optimizer.param_groups[0]['lr'])
-            lr_scheduler.step(epoch + 1, eval_metrics.get('top1'))
+            if wandb_run is not None:
+                wandb_run.log({'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
+                               **{f'eval_{k}': v for k, v in eval_metrics.items()},
+                               'lr': optimizer.param_groups[0]['lr']})
+            lr_scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
             if primary:
-                saver.save_checkpoint(epoch, metric=eval_metrics['top1'])
+                saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
             if args.distributed:
-                dist.barrier()
+                dist.barrier(group=wait_group)  # rank 0 evaluated and saved
 
     if primary:
         _logger.info('Finalising: choosing each pool\'s subnet on the held-out slice, calibrating BN per entry')
         finalize_budget_table(eval_model, sampler, calib_loader, heldout_loader, top_k=args.pss_top_k,
                               calib_batches=args.pss_calib_batches)
         supernet = find_supernet(eval_model)
-        metrics = []
-        for index in range(len(supernet.budget_table)):
+        metrics, start, entries = [], time.time(), len(supernet.budget_table)
+        for index in range(entries):
             supernet.set_budget_entry(index)
             top1, top5 = evaluate_accuracy(supernet, val_loader)
             metrics.append({'top1': top1, 'top5': top5})
+            _logger.info(f'Validating the budget table: entry {index + 1}/{entries} top-1 {top1:.2f}  '
+                         f'ETA {eta(time.time() - start, index + 1, entries)}')
         supernet.set_subnet(space.max_subnet())
         table = set_table_metrics(supernet, metrics)
         if latency_table is not None:
@@ -924,7 +1250,7 @@ def main(argv=None):
         _logger.info(f'Wrote {output_dir}: model.safetensors + config.json (load with timm.create_model('
                      f'"local-dir:{output_dir}"), publish with python -m timm_pss.publish), results.csv/json, plot')
     if args.distributed:
-        dist.barrier()
+        dist.barrier(group=wait_group)  # rank 0 finalised
         dist.destroy_process_group()
 
 

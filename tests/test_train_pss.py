@@ -48,7 +48,8 @@ def test_help_reads_well():
 
 
 def test_embedded_run_writes_every_output(tmp_path):
-    log = _run('--epochs', '2', '--output', str(tmp_path), '--experiment', 'run')
+    log = _run('--epochs', '2', '--output', str(tmp_path), '--experiment', 'run', '--eval-metric', 'min_top1',
+               '--val-interval', '2', '--recovery-interval', '3')
     run = tmp_path / 'run'
     assert 'budget table with validation accuracy' in log and 'Train: 1' in log and 'pools ' in log
     for name in ('model.safetensors', 'results.csv', 'results.json', 'summary.csv', 'args.yaml',
@@ -85,6 +86,19 @@ def test_embedded_run_writes_every_output(tmp_path):
                                      'spearman_score_vs_fresh']
     assert [(r['epoch'], r['pool']) for r in diagnostics] == [(e, p) for e in '01' for p in ('0', '1', '2', 'mean')]
     assert 'Pools 1: top member p' in log and not list(run.glob('.*.tmp'))
+    # --eval-metric ranks the checkpoints by the min subnet's top-1; --val-interval 2 evaluates the last epoch only
+    with open(run / 'summary.csv') as f:
+        min_top1 = {f'checkpoint-{r["epoch"]}.pth.tar': float(r['eval_min_top1'] or 'nan') for r in csv.DictReader(f)}
+    ranked = dict(meta['saver']['checkpoint_files'])
+    ranked[f'checkpoint-{meta["saver"]["pending"][0]}.pth.tar'] = meta['saver']['pending'][1]  # this last.pth.tar's
+    assert ranked['checkpoint-0.pth.tar'] is None and ranked['checkpoint-1.pth.tar'] == min_top1['checkpoint-1.pth.tar']
+    assert 'Epoch 0: no evaluation (--val-interval 2)' in log and 'Epoch 1: max' in log
+    # --recovery-interval 3: recovery checkpoints during the epochs, timm's saver keeping the latest two; an ETA on
+    # every progress line
+    recovery = [p.name for p in run.glob('recovery-*.pth.tar')]
+    assert 1 <= len(recovery) <= 2 and all(name.startswith('recovery-1-') for name in recovery)
+    progress = [line for line in log.splitlines() if 'Train: ' in line]
+    assert progress and all(' ETA ' in line for line in progress)
 
 
 def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
@@ -125,7 +139,7 @@ def test_torchrun_two_processes(tmp_path):
     assert sum(len(p) for p in meta['task_state']['pss_sampler']['pools']) > 0
 
 
-def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
+def test_config_file_sets_defaults_and_rejects_unknown_pss_keys(tmp_path):
     sys.path.insert(0, str(ROOT))
     try:
         import train_pss
@@ -140,7 +154,7 @@ def test_config_file_sets_defaults_and_rejects_unknown_keys(tmp_path):
     recipe = str(ROOT / 'recipes/pss_mobilenetv1_imagenet.yaml')
     imagenet, _ = train_pss.parse_args(['--data-dir', '/data', '-c', recipe])
     assert imagenet.epochs == 250 and imagenet.pss_budget_range == [110e6, 570e6, 10e6] and not imagenet.pss_wd_depthwise
-    config.write_text('epochz: 7\n')
+    config.write_text('pss_pool_sise: 7\n')  # a misspelt --pss-* key is an error (other unknown keys: a warning)
     with pytest.raises(SystemExit):
         train_pss.parse_args(['-c', str(config)])
     with pytest.raises(SystemExit):
@@ -346,3 +360,220 @@ def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(tmp_path):
     model.load_state_dict(load_file(str(run / 'model.safetensors')), strict=True)
     assert model.get_classifier().out_features == 10 and model.conv_stem.weight.shape[1] == 1
     assert len(_rows(run)) >= 3
+
+
+# parity with timm's train.py: its args.yaml as -c, embedded defaults, --help
+
+def test_timm_args_yaml_is_accepted_with_a_warning_for_unused_keys(train_pss, caplog):
+    """tests/data/timm_args.yaml is what timm's train.py writes (every option of its parser, here for --data-dir
+    /data/imagenet): it is read, our keys apply, the others are named in one warning."""
+    timm_args = str(ROOT / 'tests/data/timm_args.yaml')
+    with caplog.at_level('INFO', logger='train_pss'):
+        args, _ = train_pss.parse_args(['-c', timm_args, '--epochs', '3'])
+    assert args.data_dir == '/data/imagenet' and args.epochs == 3 and args.batch_size == 128
+    assert args.hflip == 0.5 and args.scale == [0.08, 1.0]  # a named dataset: timm's defaults, not the digits'
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(warnings) == 1 and 'naflex_loader' in warnings[0] and 'kd_model_name' in warnings[0]
+    assert not any('embedded digits' in r.getMessage() for r in caplog.records)
+
+
+def test_embedded_defaults_apply_only_when_no_dataset_is_named(train_pss, tmp_path, caplog):
+    config = tmp_path / 'c.yaml'
+    config.write_text('data_dir: /data/imagenet\n')
+    args, _ = train_pss.parse_args(['-c', str(config)])  # data_dir in the YAML: timm's defaults, not the digits'
+    assert (args.batch_size, args.lr, args.hflip, args.pss_num_pools) == (128, None, 0.5, 40)
+    config.write_text('data: /data/imagenet\n')  # timm's old positional dataset path
+    assert train_pss.parse_args(['-c', str(config)])[0].data_dir == '/data/imagenet'
+    config.write_text('epochs: 3\n')
+    with caplog.at_level('INFO', logger='train_pss'):
+        args, _ = train_pss.parse_args(['-c', str(config), '-b', '16'])
+    assert (args.epochs, args.batch_size, args.lr, args.hflip) == (3, 16, 0.1, 0.0)
+    shown = [r.getMessage() for r in caplog.records if 'embedded digits' in r.getMessage()]
+    assert len(shown) == 1 and 'lr=0.1' in shown[0] and ' epochs=' not in shown[0] and 'batch_size' not in shown[0]
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('epochs: 2.5\n', 'epochs: 2.5 is not an integer'),
+    ('lr: fast\n', "lr: 'fast' is not a valid float"),
+    ('pss_metrics: [speed]\n', "'speed' is not one of flops, latency"),
+    ('pss_resolutions: [16, 24]\n', 'has 2 values, 3 expected'),
+    ('amp: yes please\n', 'is not true or false'),
+    ('- a list\n', 'not a mapping'),
+])
+def test_config_values_are_converted_and_checked(train_pss, tmp_path, capsys, text, expected):
+    config = tmp_path / 'c.yaml'
+    config.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        train_pss.parse_args(['-c', str(config)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and expected in err, err
+    config.write_text('lr: 1e-3\nepochs: "7"\npss_budget_range: [110M, 5.7e8, 10M]\n')  # YAML strings convert
+    args, _ = train_pss.parse_args(['-c', str(config)])
+    assert (args.lr, args.epochs, args.pss_budget_range) == (1e-3, 7, [110e6, 570e6, 10e6])
+
+
+def _help_default(text: str, option: str) -> str:
+    """The '(default: X)' that --help shows for `option` (the help may wrap onto the next lines)."""
+    block = text[text.index(option + ' '):]
+    return block[block.index('(default: ') + len('(default: '):block.index(')', block.index('(default: '))]
+
+
+def test_help_gives_every_option_one_line_and_the_defaults_that_apply(train_pss, capsys):
+    parser = train_pss.build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != 'help']
+    missing = [a.option_strings[-1] for a in options if not a.help or '\n' in a.help]
+    assert not missing, f'options without a one-line help: {missing}'
+    for argv, batch, epochs, hflip in (([], 64, 25, 0.0), (['--data-dir', '/data/imagenet'], 128, 300, 0.5)):
+        with pytest.raises(SystemExit) as e:
+            train_pss.parse_args(argv + ['--help'])
+        text = capsys.readouterr().out
+        assert e.value.code == 0
+        args, _ = train_pss.parse_args(argv)
+        assert (args.batch_size, args.epochs, args.hflip) == (batch, epochs, hflip)
+        assert _help_default(text, '--batch-size N') == str(args.batch_size)
+        assert _help_default(text, '--epochs N') == str(args.epochs)
+        assert _help_default(text, '--hflip HFLIP') == str(args.hflip)
+        assert _help_default(text, '--checkpoint-hist N') == str(args.checkpoint_hist)
+
+
+def test_lr_base_scale_follows_the_optimizer_as_in_timm(train_pss):
+    assert [train_pss.lr_base_scale(o) for o in ('sgd', 'momentum', 'adamw', 'AdaBelief', 'lamb', 'nadam')] == \
+        ['linear', 'linear', 'sqrt', 'sqrt', 'sqrt', 'sqrt']
+    assert train_pss.scaled_lr(0.1, 1024, 256, 'linear') == pytest.approx(0.4)
+    assert train_pss.scaled_lr(0.1, 1024, 256, 'sqrt') == pytest.approx(0.2)
+    args, _ = train_pss.parse_args(['--data-dir', '/data'])
+    assert args.checkpoint_hist == 10 and args.lr_base_scale == ''
+
+
+def test_layer_decay_is_kept_without_depthwise_weight_decay(train_pss):
+    """The recipes' pss_wd_depthwise: false used to build its own groups and drop --layer-decay."""
+    model = timm.create_model('pss_mobilenetv2', num_classes=10)
+    args, _ = train_pss.parse_args(['--data-dir', '/data', '--no-pss-wd-depthwise', '--layer-decay', '0.5',
+                                    '--lr', '0.1', '--weight-decay', '1e-4'])
+    optimizer = train_pss.create_optimizer(model, args)
+    groups = optimizer.param_groups
+    assert len({g['lr_scale'] for g in groups}) > 2  # layer-wise scales
+    decayed = {id(p) for g in groups if g['weight_decay'] > 0 for p in g['params']}
+    depthwise = dict(model.named_parameters())
+    names = train_pss.depthwise_weight_names(model)
+    assert names and not decayed & {id(depthwise[n]) for n in names}
+    assert id(model.conv_stem.weight) in decayed and id(model.bn1.weight) not in decayed
+    assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
+
+
+def test_grayscale_stem_is_not_taken_for_a_depthwise_conv(train_pss):
+    model = timm.create_model('pss_mobilenetv1', num_classes=10, in_chans=1)
+    assert 'conv_stem.weight' not in train_pss.depthwise_weight_names(model)
+
+
+@pytest.mark.parametrize('extra, expected', [
+    (['--eval-metric', 'loss'], '--eval-metric loss is not recorded by train_pss.py'),
+    (['--img-size', '64'], '--img-size 64: a supernet trains each subnet at its own resolution (16..24 px'),
+    (['--input-size', '3', '32', '32'], '--input-size 3 32 32: a supernet'),
+])
+def test_timm_options_with_another_meaning_are_refused(train_pss, tmp_path, capsys, extra, expected):
+    argv = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1'] + extra
+    assert expected in _usage_error(train_pss, argv, capsys)
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('extra, expected', [
+    (['--sync-bn'], '--sync-bn cannot work with a supernet'),
+    (['--val-interval', '0'], '--val-interval must be at least 1, got 0'),
+    (['--aug-repeats', '3'], '--aug-repeats 3 repeats each image across ranks: it needs distributed training'),
+    (['--drop-connect', '0.1', '--drop-path', '0.1'], '--drop-connect is the deprecated name of --drop-path'),
+    (['--log-wandb'], '--log-wandb needs the wandb package'),
+])
+def test_timm_options_that_cannot_work_are_refused_in_one_line(train_pss, tmp_path, capsys, monkeypatch, extra,
+                                                                expected):
+    monkeypatch.setitem(sys.modules, 'wandb', None)  # wandb absent (importing it fails), installed or not
+    argv = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1'] + extra
+    assert expected in _usage_error(train_pss, argv, capsys)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_drop_connect_is_drop_path(train_pss):
+    assert train_pss.parse_args(['--drop-connect', '0.1'])[0].drop_path == 0.1
+
+
+def test_eval_metric_names_a_recorded_metric(train_pss):
+    args, _ = train_pss.parse_args(['--pss-eval-budgets', '300M', '--eval-metric', 'top1@300M'])
+    train_pss.check_run_args(args)
+    assert args.eval_metric == 'top1@300.00M' and args.eval_metric in train_pss.eval_metric_names(args)
+
+
+def test_channels_last_and_torch_compile_follow_the_subnet_switching(train_pss):
+    """A compiled channels_last PSS step (max, a pooled middle, min subnet) gives the eager channels_last step's
+    loss and gradients; each new subnet is a new graph, a subnet seen before reuses its graph. Backend 'eager' runs
+    dynamo's capture and guards (what recompiles) without inductor's code generation, to stay fast on a CPU."""
+    import copy
+    import torch
+    from torch._dynamo.utils import counters
+    from timm_pss.pss import PrioritizedSubnetSampler, PSSTask
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = timm.create_model('pss_mobilenetv1', num_classes=10, resolution_range=(16, 24, 8))
+    model.to(memory_format=torch.channels_last)
+    twin = copy.deepcopy(model)
+    images = torch.randn(4, 3, 24, 24).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (4,))
+    steps = []
+    for net, compiled in ((model, False), (twin, True)):
+        task = PSSTask(net, PrioritizedSubnetSampler(net.space, num_pools=2, pool_size=2, seed=0), verbose=False)
+        if compiled:
+            task.compile(backend='eager')
+        result = task(images, labels)
+        result['loss'].backward()
+        steps.append((result['loss'].item(), [p.grad.clone() for p in net.parameters() if p.grad is not None]))
+    (loss, grads), (loss_c, grads_c) = steps
+    assert loss_c == pytest.approx(loss, rel=1e-5) and len(grads) == len(grads_c)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads, grads_c))
+    graphs = counters['stats']['unique_graphs']
+    assert graphs >= 3  # max, middle and min subnet: one graph each
+    task(images, labels)  # max and min again: no new graph (a change of grad mode would be one)
+    assert counters['stats']['unique_graphs'] - graphs <= 1  # at most the newly drawn middle subnet
+
+
+def test_pool_monitor_batch_is_normalised_like_the_prefetcher_delivers(train_pss):
+    """timm's prefetcher leaves uint8 images in the dataset and normalises on the device: the pool monitor's fixed
+    batch must match what the plain loader gives (here on the CPU, where PrefetchLoader also runs)."""
+    import torch
+    from timm.data.loader import PrefetchLoader
+    batches = []
+    for prefetcher in (False, True):
+        args, _ = train_pss.parse_args(TINY)
+        args.distributed, args.prefetcher = False, prefetcher
+        datasets = train_pss.resolve_data_properties(args, train_pss.create_datasets(args))
+        config = dict(input_size=(args.in_chans, 24, 24), interpolation='bilinear', mean=(0.5,) * args.in_chans,
+                      std=(0.25,) * args.in_chans, crop_pct=1.0)
+        calib_loader = train_pss.create_loaders(args, config, datasets, False, torch.device('cpu'))[1]
+        assert isinstance(calib_loader, PrefetchLoader) == prefetcher
+        batches.append(train_pss.monitor_batch(calib_loader, 8, seed=0))
+    (plain, labels), (prefetched, labels_p) = batches
+    assert prefetched.dtype == plain.dtype == torch.float32 and torch.equal(labels, labels_p)
+    assert torch.allclose(plain, prefetched, atol=1e-5)
+
+
+@pytest.mark.parametrize('mode, waited', [('wait_group', True), ('default_group', False)])
+def test_other_ranks_outwait_rank0_beyond_the_default_timeout(tmp_path, mode, waited):
+    """2 gloo ranks whose default group times out after 2 s: rank 0 works 8 s (its finalisation) while rank 1
+    waits. On train_pss's wait group rank 1 waits it out; on the default group (the old barrier) it is aborted."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                           f'--master_port={port}', str(ROOT / 'tests/dist_wait_worker.py'), mode],
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
+    assert (proc.returncode == 0) == waited, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert ('rank 1 waited' in proc.stdout) == waited
+
+
+def test_resume_accepts_the_class_count_the_run_inferred(train_pss, tmp_path):
+    """The saved run inferred --num-classes 10 from the data; resuming it without --num-classes infers it again."""
+    base = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1']
+    folder = _checkpoint(train_pss, tmp_path / 'run', base, num_classes=10)
+    args, _ = train_pss.parse_args(base + ['--resume', str(folder)])
+    train_pss.check_run_args(args)  # no SystemExit
+    args, _ = train_pss.parse_args(base + ['--resume', str(folder), '--num-classes', '5'])
+    with pytest.raises(SystemExit):
+        train_pss.check_run_args(args)

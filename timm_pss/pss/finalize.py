@@ -7,6 +7,7 @@ The max and min subnets are always added. Runs on a model and a sampler restored
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable, List, Optional, Tuple
 
 import torch
@@ -84,6 +85,7 @@ def finalize_budget_table(
     def measure(subnet: Subnet) -> Tuple[float, float]:
         return evaluate_subnet(supernet, subnet, calib_loader, heldout_loader, calib_batches, heldout_batches)
 
+    start = time.time()
     for bucket, pool in enumerate(sampler.pools):
         candidates = pool.best(top_k)
         if not candidates:
@@ -94,8 +96,8 @@ def finalize_budget_table(
             continue
         chosen.append(subnet)
         metrics.append({'score': score, 'heldout_top1': top1, 'heldout_top5': top5})
-        _logger.info(f'pool {bucket} ({sampler.describe_bucket(bucket)}): chose {subnet} of {len(results)}, '
-                     f'held-out top-1 {top1:.2f}')
+        _logger.info(f'pool {bucket + 1}/{len(sampler.pools)} ({sampler.describe_bucket(bucket)}): chose {subnet} '
+                     f'of {len(results)}, held-out top-1 {top1:.2f}  [{time.time() - start:.0f}s so far]')
     for subnet in (space.max_subnet(), space.min_subnet()):
         if subnet in chosen:
             continue

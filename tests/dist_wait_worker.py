@@ -1,0 +1,28 @@
+"""Worker for test_train_pss.py: rank 0 works (as when it finalises) longer than the default group's timeout while
+rank 1 waits for it.
+
+Run as `torchrun --nproc_per_node=2 tests/dist_wait_worker.py wait_group|default_group`.
+"""
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_pss  # noqa: E402
+
+
+def main(mode: str) -> None:
+    dist.init_process_group('gloo', timeout=timedelta(seconds=2))  # stands in for NCCL's 10 minutes
+    group = train_pss.create_wait_group() if mode == 'wait_group' else None
+    if dist.get_rank() == 0:
+        time.sleep(8)  # rank 0's evaluation / finalisation, past the default group's timeout
+    dist.barrier(group=group)
+    print(f'rank {dist.get_rank()} waited', flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main(sys.argv[1])
