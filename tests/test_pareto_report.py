@@ -2,20 +2,15 @@
 budget serves, min-subnet marks, CSV formats, IDX subsets, refused methods, reuse of finished runs."""
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from support import import_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-_environ = dict(os.environ)
-sys.path.insert(0, str(ROOT / 'benchmarks'))
-import pareto  # noqa: E402
-sys.path.remove(str(ROOT / 'benchmarks'))
-os.environ.clear()
-os.environ.update(_environ)  # the benchmarks' one-thread settings stay out of the other tests and their subprocesses
+pareto = import_benchmark('pareto')
 
 
 def test_t_quantiles_match_the_tables():

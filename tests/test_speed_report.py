@@ -1,19 +1,14 @@
 """benchmarks/speed.py's bookkeeping: ratio spreads of interleaved timings, and --output written atomically."""
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from support import import_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-_environ = dict(os.environ)
-sys.path.insert(0, str(ROOT / 'benchmarks'))
-import bench_models  # noqa: E402
-import speed  # noqa: E402
-sys.path.remove(str(ROOT / 'benchmarks'))
-os.environ.clear()
-os.environ.update(_environ)  # the benchmarks' one-thread settings stay out of the other tests and their subprocesses
+bench_models = import_benchmark('bench_models')
+speed = import_benchmark('speed')
 
 QUICK = ['--quick', '--models', 'pss_mobilenetv2', '--sections', 'flops']
 
