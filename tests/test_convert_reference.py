@@ -1,4 +1,4 @@
-"""The reference-checkpoint converter, on checkpoints written in the reference layout (DESIGN.md section 5)."""
+"""The reference-checkpoint converter, on checkpoints written in the reference layout (the converter's docstring)."""
 from collections import OrderedDict
 from pathlib import Path
 

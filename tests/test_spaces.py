@@ -58,7 +58,8 @@ def test_width_choices_follow_make_divisible():
 
 
 def test_reference_flops():
-    """DESIGN.md section 2: MobileNetV1 max 568.79M, min (0.75, 128px) 106.78M; MobileNetV2 300.84M / 69.15M."""
+    """The reference's figures (MACs of conv + linear + global pool): MobileNetV1 max 568.79M, min (0.75, 128px)
+    106.78M; MobileNetV2 300.84M / 69.15M."""
     v1 = timm.create_model('pss_mobilenetv1', device='meta').space
     v2 = timm.create_model('pss_mobilenetv2', device='meta').space
     assert round(v1.flops(v1.max_subnet()) / 1e6, 2) == 568.79

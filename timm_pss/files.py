@@ -98,10 +98,10 @@ def atomic_write(path: PathLike, mode: str = 'w', encoding: str = 'utf-8',
         raise ValueError(f'atomic_write writes whole files: mode must be "w" or "wb", got {mode!r}')
     with atomic_path(path) as temp:
         if mode == 'wb':
-            with open(temp, 'wb') as f:
+            with open(temp, 'wb') as f:  # atomic: the temporary, renamed by atomic_path
                 yield f
         else:
-            with open(temp, 'w', encoding=encoding, newline=newline) as f:
+            with open(temp, 'w', encoding=encoding, newline=newline) as f:  # atomic: renamed by atomic_path
                 yield f
 
 

@@ -95,7 +95,7 @@ class SlimmableLayer:
         return values
 
     def __getstate__(self):
-        # copies (deepcopy, ModelEma, pickle) start without the cache instead of duplicating its tensors
+        # copies (deepcopy, ModelEma, serialised copies) start without the cache instead of duplicating its tensors
         return {k: v for k, v in super().__getstate__().items() if k != _CACHE_ATTR}
 
     def train(self, mode: bool = True):

@@ -1,7 +1,8 @@
 """The PSS training step as a timm `ClassificationTask`: max subnet, prioritized middle subnet(s), min subnet.
 
-One call runs the sandwich of DESIGN.md section 1 with one forward per subnet and returns the summed loss for a
-single backward (so timm's NativeScaler/AMP, gradient accumulation, DDP and ModelEmaV3 work as with any task):
+One call runs PSS-Net's sandwich (max, middle, min subnet; the sampling rule is in timm_pss.pss.pools) with one
+forward per subnet and returns the summed loss for a single backward (so timm's NativeScaler/AMP, gradient
+accumulation, DDP and ModelEmaV3 work as with any task):
 the max subnet learns from the task's criterion (label smoothing / mixup aware), the middle and min subnets
 from the max subnet's detached predictions (in-place distillation). Each middle subnet's pool score is minus its
 cross-entropy on the batch's hard labels, taken from that same training forward; under DDP the scores are
