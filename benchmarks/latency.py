@@ -42,7 +42,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import List, Sequence  # noqa: E402
+from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import timm  # noqa: E402
@@ -51,6 +51,7 @@ from scipy.stats import kendalltau  # noqa: E402
 
 from timm_pss import Subnet, SubnetBatch  # noqa: E402
 from timm_pss.latency import AUTO_MAX_GRID, LatencyTable, build_lut  # noqa: E402
+from timm_pss.spaces import stratified_subnets  # noqa: E402
 
 TARGET_TAU = 0.8
 QUICK_RESOLUTIONS = (64, 96, 32)
@@ -102,21 +103,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def stratified_subnets(space, n: int, seed: int) -> List[Subnet]:
-    """n distinct subnets spread evenly over the FLOPs span: for each of n evenly spaced FLOPs targets from the min
-    to the max subnet, the nearest unused one of 20,000 uniform random subnets (plus the min and the max)."""
-    pool = space.sample_many(20_000, rng=seed)
-    ends = SubnetBatch.from_subnets([space.min_subnet(), space.max_subnet()])
-    pool = SubnetBatch(np.concatenate([ends.resolutions, pool.resolutions]), np.concatenate([ends.widths, pool.widths]))
-    flops = space.flops_many(pool).astype(np.float64)
-    chosen: List[int] = []
-    for target in np.linspace(flops.min(), flops.max(), n):
-        distance = np.abs(flops - target)
-        distance[chosen] = np.inf
-        chosen.append(int(np.argmin(distance)))
-    return [pool.subnet(i) for i in chosen]
-
-
 def measure(model, subnets: Sequence[Subnet], batch_size: int, device: torch.device, warmup: int,
             repeats: int, seed: int) -> np.ndarray:
     """Median end-to-end ms of each subnet, interleaved: every subnet once per round, each timed forward right
@@ -159,7 +145,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         table.save(path)
         assert LatencyTable.load(path).to_dict() == table.to_dict()
 
-    subnets = stratified_subnets(space, args.subnets, args.seed)
+    subnets = stratified_subnets(space, args.subnets, rng=args.seed)
     batch = SubnetBatch.from_subnets(subnets)
     torch.set_num_threads(args.threads)
     measured = measure(model, subnets, args.batch_size, device, args.warmup, args.repeats, args.seed + 1)

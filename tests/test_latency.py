@@ -11,11 +11,13 @@ import timm
 import torch
 
 import timm_pss.latency
+import timm_pss.latency.__main__
+import timm_pss.latency.build
+import timm_pss.latency.device
 from timm_pss import Subnet, SubnetBatch
-from timm_pss.latency import (
-    AUTO_MAX_GRID, FORMAT, LatencyBlock, LatencyTable, cpu_name, _grid_axes, _probe_widths, _segments, build_lut,
-    predict_latency,
-)
+from timm_pss.latency import AUTO_MAX_GRID, FORMAT, LatencyBlock, LatencyTable, cpu_name, build_lut, predict_latency
+from timm_pss.latency.build import _grid_axes, _probe_widths
+from timm_pss.latency.segments import _segments
 
 TINY = dict(resolution_range=(32, 40, 8))
 FAST = dict(threads=1, warmup=0, repeats=3, overhead_subnets=3)
@@ -187,7 +189,7 @@ def test_resnet_table(monkeypatch):
     """The generic split works on ResNet (stem with maxpool, layerN.B bottlenecks, forward_head). With a small
     AUTO_MAX_GRID the 3-group first blocks get 2 widths per group, the 2-group ones 4: nested grids, so some probe
     forwards sit off a block's grid (their samples go to the other blocks only)."""
-    monkeypatch.setattr(timm_pss.latency, 'AUTO_MAX_GRID', 16)
+    monkeypatch.setattr(timm_pss.latency.build, 'AUTO_MAX_GRID', 16)
     m = timm.create_model('pss_resnet50', resolution_range=(32, 64, 32))
     table = build_lut(m, **dict(FAST, overhead_subnets=2))
     names = [b.name for b in table.blocks]
@@ -307,7 +309,7 @@ def test_check_device(table, monkeypatch):
     with pytest.raises(ValueError, match=r'built on cpu \(Some Other CPU\), not on cpu \(' + re.escape(cpu_name())):
         other.check_device(threads=1)
     # CPU names hold regex characters ('Intel(R) Xeon(R) ...'): the message names them as they are
-    monkeypatch.setattr(timm_pss.latency, 'cpu_name', lambda: 'Intel(R) Core(TM) i9-0000 [test] CPU @ 9.99GHz')
+    monkeypatch.setattr(timm_pss.latency.device, 'cpu_name', lambda: 'Intel(R) Core(TM) i9-0000 [test] CPU @ 9.99GHz')
     with pytest.raises(ValueError, match=re.escape('not on cpu (Intel(R) Core(TM) i9-0000 [test] CPU @ 9.99GHz)')):
         table.check_device(threads=1)
     monkeypatch.undo()
@@ -335,7 +337,7 @@ def test_cli_checks_the_output_path_before_measuring(tmp_path, monkeypatch, caps
     def no_measuring(*args, **kwargs):
         raise AssertionError('measured before checking --output')
 
-    monkeypatch.setattr(timm_pss.latency, 'build_lut', no_measuring)
+    monkeypatch.setattr(timm_pss.latency.__main__, 'build_lut', no_measuring)
     tiny = ['--model', 'pss_mobilenetv1', '--resolutions', '16', '16', '8', '--width-range', '1.0', '1.0']
     existing = tmp_path / 'lut.json'
     existing.write_text('{"kept": true}')

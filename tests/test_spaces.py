@@ -167,3 +167,19 @@ def test_ranges_outside_the_bank_use_the_walk():
         assert ((f >= lo) & (f < lo + 2e6)).all()
     with pytest.raises(ValueError, match='too narrow'):
         space.sample(rng=0, flops_range=(f_min + 1, f_min + 2))
+
+
+def test_stratified_subnets_spread_over_the_flops_span():
+    from timm_pss.spaces import stratified_subnets
+    space = timm.create_model('pss_mobilenetv2', device='meta').space
+    subnets = stratified_subnets(space, 9, rng=0)
+    assert len(subnets) == 9 and len(set(subnets)) == 9
+    assert subnets[0] == space.min_subnet() and subnets[-1] == space.max_subnet()
+    f = space.flops_many(SubnetBatch.from_subnets(subnets)).astype(np.float64)
+    targets = np.linspace(*space.flops_span, 9)
+    assert (np.diff(f) >= 0).all() and (np.abs(f - targets) < 0.01 * (targets[-1] - targets[0])).all()
+    assert stratified_subnets(space, 9, rng=0) == subnets and stratified_subnets(space, 9, rng=1) != subnets
+    assert stratified_subnets(space, 0) == [] and stratified_subnets(space, 1, rng=0) == [space.min_subnet()]
+    for bad in (-1, 13):
+        with pytest.raises(ValueError, match='n must be between 0 and candidates \\+ 2 = 12'):
+            stratified_subnets(space, bad, candidates=10)

@@ -11,7 +11,8 @@ from typing import Optional, Protocol, Tuple
 import numpy as np
 
 from .budget import format_flops
-from .spaces import RngLike, SearchSpace, Subnet, SubnetBatch, ordered_range
+from .range_sampler import RangeSampler, ordered_range
+from .spaces import RngLike, SearchSpace, Subnet, SubnetBatch
 
 __all__ = ['SubnetCost', 'FlopsCost', 'LatencyCost', 'METRICS']
 
@@ -90,27 +91,21 @@ class LatencyCost(SubnetCost):
     def __init__(self, space: SearchSpace, table: LatencyPredictor):
         super().__init__(space)
         self.table = table
-        self._bank_cache = None
+        self._ranked_cache: Optional[RangeSampler] = None
 
     def many(self, batch: SubnetBatch) -> np.ndarray:
         return np.asarray(self.table.predict_many(batch), dtype=np.float64)
 
-    def _values_of_indices(self, idx: np.ndarray) -> np.ndarray:
-        return self.many(self.space._batch_from_indices(idx))
-
     @property
-    def _bank(self) -> Tuple[np.ndarray, np.ndarray]:
-        if self._bank_cache is None:
-            _, idx = self.space._bank
-            values = self._values_of_indices(idx.astype(np.int64))
-            order = np.argsort(values, kind='stable')
-            self._bank_cache = (values[order], idx[order])
-        return self._bank_cache
+    def _ranked(self) -> RangeSampler:
+        """The space's candidate bank ranked by predicted latency (predicted once)."""
+        if self._ranked_cache is None:
+            self._ranked_cache = self.space.ranked_candidates(self.many)
+        return self._ranked_cache
 
     @property
     def span(self) -> Tuple[float, float]:
-        values, _ = self._bank
-        return float(values[0]), float(values[-1])
+        return self._ranked.span
 
     def sample_many(self, n, rng=None, value_range=None):
         rng = np.random.default_rng(rng)
@@ -121,17 +116,10 @@ class LatencyCost(SubnetCost):
         if not lo < hi or hi <= span[0] or lo > span[1]:
             raise ValueError(f'latency range [{lo:.4g}, {hi:.4g}) ms holds no subnet: predicted latencies of this '
                              f'space span {span[0]:.4g} .. {span[1]:.4g} ms')
-        values, idx = self._bank
-        first, stop = np.searchsorted(values, [lo, hi], side='left')
-        if stop > first:
-            return self.space._batch_from_indices(idx[rng.integers(first, stop, size=n)].astype(np.int64))
-        return self.space._walk_sample(n, rng, lo, hi, values=self._values_of_indices, unit='predicted ms')
+        return self.space.sample_in_range(n, rng, (lo, hi), cost=self.many, ranked=self._ranked, unit='predicted ms')
 
     def num_candidates(self, value_range):
-        lo, hi = ordered_range(value_range, 'value_range')
-        values, _ = self._bank
-        first, stop = np.searchsorted(values, [lo, hi], side='left')
-        return int(stop - first)
+        return self._ranked.count(*ordered_range(value_range, 'value_range'))
 
     def format(self, value: float) -> str:
         return f'{value:.3g}ms'

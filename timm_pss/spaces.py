@@ -1,8 +1,5 @@
-"""Search spaces: subnets, width choices, and exact FLOPs (MACs) for one subnet or millions at once.
-
-FLOPs follow the paper's unit: multiply-accumulates of every conv and linear layer plus the global average
-pool (H*W*C). For a fixed resolution they are a quadratic form in the vector of group widths extended by a
-constant 1, so a space stores one small matrix per resolution and evaluates many subnets with one matmul.
+"""Search spaces: subnets, width choices, exact FLOPs (MACs, counted by `timm_pss.flops`) for one subnet or
+millions at once, and sampling: uniform, within a FLOPs or any cost range, or spread over the FLOPs span.
 """
 from __future__ import annotations
 
@@ -15,9 +12,12 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence, Tuple, Un
 import numpy as np
 from timm.layers import make_divisible
 
+from .flops import MacTerm, SpatialOp, flops_of_forms, quadratic_forms
+from .range_sampler import RangeSampler, ordered_range
+
 __all__ = [
     'Subnet', 'SubnetBatch', 'SearchSpace', 'Channels', 'MacTerm', 'SpatialOp',
-    'width_choices', 'resolution_choices', 'RngLike',
+    'width_choices', 'resolution_choices', 'RngLike', 'stratified_subnets', 'describe_choices',
 ]
 
 RngLike = Union[None, int, np.random.Generator]
@@ -99,39 +99,6 @@ class Channels:
         return self.mult if self.group is None else self.mult * widths[self.group]
 
 
-@dataclass(frozen=True)
-class SpatialOp:
-    """Geometry of one spatial op (conv / pool), enough to compute its output size exactly."""
-    kernel: int
-    stride: int
-    padding: int
-    dilation: int = 1
-
-    def out_size(self, size: int) -> int:
-        return (size + 2 * self.padding - self.dilation * (self.kernel - 1) - 1) // self.stride + 1
-
-
-@dataclass(frozen=True)
-class MacTerm:
-    """MACs of one layer: `coef * area * a * b` where a, b are channel counts and area the output H*W.
-
-    `spatial` is the chain of spatial ops from the input to this layer's output, or None after global pooling
-    (area 1). `a`/`b` are group indices, or None for the constant 1.
-    """
-    spatial: Optional[Tuple[SpatialOp, ...]]
-    a: Optional[int]
-    b: Optional[int]
-    coef: int
-
-    def area(self, resolution: int) -> int:
-        if self.spatial is None:
-            return 1
-        size = resolution
-        for op in self.spatial:
-            size = op.out_size(size)
-        return size * size
-
-
 def width_choices(base: int, mult_range: Tuple[float, float], divisor: int = 8) -> Tuple[int, ...]:
     """Every width `make_divisible(base * m, divisor)` reaches for m in [lo, hi] (all multiples in between)."""
     lo, hi = mult_range
@@ -154,17 +121,6 @@ def resolution_choices(res_range: Tuple[int, int, int]) -> Tuple[int, ...]:
                          f'max - min, got {tuple(res_range)}')
     _check_resolution_bounds((hi - lo) // step + 1, hi, f'resolution range {tuple(res_range)}')
     return tuple(range(lo, hi + 1, step))
-
-
-def ordered_range(value_range, what: str) -> Tuple[float, float]:
-    """(lo, hi) as floats with lo <= hi (neither NaN), else a ValueError naming `what`."""
-    try:
-        lo, hi = (float(v) for v in value_range)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise ValueError(f'{what} must be two numbers (lo, hi), got {value_range!r} ({e})') from None
-    if math.isnan(lo) or math.isnan(hi) or lo > hi:
-        raise ValueError(f'{what} must be two numbers lo <= hi, got {value_range!r}')
-    return lo, hi
 
 
 def _check_resolution_bounds(count: int, largest: int, what: str) -> None:
@@ -210,7 +166,7 @@ class SearchSpace:
         self.min_widths: Tuple[int, ...] = tuple(c[0] for c in self.width_choices)
         self._res_index = {r: i for i, r in enumerate(self.resolutions)}
         self._choice_index = [{w: i for i, w in enumerate(c)} for c in self.width_choices]
-        self._quad_forms = self._build_quadratic_forms()
+        self._quad_forms = quadratic_forms(self.mac_terms, self.num_groups, self.resolutions)
 
     @property
     def num_groups(self) -> int:
@@ -238,25 +194,14 @@ class SearchSpace:
                              f'{", ".join(self.group_names)}')
         if subnet.resolution not in self._res_index:
             raise ValueError(f'resolution {subnet.resolution} is not in the space; allowed: '
-                             f'{_describe_choices(self.resolutions)}')
+                             f'{describe_choices(self.resolutions)}')
         for name, w, choices, index in zip(self.group_names, subnet.widths, self.width_choices, self._choice_index):
             if w not in index:
                 raise ValueError(f'width {w} for group {name!r} is not in the space; allowed: '
-                                 f'{_describe_choices(choices)}')
+                                 f'{describe_choices(choices)}')
         return subnet
 
     # FLOPs
-
-    def _build_quadratic_forms(self) -> np.ndarray:
-        """(R, G+1, G+1) matrices: flops(r, w) = w~ @ Q[r] @ w~ with w~ = (widths, 1)."""
-        g = self.num_groups
-        forms = np.zeros((len(self.resolutions), g + 1, g + 1), dtype=np.float64)
-        for term in self.mac_terms:
-            i = g if term.a is None else term.a
-            j = g if term.b is None else term.b
-            for r_idx, r in enumerate(self.resolutions):
-                forms[r_idx, i, j] += term.coef * term.area(r)
-        return forms
 
     @property
     def flops_span(self) -> Tuple[int, int]:
@@ -279,26 +224,15 @@ class SearchSpace:
         if widths is None:
             resolutions, widths = resolutions
         resolutions = np.asarray(resolutions)
-        w_ext = np.empty((widths.shape[0], self.num_groups + 1), dtype=np.float64)
-        w_ext[:, :-1] = widths
-        w_ext[:, -1] = 1.0
-        out = np.empty(widths.shape[0], dtype=np.float64)
         if len(self.resolutions) == 1:
-            out[:] = np.einsum('ni,ni->n', w_ext @ self._quad_forms[0], w_ext)
+            r_idx = np.zeros(widths.shape[0], dtype=np.int64)
         else:
             lookup = np.full(self.resolutions[-1] + 1, -1, dtype=np.int64)
             lookup[list(self.resolutions)] = np.arange(len(self.resolutions))
             r_idx = lookup[resolutions]
             if (r_idx < 0).any():
-                raise ValueError(f'resolutions outside the space; allowed: {_describe_choices(self.resolutions)}')
-            order = np.argsort(r_idx, kind='stable')
-            bounds = np.searchsorted(r_idx[order], np.arange(len(self.resolutions) + 1))
-            for k in range(len(self.resolutions)):
-                sel = order[bounds[k]:bounds[k + 1]]
-                if sel.size:
-                    x = w_ext[sel]
-                    out[sel] = np.einsum('ni,ni->n', x @ self._quad_forms[k], x)
-        return np.rint(out).astype(np.int64)
+                raise ValueError(f'resolutions outside the space; allowed: {describe_choices(self.resolutions)}')
+        return flops_of_forms(self._quad_forms, r_idx, widths)
 
     # sampling
 
@@ -323,12 +257,32 @@ class SearchSpace:
         rng = np.random.default_rng(rng)
         if flops_range is None:
             return self._batch_from_indices(self._uniform_indices(rng, n))
-        lo, hi = self._check_flops_range(flops_range)
+        return self.sample_in_range(n, rng, self._check_flops_range(flops_range))
+
+    def sample_in_range(self, n: int, rng: RngLike, value_range: Tuple[float, float],
+                        cost: Optional[Callable[[SubnetBatch], np.ndarray]] = None,
+                        ranked: Optional[RangeSampler] = None, unit: str = 'FLOPs') -> SubnetBatch:
+        """`n` subnets whose `cost` (default: FLOPs) lies in `value_range` [lo, hi), a range the caller has checked:
+        uniform among the bank's members in range (`ranked`: `ranked_candidates(cost)`, kept by the caller so the
+        bank is costed once), or, where none lies there, walked in from subnets at that level of the space (every
+        cost must grow with every width and resolution)."""
+        rng, (lo, hi) = np.random.default_rng(rng), value_range
+        ranked = self.ranked_candidates(cost) if ranked is None else ranked
+        positions = ranked.draw(n, rng, lo, hi)
+        if positions is not None:
+            return self._batch_from_indices(self._bank[1][positions].astype(np.int64))
+        values = None if cost is None else (lambda idx: np.asarray(cost(self._batch_from_indices(idx)), np.float64))
+        return self._walk_sample(n, rng, lo, hi, values=values, unit=unit)
+
+    def ranked_candidates(self, cost: Optional[Callable[[SubnetBatch], np.ndarray]] = None) -> RangeSampler:
+        """The candidate bank ranked by `cost` of a SubnetBatch (default: FLOPs, ranked once per space), for
+        `sample_in_range` with the same cost, and for the `span` and `count` of costs among the candidates."""
         bank_flops, bank_idx = self._bank
-        first, stop = np.searchsorted(bank_flops, [lo, hi], side='left')
-        if stop > first:
-            return self._batch_from_indices(bank_idx[rng.integers(first, stop, size=n)].astype(np.int64))
-        return self._walk_sample(n, rng, lo, hi)
+        if cost is not None:
+            return RangeSampler(np.asarray(cost(self._batch_from_indices(bank_idx.astype(np.int64))), np.float64))
+        if getattr(self, '_flops_ranked', (None,))[0] is not bank_flops:  # ranked once per bank
+            self._flops_ranked = (bank_flops, RangeSampler(bank_flops))
+        return self._flops_ranked[1]
 
     bank_size: int = 1 << 18
 
@@ -337,10 +291,7 @@ class SearchSpace:
 
         `flops_range=(lo, hi)` with lo <= hi (an empty range holds 0); anything else raises ValueError.
         """
-        lo, hi = ordered_range(flops_range, 'flops_range')
-        bank_flops, _ = self._bank
-        first, stop = np.searchsorted(bank_flops, [lo, hi], side='left')
-        return int(stop - first)
+        return self.ranked_candidates().count(*ordered_range(flops_range, 'flops_range'))
 
     @property
     def _bank(self) -> Tuple[np.ndarray, np.ndarray]:
@@ -464,7 +415,31 @@ class SearchSpace:
         }
 
 
-def _describe_choices(values: Sequence[int]) -> str:
+def stratified_subnets(space: SearchSpace, n: int, rng: RngLike = None, candidates: int = 20_000) -> list:
+    """`n` subnets spread evenly over the FLOPs span, by ascending FLOPs: for each of `n` evenly spaced FLOPs
+    targets from the min to the max subnet, the nearest not yet chosen of `candidates` uniform random subnets
+    (drawn with `rng`) plus the min and max subnets (so with n >= 2 the first is the min, the last the max).
+
+    For measuring things along the span (latency ground truth, a table's overhead fit) with every level present.
+    """
+    n, candidates = _as_int(n, 'n'), _as_int(candidates, 'candidates')
+    if not 0 <= n <= candidates + 2:
+        raise ValueError(f'n must be between 0 and candidates + 2 = {candidates + 2} (each candidate is chosen at '
+                         f'most once), got {n}')
+    pool = space.sample_many(candidates, rng=rng)
+    ends = SubnetBatch.from_subnets([space.min_subnet(), space.max_subnet()])
+    pool = SubnetBatch(np.concatenate([ends.resolutions, pool.resolutions]), np.concatenate([ends.widths, pool.widths]))
+    flops = space.flops_many(pool).astype(np.float64)
+    chosen = []
+    for target in np.linspace(flops.min(), flops.max(), n):
+        distance = np.abs(flops - target)
+        distance[chosen] = np.inf
+        chosen.append(int(np.argmin(distance)))
+    return [pool.subnet(i) for i in chosen]
+
+
+def describe_choices(values: Sequence[int]) -> str:
+    """Allowed values for an error message: 'lo..hi in steps of s' when evenly spaced, else each one."""
     values = list(values)
     if len(values) > 2:
         steps = {b - a for a, b in zip(values, values[1:])}

@@ -1,0 +1,42 @@
+"""`python -m timm_pss.latency` (console script `timm-pss-latency`): build a latency table and save it as JSON."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..files import check_new_file
+from .build import build_lut
+
+__all__ = ['main']
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """`python -m timm_pss.latency --model pss_mobilenetv2 --output lut.json`: build and save a table."""
+    import argparse
+    import timm
+    parser = argparse.ArgumentParser(description='Build a latency lookup table for a timm_pss supernet.')
+    parser.add_argument('--model', required=True, help='a pss_* model name (with its --model-kwargs space)')
+    parser.add_argument('--output', required=True, help='JSON file to write (a new file; see --force)')
+    parser.add_argument('--force', action='store_true', help='replace --output if it exists')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--threads', type=int, default=None, help='torch threads (CPU); default: torch\'s')
+    parser.add_argument('--num-classes', type=int, default=None)
+    parser.add_argument('--width-range', nargs=2, type=float, default=None, metavar=('LO', 'HI'))
+    parser.add_argument('--resolutions', nargs=3, type=int, default=None, metavar=('MIN', 'MAX', 'STEP'))
+    args = parser.parse_args(argv)
+    if args.model not in timm.list_models('pss_*'):
+        parser.error(f'--model {args.model} is not a timm_pss supernet; use one of {timm.list_models("pss_*")}')
+    try:  # before minutes of measuring, not after
+        check_new_file(args.output, force=args.force)
+    except ValueError as e:
+        parser.exit(2, f'{parser.prog}: error: --output {e}\n')
+    kwargs = {k: v for k, v in (('num_classes', args.num_classes), ('width_range', args.width_range),
+                                ('resolution_range', args.resolutions)) if v is not None}
+    model = timm.create_model(args.model, **kwargs).to(args.device).eval()
+    table = build_lut(model, device=args.device, batch_size=args.batch_size, threads=args.threads, progress=True)
+    table.save(args.output)
+    print(f'{table}\nwrote {args.output}')
+
+
+if __name__ == '__main__':
+    main()
