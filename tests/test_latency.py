@@ -4,6 +4,9 @@ import itertools
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from timm_pss import Subnet, SubnetBatch
 from timm_pss.latency import AUTO_MAX_GRID, FORMAT, LatencyBlock, LatencyTable, cpu_name, build_lut, predict_latency
 from timm_pss.latency.build import _grid_axes, _probe_widths
 from timm_pss.latency.segments import _segments
+from support import SUBPROCESS_TIMEOUT
 
 TINY = dict(resolution_range=(32, 40, 8))
 FAST = dict(threads=1, warmup=0, repeats=3, overhead_subnets=3)
@@ -347,3 +351,15 @@ def test_cli_checks_the_output_path_before_measuring(tmp_path, monkeypatch, caps
         err = capsys.readouterr().err
         assert e.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1
     assert existing.read_text() == '{"kept": true}'
+
+
+def test_python_dash_m_runs_the_package_command_line(tmp_path):
+    """`python -m timm_pss.latency` runs `timm_pss/latency/__main__.py` (importing the package must not import it
+    first: runpy would warn), and names itself so in its one-line usage errors (exit 2)."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, '-W', 'error::RuntimeWarning', '-m', 'timm_pss.latency', '--model', 'nope',
+                           '--output', str(tmp_path / 'lut.json')], capture_output=True, text=True, cwd=root,
+                          timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 2 and proc.stdout == ''
+    assert proc.stderr.strip().splitlines()[-1].startswith('python -m timm_pss.latency: error: --model nope is not')
+    assert 'Warning' not in proc.stderr and not (tmp_path / 'lut.json').exists()

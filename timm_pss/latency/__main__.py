@@ -1,6 +1,8 @@
 """`python -m timm_pss.latency` (console script `timm-pss-latency`): build a latency table and save it as JSON."""
 from __future__ import annotations
 
+import os
+import sys
 from typing import Optional, Sequence
 
 from ..files import check_new_file
@@ -13,7 +15,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """`python -m timm_pss.latency --model pss_mobilenetv2 --output lut.json`: build and save a table."""
     import argparse
     import timm
-    parser = argparse.ArgumentParser(description='Build a latency lookup table for a timm_pss supernet.')
+    # run as `python -m timm_pss.latency`, argparse would call itself '__main__.py' in usage and errors
+    prog = 'python -m timm_pss.latency' if os.path.basename(sys.argv[0]) == '__main__.py' else None
+    parser = argparse.ArgumentParser(prog=prog, description='Build a latency lookup table for a timm_pss supernet.')
     parser.add_argument('--model', required=True, help='a pss_* model name (with its --model-kwargs space)')
     parser.add_argument('--output', required=True, help='JSON file to write (a new file; see --force)')
     parser.add_argument('--force', action='store_true', help='replace --output if it exists')
