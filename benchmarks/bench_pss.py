@@ -20,20 +20,20 @@ What it measures, per model (`--models`, default `pss_mobilenetv1` only), on one
         In-bucket draws/s = subnets that landed in any bucket / seconds of generating + FLOPs + counting (best
         of `--repeats`). The buckets each N leaves empty are listed.
    Target: >= 20,000 in-bucket draws/s for ours (vectorised), every bucket reached. Ratios: ours / baseline.
-2. Training step time: `PSSTask` with a `PrioritizedSubnetSampler` (47 buckets spread evenly over the training
-   space, pools of 50) vs `PSSTask` with a `UniformSubnetSampler` (the plain sandwich rule), both max + 1 middle
-   + min subnet, same initial weights (a deep copy), SGD (lr 0.01, momentum 0.9) step included. The model is
-   built with `num_classes=10` and `resolution_range=(S, S, 8)` where S is `--image-size` (default 64), so the
-   batch (`--batch-size`, default 32, random images and labels, one fixed batch) runs at its own size rather
-   than being resized to 128..224 px; the search space is then the widths at that resolution. The PSS pools are
-   pre-filled to steady state (propose/update with random scores until every pool is full, or none has grown in
-   5,000 calls: a bucket with fewer candidates than the pool size never fills) and progress is
-   set to `--progress` (default 0.5: p_random 0.1, so 90 % of middle subnets come from the pools). After
-   `--warmup` rounds, `--steps` rounds each run one step of both variants, the order alternating per round so
-   load hits both alike; median ms per step, ratio PSS / uniform (target <= 1.05x). The middle subnets differ
-   by design (PSS: uniform over FLOPs buckets; uniform: uniform over width choices), so their mean MMACs are
-   shown too. The sampler's own cost, `sampler.propose()` + `sampler.update(...)` per step, is timed alone
-   (`--overhead-calls` calls, same steady state, mean ms) for both samplers.
+2. Training step time: `PSSTask` with a `PrioritizedSubnetSampler` (47 buckets spread evenly over the training space,
+   pools of `--pool-size`, default 50, 10 with --quick) vs `PSSTask` with a `UniformSubnetSampler` (the plain
+   sandwich rule), both max + 1 middle + min subnet, same initial weights (a deep copy), SGD (lr 0.01, momentum 0.9)
+   step included. The model is built with `num_classes=10` and `resolution_range=(S, S, 8)` where S is `--image-size`
+   (default 64), so the batch (`--batch-size`, default 32, random images and labels, one fixed batch) runs at its own
+   size rather than being resized to 128..224 px; the search space is then the widths at that resolution. The PSS
+   pools are pre-filled to steady state (propose/update with random scores until every pool is full, or none has
+   grown in 5,000 calls: a bucket with fewer candidates than the pool size never fills) and progress is set to
+   `--progress` (default 0.5: p_random 0.1, so 90 % of middle subnets come from the pools). After `--warmup` rounds,
+   `--steps` rounds each run one step of both variants, the order alternating per round so load hits both alike;
+   median ms per step, ratio PSS / uniform (target <= 1.05x). The middle subnets differ by design (PSS: uniform over
+   FLOPs buckets; uniform: uniform over width choices), so their mean MMACs are shown too. The sampler's own cost,
+   `sampler.propose()` + `sampler.update(...)` per step, is timed alone (`--overhead-calls` calls, same steady state,
+   mean ms) for both samplers.
 
 Run from the repository root:
 
@@ -71,7 +71,6 @@ NUM_BUCKETS = 47  # as many as the reference's, for the other models and for the
 REFERENCE_MAP_SIZE = 30_000  # uniform subnets in the reference's FLOPs map
 TARGET_DRAWS_PER_S = 20_000
 TARGET_STEP_RATIO = 1.05
-POOL_SIZE = 50
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,10 +86,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=3, help='untimed training steps per variant first')
     parser.add_argument('--overhead-calls', type=int, default=2000, help='timed propose + update calls per sampler')
     parser.add_argument('--progress', type=float, default=0.5, help='PSS schedule progress during the timing')
+    parser.add_argument('--pool-size', type=int, default=50, help='subnets per PSS pool in the training part')
     args = parse_benchmark_args(parser, argv, positive=(
-        'per_bucket', 'single_draws', 'repeats', 'image_size', 'batch_size', 'steps', 'overhead_calls'),
+        'per_bucket', 'single_draws', 'repeats', 'image_size', 'batch_size', 'steps', 'overhead_calls', 'pool_size'),
         quick_limits=dict(per_bucket=200, baseline_sizes=100_000, single_draws=500, repeats=2, image_size=32,
-                          batch_size=8, steps=3, warmup=1, overhead_calls=300))
+                          batch_size=8, steps=3, warmup=1, overhead_calls=300, pool_size=10))
     if args.warmup < 0 or any(n < 1 for n in args.baseline_sizes):
         parser.error('--warmup must be >= 0 and every --baseline-sizes entry >= 1')
     if not 0.0 <= args.progress <= 1.0:
@@ -283,7 +283,7 @@ def bench_training(name: str, args: argparse.Namespace) -> dict:
     model_u = copy.deepcopy(model_p)
     space = model_p.space
 
-    pss = PrioritizedSubnetSampler(space, num_pools=NUM_BUCKETS, pool_size=POOL_SIZE, seed=0)
+    pss = PrioritizedSubnetSampler(space, num_pools=NUM_BUCKETS, pool_size=args.pool_size, seed=0)
     fill_calls = fill_pools(pss, np.random.default_rng(3))
     pss.set_progress(args.progress)
     uniform = UniformSubnetSampler(space, seed=0)
@@ -324,8 +324,8 @@ def bench_training(name: str, args: argparse.Namespace) -> dict:
     ms_p, ms_u = (1e3 * statistics.median(v['times']) for v in variants)
     fill_after = pss.fill()
     steady &= fill_after == fill_before
-    full_pools = sum(n >= POOL_SIZE for n in fill_after)
-    not_full = [(pss.targets[i], n) for i, n in enumerate(fill_after) if n < POOL_SIZE]
+    full_pools = sum(n >= args.pool_size for n in fill_after)
+    not_full = [(pss.targets[i], n) for i, n in enumerate(fill_after) if n < args.pool_size]
     return dict(model=name, resolution=s, span=space.flops_span, fill_calls=fill_calls, full_pools=full_pools,
                 pools=len(fill_after), partial=not_full, steady=steady,
                 ms_pss=ms_p, ms_uni=ms_u, over_pss=over_pss, over_uni=over_uni,
@@ -350,7 +350,7 @@ def report_training(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(format_table(headers, rows))
     print()
     print(f'Model: num_classes=10, resolution_range=({args.image_size}, {args.image_size}, 8), random images and '
-          f'labels; PSS: {NUM_BUCKETS} buckets over the FLOPs span, pools of {POOL_SIZE} pre-filled, '
+          f'labels; PSS: {NUM_BUCKETS} buckets over the FLOPs span, pools of {args.pool_size} pre-filled, '
           f'progress {args.progress:g} (p_random {0.01 ** args.progress:.3g}); steps: median of {args.steps} after '
           f'{args.warmup} warm-up, variants interleaved, order alternating per round. Middle MMACs: mean FLOPs of '
           f'the middle subnets trained in the timed steps (they differ by design, so the step ratio includes '

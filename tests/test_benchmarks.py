@@ -1,8 +1,8 @@
 """Smoke tests: each benchmark runs end to end with tiny settings and its correctness checks pass.
 
-bench_models, bench_budget and bench_pss run in this process through their `main(argv)` (what their command line
-calls), which saves a Python and torch start-up each; speed.py, latency.py (it sets the allocator of its process)
-and pareto.py run as the command lines they are."""
+bench_models, bench_budget, bench_pss and speed run in this process through their `main(argv)` (what their command
+line calls), which saves a Python and torch start-up each; latency.py (it sets its process's allocator) and pareto.py
+(it starts train_pss.py runs) run as the command lines they are."""
 import subprocess
 import sys
 from pathlib import Path
@@ -79,8 +79,8 @@ def test_bench_pss_quick(capsys):
     assert 'buckets reached' in out and '47/47' in out and 'PSS/uniform' in out
 
 
-def test_speed_quick():
-    out = _run('speed.py', '--quick', '--models', 'pss_mobilenetv2')
+def test_speed_quick(capsys):
+    out = _main('speed', capsys, '--quick', '--models', 'pss_mobilenetv2')
     for header in ('flops_many subnets/s', 'buckets reached', '47/47', 'PSS/uniform', 'set_budget',
                    'supernet/dense', 'exported/dense', 'FLOPs / max', 'latency / max', 'speed-up vs max',
                    '## Summary', 'exported / dense at 25/50/100%', 'latency / max at 25% FLOPs'):
