@@ -61,6 +61,7 @@ from timm_pss.files import atomic_path, atomic_write, claim_new_dir, write_text_
 from timm_pss.latency import LatencyTable, record_latency
 from timm_pss.pss import SAMPLERS, MultiCostSampler, PSSTask, create_sampler, evaluate_accuracy, evaluate_subnet, finalize_budget_table
 from timm_pss.pss import BUCKET_WEIGHTS, PRIORITIES, PoolMonitor, fixed_batch
+from timm_pss.reporting import plot_results, write_results, write_summary_row
 from timm_pss.supernet import SupernetMixin, find_supernet
 
 _logger = logging.getLogger('train_pss')
@@ -783,25 +784,6 @@ def claim_output_dir(args: argparse.Namespace, resume_path: Path = None) -> Path
     return folder
 
 
-def write_summary_row(path: Path, epoch: int, train_metrics: dict, eval_metrics: dict, lr: float) -> None:
-    """timm's summary.csv row for `epoch` (epoch, train_*, eval_*, lr), written by rewriting the file atomically;
-    rows of this epoch or later (from a run killed after writing them) are replaced."""
-    row = OrderedDict(epoch=epoch)
-    row.update((f'train_{k}', v) for k, v in train_metrics.items())
-    row.update((f'eval_{k}', v) for k, v in eval_metrics.items())
-    row['lr'] = lr
-    kept = []
-    if path.is_file():
-        with open(path, newline='') as f:
-            kept = [r for r in csv.DictReader(f) if r.get('epoch') not in (None, '') and int(r['epoch']) < epoch]
-    with atomic_write(path, newline='') as f:
-        fields = dict.fromkeys([key for r in kept for key in r] + list(row))  # epochs without evaluation have fewer
-        writer = csv.DictWriter(f, fieldnames=list(fields), restval='', extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(kept)
-        writer.writerow(row)
-
-
 # data
 
 def create_datasets(args):
@@ -988,42 +970,6 @@ def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches, pr
                          f'ETA {eta(time.time() - start, i + 1, len(subnets))}')
     supernet.set_subnet(previous)
     return results
-
-
-# outputs
-
-def write_results(output_dir: Path, model, space):
-    rows = []
-    for i, entry in enumerate(find_supernet(model).budget_table):
-        m = entry.metrics
-        rows.append(OrderedDict(
-            entry=i, flops=entry.flops, mflops=round(entry.flops / 1e6, 3), resolution=entry.subnet.resolution,
-            widths=' '.join(map(str, entry.subnet.widths)), top1=m.get('top1'), top5=m.get('top5'),
-            heldout_top1=m.get('heldout_top1'), score=m.get('score')))
-    with atomic_write(output_dir / 'results.csv', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_write(output_dir / 'results.json') as f:
-        json.dump({'group_names': list(space.group_names), 'entries': rows}, f, indent=2)
-    return rows
-
-
-def plot_results(rows, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot([r['mflops'] for r in rows], [r['top1'] for r in rows], 'o-', label='budget table (val top-1)')
-    ax.set_xlabel('MFLOPs (MACs)')
-    ax.set_ylabel('top-1 (%)')
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as temp:
-        fig.savefig(temp, format=path.suffix.lstrip('.') or 'png')
-    plt.close(fig)
 
 
 def main(argv=None):

@@ -30,23 +30,25 @@ Run from the repository root:
 
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
 """
-from common import (  # first: sets 1 thread
-    benchmark_parser, format_table, machine_lines, max_abs_diff, parse_benchmark_args, yes_no,
+from harness import (  # first: one thread
+    benchmark_parser, format_table, max_abs_diff, parse_benchmark_args, print_header, quick_note, run_parts,
+    threads_text, yes_no,
 )
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import List, Sequence  # noqa: E402
+import argparse
+import statistics
+import sys
+import time
+from functools import partial
+from typing import List, Sequence
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import numpy as np
+import timm
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-import timm_pss  # noqa: E402
-from timm_pss import Subnet  # noqa: E402
+import timm_pss
+from timm_pss import Subnet
 
 BUDGET_FRACTIONS = (0.25, 0.5, 0.9)  # of the way from the min to the max subnet's FLOPs
 IMAGE_SIZE = 224
@@ -67,15 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--calib-batch-size', type=int, default=32, help='images per baseline calibration batch')
     parser.add_argument('--calib-repeats', type=int, default=3, help='timed baseline runs per budget (median)')
     args = parse_benchmark_args(parser, argv, positive=(
-        'fill_batches', 'fill_batch_size', 'switch_calls', 'calib_batches', 'calib_batch_size', 'calib_repeats'))
-    if args.quick:
-        args.entries = min(args.entries, 4)
-        args.fill_batches = min(args.fill_batches, 1)
-        args.fill_batch_size = min(args.fill_batch_size, 2)
-        args.switch_calls = min(args.switch_calls, 100)
-        args.calib_batches = min(args.calib_batches, 2)
-        args.calib_batch_size = min(args.calib_batch_size, 4)
-        args.calib_repeats = min(args.calib_repeats, 1)
+        'fill_batches', 'fill_batch_size', 'switch_calls', 'calib_batches', 'calib_batch_size', 'calib_repeats'),
+        quick_limits=dict(entries=4, fill_batches=1, fill_batch_size=2, switch_calls=100, calib_batches=2,
+                          calib_batch_size=4, calib_repeats=1))
     if args.entries < 3:
         parser.error('--entries must be at least 3 (min, max and one sampled subnet)')
     return args
@@ -84,18 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- reporting
 
 def settings_line(args: argparse.Namespace) -> str:
-    """The settings this benchmark runs with, one line (also printed by benchmarks/speed.py)."""
+    """Table size, calibration images and timing repeats, one line for the header (here and in speed.py)."""
     return (f'table of {args.entries} subnets filled with {args.fill_batches} x {args.fill_batch_size} '
             f'images; set_budget median of {args.switch_calls} calls per budget; baseline calibrate_bn on '
             f'{args.calib_batches} x {args.calib_batch_size} images at {IMAGE_SIZE}px, median of '
-            f'{args.calib_repeats}{" (--quick)" if args.quick else ""}')
-
-
-def print_machine(args: argparse.Namespace) -> None:
-    print(machine_lines('timm_pss budget-switch benchmark'))
-    print(f'- threads: {args.threads} (torch), BLAS 1')
-    print(f'- settings: {settings_line(args)}')
-    print()
+            f'{args.calib_repeats}{quick_note(args)}')
 
 
 def format_ms(ms: float) -> str:
@@ -209,7 +198,7 @@ def bench_budget(name: str, args: argparse.Namespace) -> dict:
 
 def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(f'## Switching to a FLOPs budget: set_budget vs set_subnet + calibrate_bn '
-          f'({args.threads} thread{"s" if args.threads > 1 else ""}, median ms)')
+          f'({threads_text(args.threads)}, median ms)')
     print()
     headers = ['model', 'budget', 'MMACs', 'entry MMACs', 'res', 'set_budget', 'set_subnet + calibrate_bn',
                'speed-up', 'forwards (ours / baseline)', 'right entry', 'outputs == recalibrated',
@@ -251,13 +240,10 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    print_machine(args)
-    torch.set_num_threads(args.threads)
-    ok = report([bench_budget(name, args) for name in args.models], args)
-    if not ok:
-        print('FAILED: a correctness check above says NO (or set_budget ran a forward pass).', file=sys.stderr)
-        return 1
-    return 0
+    print_header('timm_pss budget-switch benchmark',
+                 {'threads': f'{args.threads} (torch), BLAS 1', 'settings': settings_line(args)})
+    return run_parts(args.models, [(args.threads, partial(bench_budget, args=args), partial(report, args=args))],
+                     'FAILED: a correctness check above says NO (or set_budget ran a forward pass).')
 
 
 if __name__ == '__main__':

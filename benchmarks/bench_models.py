@@ -25,24 +25,26 @@ Run from the repository root:
 
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
 """
-from common import (  # first: sets 1 thread
-    benchmark_parser, format_table, machine_lines, max_abs_diff, parse_benchmark_args, yes_no,
+from harness import (  # first: one thread
+    benchmark_parser, best_time, format_table, max_abs_diff, parse_benchmark_args, print_header, quick_note,
+    run_parts, threads_text, yes_no,
 )
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Callable, List, Sequence  # noqa: E402
+import argparse
+import statistics
+import sys
+import time
+from functools import partial
+from typing import Callable, List, Sequence
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from timm.models import adapt_model_from_string  # noqa: E402
+import numpy as np
+import timm
+import torch
+from timm.models import adapt_model_from_string
 
-import timm_pss  # noqa: E402
-from timm_pss import Subnet  # noqa: E402
-from timm_pss.slimmable import inference_cache_bytes  # noqa: E402
+import timm_pss
+from timm_pss import Subnet
+from timm_pss.slimmable import inference_cache_bytes
 
 TARGET_SUBNETS_PER_S = 1_000_000
 ATOL = 1e-5
@@ -59,13 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=50, help='timed forward passes per model variant')
     parser.add_argument('--warmup', type=int, default=5, help='untimed forward passes per variant first')
     args = parse_benchmark_args(parser, argv, positive=(
-        'num_subnets', 'scalar_subnets', 'flops_repeats', 'batch_size', 'repeats'))
-    if args.quick:
-        args.num_subnets = min(args.num_subnets, 20_000)
-        args.scalar_subnets = min(args.scalar_subnets, 200)
-        args.flops_repeats = min(args.flops_repeats, 2)
-        args.repeats = min(args.repeats, 3)
-        args.warmup = min(args.warmup, 1)
+        'num_subnets', 'scalar_subnets', 'flops_repeats', 'batch_size', 'repeats'),
+        quick_limits=dict(num_subnets=20_000, scalar_subnets=200, flops_repeats=2, repeats=3, warmup=1))
     args.scalar_subnets = min(args.scalar_subnets, args.num_subnets)
     return args
 
@@ -73,30 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- reporting
 
 def settings_line(args: argparse.Namespace) -> str:
-    """The settings this benchmark runs with, one line (also printed by benchmarks/speed.py)."""
+    """Subnet counts, FLOPs repeats and latency rounds, one line for the header (here and in speed.py)."""
     return (f'{args.num_subnets:,} subnets (scalar baseline {args.scalar_subnets:,}), FLOPs best of '
             f'{args.flops_repeats}; latency batch {args.batch_size}, median of {args.repeats} after '
-            f'{args.warmup} warm-up{" (--quick)" if args.quick else ""}')
-
-
-def print_machine(args: argparse.Namespace) -> None:
-    print(machine_lines('timm_pss benchmark'))
-    print(f'- threads: FLOPs part 1 (torch + BLAS), latency part {args.threads} (torch)')
-    print(f'- settings: {settings_line(args)}')
-    print()
+            f'{args.warmup} warm-up{quick_note(args)}')
 
 
 # ---------------------------------------------------------------------------------------------- timing
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Shortest wall time (s) of `repeats` calls of `fn`."""
-    best = float('inf')
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
 
 def interleaved_times_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[List[float]]:
     """Wall times (ms) of each fn per round; each round calls every fn once, so drift hits all of them alike."""
@@ -135,8 +115,8 @@ def bench_flops(name: str, args: argparse.Namespace) -> dict:
     scalar_subnets = [batch.subnet(i) for i in range(args.scalar_subnets)]
     many = space.flops_many(batch)
     scalar = [space.flops(s) for s in scalar_subnets]
-    t_many = best_time(lambda: space.flops_many(batch), args.flops_repeats)
-    t_scalar = best_time(lambda: [space.flops(s) for s in scalar_subnets], args.flops_repeats)
+    t_many, _ = best_time(lambda: space.flops_many(batch), args.flops_repeats)
+    t_scalar, _ = best_time(lambda: [space.flops(s) for s in scalar_subnets], args.flops_repeats)
     return dict(
         model=name, groups=space.num_groups, n=len(batch), t_many=t_many,
         many_per_s=len(batch) / t_many, scalar_per_s=len(scalar_subnets) / t_scalar,
@@ -226,7 +206,7 @@ def latency_cells(r: dict) -> List[str]:
 
 def report_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(f'## Forward latency at the mid subnet: supernet vs exported vs dense timm baseline '
-          f'(batch {args.batch_size}, {args.threads} thread{"s" if args.threads > 1 else ""}, median ms)')
+          f'(batch {args.batch_size}, {threads_text(args.threads)}, median ms)')
     print()
     print(format_table(LATENCY_HEADERS, [latency_cells(r) for r in results]))
     print()
@@ -242,18 +222,13 @@ def report_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    print_machine(args)
-
-    torch.set_num_threads(1)
-    flops_ok = report_flops([bench_flops(name, args) for name in args.models])
-
-    torch.set_num_threads(args.threads)
-    latency_ok = report_latency([bench_latency(name, args) for name in args.models], args)
-
-    if not (flops_ok and latency_ok):
-        print('FAILED: a correctness check above says NO.', file=sys.stderr)
-        return 1
-    return 0
+    print_header('timm_pss benchmark', {
+        'threads': f'FLOPs part 1 (torch + BLAS), latency part {args.threads} (torch)',
+        'settings': settings_line(args)})
+    return run_parts(args.models, [
+        (1, partial(bench_flops, args=args), report_flops),
+        (args.threads, partial(bench_latency, args=args), partial(report_latency, args=args)),
+    ], 'FAILED: a correctness check above says NO.')
 
 
 if __name__ == '__main__':

@@ -20,20 +20,20 @@ What it measures, per model (`--models`, default `pss_mobilenetv1` only), on one
         In-bucket draws/s = subnets that landed in any bucket / seconds of generating + FLOPs + counting (best
         of `--repeats`). The buckets each N leaves empty are listed.
    Target: >= 20,000 in-bucket draws/s for ours (vectorised), every bucket reached. Ratios: ours / baseline.
-2. Training step time: `PSSTask` with a `PrioritizedSubnetSampler` (47 buckets spread evenly over the training
-   space, pools of 50) vs `PSSTask` with a `UniformSubnetSampler` (the plain sandwich rule), both max + 1 middle
-   + min subnet, same initial weights (a deep copy), SGD (lr 0.01, momentum 0.9) step included. The model is
-   built with `num_classes=10` and `resolution_range=(S, S, 8)` where S is `--image-size` (default 64), so the
-   batch (`--batch-size`, default 32, random images and labels, one fixed batch) runs at its own size rather
-   than being resized to 128..224 px; the search space is then the widths at that resolution. The PSS pools are
-   pre-filled to steady state (propose/update with random scores until every pool is full, or none has grown in
-   5,000 calls: a bucket with fewer candidates than the pool size never fills) and progress is
-   set to `--progress` (default 0.5: p_random 0.1, so 90 % of middle subnets come from the pools). After
-   `--warmup` rounds, `--steps` rounds each run one step of both variants, the order alternating per round so
-   load hits both alike; median ms per step, ratio PSS / uniform (target <= 1.05x). The middle subnets differ
-   by design (PSS: uniform over FLOPs buckets; uniform: uniform over width choices), so their mean MMACs are
-   shown too. The sampler's own cost, `sampler.propose()` + `sampler.update(...)` per step, is timed alone
-   (`--overhead-calls` calls, same steady state, mean ms) for both samplers.
+2. Training step time: `PSSTask` with a `PrioritizedSubnetSampler` (47 buckets spread evenly over the training space,
+   pools of `--pool-size`, default 50, 10 with --quick) vs `PSSTask` with a `UniformSubnetSampler` (the plain
+   sandwich rule), both max + 1 middle + min subnet, same initial weights (a deep copy), SGD (lr 0.01, momentum 0.9)
+   step included. The model is built with `num_classes=10` and `resolution_range=(S, S, 8)` where S is `--image-size`
+   (default 64), so the batch (`--batch-size`, default 32, random images and labels, one fixed batch) runs at its own
+   size rather than being resized to 128..224 px; the search space is then the widths at that resolution. The PSS
+   pools are pre-filled to steady state (propose/update with random scores until every pool is full, or none has
+   grown in 5,000 calls: a bucket with fewer candidates than the pool size never fills) and progress is set to
+   `--progress` (default 0.5: p_random 0.1, so 90 % of middle subnets come from the pools). After `--warmup` rounds,
+   `--steps` rounds each run one step of both variants, the order alternating per round so load hits both alike;
+   median ms per step, ratio PSS / uniform (target <= 1.05x). The middle subnets differ by design (PSS: uniform over
+   FLOPs buckets; uniform: uniform over width choices), so their mean MMACs are shown too. The sampler's own cost,
+   `sampler.propose()` + `sampler.update(...)` per step, is timed alone (`--overhead-calls` calls, same steady state,
+   mean ms) for both samplers.
 
 Run from the repository root:
 
@@ -46,28 +46,31 @@ The tables are markdown, ready to paste into the README. The exit status is 1 if
 a non-finite loss); the
 throughput and step-time targets are reported, not enforced.
 """
-from common import benchmark_parser, format_table, machine_lines, parse_benchmark_args, yes_no  # first: 1 thread
+from harness import (  # first: one thread
+    benchmark_parser, best_time, format_table, parse_benchmark_args, print_header, quick_note, run_parts,
+    threads_text, yes_no,
+)
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Callable, Sequence, Tuple  # noqa: E402
+import argparse
+import copy
+import statistics
+import sys
+import time
+from functools import partial
+from typing import Sequence, Tuple
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import timm
+import torch
 
-from timm_pss import SearchSpace  # noqa: E402  (importing timm_pss registers the pss_* models)
-from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, UniformSubnetSampler, bucket_targets  # noqa: E402
+from timm_pss import SearchSpace  # (importing timm_pss registers the pss_* models)
+from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, UniformSubnetSampler, bucket_targets
 
 REFERENCE_BUCKETS = {'pss_mobilenetv1': (110e6, 570e6, 10e6)}  # the reference implementation's (lo, hi, step)
 NUM_BUCKETS = 47  # as many as the reference's, for the other models and for the training space
 REFERENCE_MAP_SIZE = 30_000  # uniform subnets in the reference's FLOPs map
 TARGET_DRAWS_PER_S = 20_000
 TARGET_STEP_RATIO = 1.05
-POOL_SIZE = 50
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,18 +86,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=3, help='untimed training steps per variant first')
     parser.add_argument('--overhead-calls', type=int, default=2000, help='timed propose + update calls per sampler')
     parser.add_argument('--progress', type=float, default=0.5, help='PSS schedule progress during the timing')
+    parser.add_argument('--pool-size', type=int, default=50, help='subnets per PSS pool in the training part')
     args = parse_benchmark_args(parser, argv, positive=(
-        'per_bucket', 'single_draws', 'repeats', 'image_size', 'batch_size', 'steps', 'overhead_calls'))
-    if args.quick:
-        args.per_bucket = min(args.per_bucket, 200)
-        args.baseline_sizes = [min(n, 100_000) for n in args.baseline_sizes]
-        args.single_draws = min(args.single_draws, 500)
-        args.repeats = min(args.repeats, 2)
-        args.image_size = min(args.image_size, 32)
-        args.batch_size = min(args.batch_size, 8)
-        args.steps = min(args.steps, 3)
-        args.warmup = min(args.warmup, 1)
-        args.overhead_calls = min(args.overhead_calls, 300)
+        'per_bucket', 'single_draws', 'repeats', 'image_size', 'batch_size', 'steps', 'overhead_calls', 'pool_size'),
+        quick_limits=dict(per_bucket=200, baseline_sizes=100_000, single_draws=500, repeats=2, image_size=32,
+                          batch_size=8, steps=3, warmup=1, overhead_calls=300, pool_size=10))
     if args.warmup < 0 or any(n < 1 for n in args.baseline_sizes):
         parser.error('--warmup must be >= 0 and every --baseline-sizes entry >= 1')
     if not 0.0 <= args.progress <= 1.0:
@@ -105,33 +101,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- reporting
 
 def settings_line(args: argparse.Namespace) -> str:
-    """The settings this benchmark runs with, one line (also printed by benchmarks/speed.py)."""
+    """Draws, rejection sizes, training-step size and rounds, one line for the header (here and in speed.py)."""
     return (f'{args.per_bucket:,} draws per bucket, rejection baseline N = '
             f'{", ".join(f"{n:,}" for n in args.baseline_sizes)}, best of {args.repeats}; '
             f'{args.single_draws:,} single draws; training {args.image_size}px batch {args.batch_size}, median of '
             f'{args.steps} steps after {args.warmup} warm-up, progress {args.progress:g}'
-            f'{" (--quick)" if args.quick else ""}')
-
-
-def print_machine(args: argparse.Namespace) -> None:
-    print(machine_lines('timm_pss PSS sampling and training-step benchmark'))
-    print(f'- threads: sampling part 1 (torch + BLAS), training part {args.threads} (torch), BLAS 1')
-    print(f'- settings: {settings_line(args)}')
-    print()
+            f'{quick_note(args)}')
 
 
 def mmacs(flops: float) -> str:
     return f'{flops / 1e6:.0f}' if flops >= 1e8 else f'{flops / 1e6:.1f}'
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> Tuple[float, object]:
-    """Shortest wall time (s) of `repeats` calls of `fn`, and the last call's result."""
-    best, out = float('inf'), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 # ---------------------------------------------------------------------------------------------- 1. sampling
@@ -304,7 +283,7 @@ def bench_training(name: str, args: argparse.Namespace) -> dict:
     model_u = copy.deepcopy(model_p)
     space = model_p.space
 
-    pss = PrioritizedSubnetSampler(space, num_pools=NUM_BUCKETS, pool_size=POOL_SIZE, seed=0)
+    pss = PrioritizedSubnetSampler(space, num_pools=NUM_BUCKETS, pool_size=args.pool_size, seed=0)
     fill_calls = fill_pools(pss, np.random.default_rng(3))
     pss.set_progress(args.progress)
     uniform = UniformSubnetSampler(space, seed=0)
@@ -345,10 +324,10 @@ def bench_training(name: str, args: argparse.Namespace) -> dict:
     ms_p, ms_u = (1e3 * statistics.median(v['times']) for v in variants)
     fill_after = pss.fill()
     steady &= fill_after == fill_before
-    full_pools = sum(n >= POOL_SIZE for n in fill_after)
-    partial = [(pss.targets[i], n) for i, n in enumerate(fill_after) if n < POOL_SIZE]
+    full_pools = sum(n >= args.pool_size for n in fill_after)
+    not_full = [(pss.targets[i], n) for i, n in enumerate(fill_after) if n < args.pool_size]
     return dict(model=name, resolution=s, span=space.flops_span, fill_calls=fill_calls, full_pools=full_pools,
-                pools=len(fill_after), partial=partial, steady=steady,
+                pools=len(fill_after), partial=not_full, steady=steady,
                 ms_pss=ms_p, ms_uni=ms_u, over_pss=over_pss, over_uni=over_uni,
                 mid_pss=float(np.mean(variants[0]['middle'])), mid_uni=float(np.mean(variants[1]['middle'])),
                 from_pool=float(np.mean(variants[0]['from_pool'])),
@@ -357,7 +336,7 @@ def bench_training(name: str, args: argparse.Namespace) -> dict:
 
 def report_training(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(f'## Training step: PSS (prioritized pools) vs uniform sandwich, max + 1 middle + min subnet, SGD step '
-          f'included (batch {args.batch_size}, {args.threads} thread{"s" if args.threads > 1 else ""}, median ms)')
+          f'included (batch {args.batch_size}, {threads_text(args.threads)}, median ms)')
     print()
     headers = ['model', 'res', 'PSS step', 'uniform step', 'PSS/uniform', f'<= {TARGET_STEP_RATIO:g}x',
                'middle MMACs PSS / uniform', 'sampler ms PSS', 'sampler ms uniform', 'sampler diff % of step',
@@ -371,7 +350,7 @@ def report_training(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(format_table(headers, rows))
     print()
     print(f'Model: num_classes=10, resolution_range=({args.image_size}, {args.image_size}, 8), random images and '
-          f'labels; PSS: {NUM_BUCKETS} buckets over the FLOPs span, pools of {POOL_SIZE} pre-filled, '
+          f'labels; PSS: {NUM_BUCKETS} buckets over the FLOPs span, pools of {args.pool_size} pre-filled, '
           f'progress {args.progress:g} (p_random {0.01 ** args.progress:.3g}); steps: median of {args.steps} after '
           f'{args.warmup} warm-up, variants interleaved, order alternating per round. Middle MMACs: mean FLOPs of '
           f'the middle subnets trained in the timed steps (they differ by design, so the step ratio includes '
@@ -381,9 +360,9 @@ def report_training(results: Sequence[dict], args: argparse.Namespace) -> bool:
           'during the overhead and step timings (steady state). Pool pre-fill (setup, stops when every pool is '
           'full or none grew in 5,000 calls):')
     for r in results:
-        partial = ', '.join(f'{t / 1e6:.2f}M holds {n}' for t, n in r['partial'])
+        not_full = ', '.join(f'{t / 1e6:.2f}M holds {n}' for t, n in r['partial'])
         print(f'- {r["model"]}: {r["fill_calls"]:,} propose/update calls, span {mmacs(r["span"][0])}..'
-              f'{mmacs(r["span"][1])} MMACs; pools not full: {partial or "none"}')
+              f'{mmacs(r["span"][1])} MMACs; pools not full: {not_full or "none"}')
     met = all(r['ms_pss'] / r['ms_uni'] <= TARGET_STEP_RATIO for r in results)
     print()
     print(f'Target PSS/uniform <= {TARGET_STEP_RATIO:g}x: {"met" if met else "NOT met"} '
@@ -396,18 +375,13 @@ def report_training(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    print_machine(args)
-
-    torch.set_num_threads(1)
-    sampling_ok = report_sampling([bench_sampling(name, args) for name in args.models], args)
-
-    torch.set_num_threads(args.threads)
-    training_ok = report_training([bench_training(name, args) for name in args.models], args)
-
-    if not (sampling_ok and training_ok):
-        print('FAILED: a correctness check above says NO (or a bucket was not reached).', file=sys.stderr)
-        return 1
-    return 0
+    print_header('timm_pss PSS sampling and training-step benchmark', {
+        'threads': f'sampling part 1 (torch + BLAS), training part {args.threads} (torch), BLAS 1',
+        'settings': settings_line(args)})
+    return run_parts(args.models, [
+        (1, partial(bench_sampling, args=args), partial(report_sampling, args=args)),
+        (args.threads, partial(bench_training, args=args), partial(report_training, args=args)),
+    ], 'FAILED: a correctness check above says NO (or a bucket was not reached).')
 
 
 if __name__ == '__main__':

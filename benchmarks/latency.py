@@ -32,26 +32,29 @@ MALLOC_TRIM_THRESHOLD_ so the tables record it). With glibc's defaults (`--mallo
 are returned to the OS and page-faulted back depending on the heap's history, which makes both the tables and the
 ground truth jump between runs (pss_mobilenetv2 at 224px: 30 ms instead of 18 ms here).
 """
-from common import benchmark_parser, format_table, machine_lines, parse_benchmark_args, yes_no  # first: 1 thread
+from harness import (  # first: one thread
+    benchmark_parser, format_table, parse_benchmark_args, print_header, run_parts, threads_text, yes_no,
+)
 
-import argparse  # noqa: E402
-import ctypes  # noqa: E402
-import ctypes.util  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
+import argparse
+import ctypes
+import ctypes.util
+import os
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Sequence
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from scipy.stats import kendalltau  # noqa: E402
+import numpy as np
+import timm
+import torch
+from scipy.stats import kendalltau
 
-from timm_pss import Subnet, SubnetBatch  # noqa: E402
-from timm_pss.latency import AUTO_MAX_GRID, LatencyTable, build_lut  # noqa: E402
-from timm_pss.spaces import stratified_subnets  # noqa: E402
+from timm_pss import Subnet, SubnetBatch
+from timm_pss.latency import AUTO_MAX_GRID, LatencyTable, build_lut
+from timm_pss.spaces import stratified_subnets
 
 TARGET_TAU = 0.8
 QUICK_RESOLUTIONS = (64, 96, 32)
@@ -90,14 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--malloc', choices=('stable', 'default'), default='stable',
                         help="'stable': glibc keeps freed memory (no page faults from the heap's history); "
                              "'default': leave the allocator alone")
-    args = parse_benchmark_args(parser, argv, positive=('subnets', 'repeats', 'batch_size', 'lut_repeats'))
+    args = parse_benchmark_args(parser, argv, positive=('subnets', 'repeats', 'batch_size', 'lut_repeats'),
+                                quick_limits=dict(subnets=12, repeats=3, warmup=1, lut_repeats=2))
     if args.width_points is not None and args.width_points < 2:
         parser.error('--width-points must be at least 2 (the two ends of each group)')
     if args.quick:
-        args.subnets = min(args.subnets, 12)
-        args.repeats = min(args.repeats, 3)
-        args.warmup = min(args.warmup, 1)
-        args.lut_repeats = min(args.lut_repeats, 2)
         args.lut_warmup = 0
         args.width_points = args.width_points or 2
     return args
@@ -165,7 +165,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
 def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(f'## Latency lookup tables vs measured supernet latency ({args.device}, batch {args.batch_size}, '
-          f'{args.threads} thread{"s" if args.threads > 1 else ""})')
+          f'{threads_text(args.threads)})')
     print()
     headers = ['model', 'resolutions', 'build (s)', 'blocks', 'grid points', 'retaken', 'overhead (ms)', 'subnets',
                'measured (ms)', 'LUT tau', 'FLOPs tau', 'LUT MAPE', 'predict_many /s', f'tau >= {TARGET_TAU}']
@@ -195,19 +195,17 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
 def main(argv=None) -> int:
     args = parse_args(argv)
     allocator = stable_malloc() if args.malloc == 'stable' else 'default'
-    print(machine_lines('timm_pss latency lookup tables'))
     grid = 'default grid' if args.width_points is None else f'<= {args.width_points} widths per group'
     quick = f' (--quick: resolutions {QUICK_RESOLUTIONS[0]}-{QUICK_RESOLUTIONS[1]})' if args.quick else ''
-    print(f'- settings: {args.subnets} FLOPs-stratified subnets, median of {args.repeats} interleaved rounds after '
-          f'{args.warmup}; tables: {grid}, median of {args.lut_repeats} rounds after {args.lut_warmup}{quick}')
-    print(f'- allocator: {allocator}')
-    print()
-    met = report([bench_model(name, args) for name in args.models], args)
-    if args.quick:
-        return 0
-    if not met:
-        print(f'Kendall tau below {TARGET_TAU} for some model.', file=sys.stderr)
-    return 0 if met else 1
+    print_header('timm_pss latency lookup tables', {
+        'settings': f'{args.subnets} FLOPs-stratified subnets, median of {args.repeats} interleaved rounds after '
+                    f'{args.warmup}; tables: {grid}, median of {args.lut_repeats} rounds after {args.lut_warmup}'
+                    f'{quick}',
+        'allocator': allocator})
+    # with --quick the target is reported, not enforced
+    return run_parts(args.models, [(None, partial(bench_model, args=args),
+                                    lambda results: report(results, args) or args.quick)],
+                     f'Kendall tau below {TARGET_TAU} for some model.')
 
 
 if __name__ == '__main__':

@@ -52,7 +52,7 @@ resumes from its last checkpoint. Writes `pareto_<dataset>.csv` (one row per met
 `pareto_<dataset>.png` and `pareto_<dataset>.md` into --results (default benchmarks/results; with --quick the
 --output folder); --from-csv writes the report (.md) only.
 """
-from common import machine_lines, format_table  # first: one thread per process
+from harness import format_table, machine_lines  # first: one thread per process
 
 import argparse
 import csv
@@ -70,8 +70,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from one_thread import THREAD_VARIABLES
 from timm_pss import BudgetEntry, BudgetTable, Subnet
-from timm_pss.files import atomic_path, write_bytes_atomic, write_text_atomic
+from timm_pss.files import write_bytes_atomic, write_text_atomic
+from timm_pss.reporting import AccuracyCurve, plot_accuracy_vs_flops, write_csv as write_csv_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,9 +288,8 @@ CSV_COLUMNS = ('method', 'seed', 'budget_mflops', 'entry_mflops', 'top1', 'is_mi
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
-    lines = [','.join(CSV_COLUMNS)] + [','.join('' if r[c] is None else str(r[c]) for c in CSV_COLUMNS)
-                                       for r in rows]
-    write_text_atomic(path, '\n'.join(lines) + '\n')
+    """This script's per-seed CSV: CSV_COLUMNS, None as an empty cell, '\\n' line ends."""
+    write_csv_rows(path, rows, CSV_COLUMNS, lineterminator='\n')
 
 
 def read_csv(path: Path) -> List[dict]:
@@ -379,24 +380,11 @@ def report(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], t
 
 
 def plot(path: Path, rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    """Top-1 at set_budget(B) against B, mean ± std over the seeds, one curve per method."""
     budgets, acc, _ = accuracy_grid(rows, methods, seeds)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for m in methods:
-        mean, std = acc[m].mean(0), acc[m].std(0, ddof=1)
-        ax.plot(budgets, mean, 'o-', ms=3, label=METHODS[m].label)
-        ax.fill_between(budgets, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel('budget (MMACs): set_budget(B)')
-    ax.set_ylabel('top-1 (%)')
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as temp:
-        fig.savefig(temp, format='png')
-    plt.close(fig)
+    curves = [AccuracyCurve(METHODS[m].label, budgets, acc[m].mean(0), acc[m].std(0, ddof=1)) for m in methods]
+    plot_accuracy_vs_flops(path, curves, title, xlabel='budget (MMACs): set_budget(B)', figsize=(7, 4.5),
+                           marker_size=3, legend_fontsize=8)
 
 
 # data and training runs
@@ -468,7 +456,7 @@ def train(method: str, seed: int, args: argparse.Namespace, data_root: Optional[
         shutil.rmtree(run_dir)
     full = [sys.executable, str(ROOT / 'train_pss.py'), *cmd, '--output', str(args.output.resolve()),
             '--experiment', name, *resume]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'OPENBLAS_NUM_THREADS': '1'}
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, '1')}
     start = time.perf_counter()
     log = args.output / f'{name}.log'
     with open(log, 'a') as f:

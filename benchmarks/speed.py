@@ -63,33 +63,29 @@ Run from the repository root:
 (The full-run estimate adds up per-section costs measured on a 2-core AMD EPYC VM at one thread, dominated by the
 training steps and the BN calibration of pss_resnet50; it was not measured end to end.)
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling benchmark modules
-
-from common import (  # noqa: E402  first of the benchmark modules: sets 1 thread before numpy and torch load
-    benchmark_parser, format_table, machine_lines, max_abs_diff, parse_benchmark_args, yes_no,
+from harness import (  # first: one thread
+    benchmark_parser, format_table, max_abs_diff, parse_benchmark_args, print_header, threads_text, yes_no,
 )
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Dict, List, Sequence, Tuple  # noqa: E402
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import time
+from typing import Dict, List, Sequence, Tuple
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import timm
+import torch
+import torch.nn.functional as F
 
-import bench_budget  # noqa: E402
-import bench_models  # noqa: E402
-import bench_pss  # noqa: E402
-import timm_pss  # noqa: E402
-from timm_pss import Subnet  # noqa: E402
-from timm_pss.files import check_new_file, write_text_atomic  # noqa: E402
-from timm_pss.slimmable import INFERENCE_CACHE_SUBNETS  # noqa: E402
+import bench_budget
+import bench_models
+import bench_pss
+import timm_pss
+from timm_pss import Subnet
+from timm_pss.files import check_new_file, write_text_atomic
+from timm_pss.slimmable import INFERENCE_CACHE_SUBNETS
 
 SECTIONS = ('flops', 'sampling', 'step', 'budget', 'latency', 'scaling', 'train', 'compile')
 DEFAULT_SECTIONS = SECTIONS[:-1]
@@ -129,7 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--calib-repeats', type=int, default=1, help='timed baseline runs per budget (4)')
     args = parse_benchmark_args(parser, argv, positive=(
         'batch_size', 'repeats', 'train_steps', 'calib_batches', 'calib_repeats', 'large_batch_repeats',
-        'train_batch', 'train_repeats', 'compile_rounds'))
+        'train_batch', 'train_repeats', 'compile_rounds'),
+        quick_limits=dict(batch_sizes=4, large_batch_repeats=3, train_batch=2, train_repeats=2, compile_rounds=2))
     if any(b < 1 for b in args.batch_sizes):
         parser.error('--batch-sizes must be at least 1')
     if args.output is not None:
@@ -137,11 +134,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             check_new_file(args.output, force=args.force)
         except ValueError as e:
             parser.error(str(e))
-    if args.quick:
-        args.batch_sizes = [min(b, 4) for b in args.batch_sizes]
-        args.large_batch_repeats = min(args.large_batch_repeats, 3)
-        args.train_batch, args.train_repeats = min(args.train_batch, 2), min(args.train_repeats, 2)
-        args.compile_rounds = min(args.compile_rounds, 2)
     args.batch_sizes = sorted(set(args.batch_sizes))
     args.compile_models = args.compile_models or args.models[:1]
     unknown = [m for m in args.compile_models if m not in timm.list_models('pss_*')]
@@ -173,31 +165,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- reporting
 
-def threads(n: int) -> str:
-    return f'{n} thread{"s" if n > 1 else ""}'
-
-
 def percent(p: float) -> str:
     return f'{100 * p:g}%'
 
 
-def print_header(args: argparse.Namespace) -> None:
-    print(machine_lines('timm_pss speed: ours vs the baselines, one run'))
-    print(f'- models: {", ".join(args.models)}; sections: {" ".join(args.sections)}')
-    print(f'- threads: flops and sampling 1 (torch + BLAS), the other sections {args.threads} (torch), BLAS 1')
+def print_run_header(args: argparse.Namespace) -> None:
+    facts = {'models': f'{", ".join(args.models)}; sections: {" ".join(args.sections)}',
+             'threads': f'flops and sampling 1 (torch + BLAS), the other sections {args.threads} (torch), BLAS 1'}
     if {'flops', 'latency', 'scaling'} & set(args.sections):
-        print(f'- settings, flops / latency (bench_models): {bench_models.settings_line(args.models_args)}')
+        facts['settings, flops / latency (bench_models)'] = bench_models.settings_line(args.models_args)
     if {'sampling', 'step'} & set(args.sections):
-        print(f'- settings, sampling / step (bench_pss): {bench_pss.settings_line(args.pss_args)}')
+        facts['settings, sampling / step (bench_pss)'] = bench_pss.settings_line(args.pss_args)
     if 'budget' in args.sections:
-        print(f'- settings, budget (bench_budget): {bench_budget.settings_line(args.budget_args)}')
+        facts['settings, budget (bench_budget)'] = bench_budget.settings_line(args.budget_args)
     if {'latency', 'scaling'} & set(args.sections):
-        print(f'- settings, latency / scaling: budgets {", ".join(percent(p) for p in args.budgets)} and ladder '
-              f'{", ".join(percent(p) for p in args.levels)} of the max subnet\'s FLOPs, subnets within '
-              f'+-{percent(args.tolerance)} of a level; batch {args.models_args.batch_size}, median of '
-              f'{args.models_args.repeats} interleaved rounds after {args.models_args.warmup} warm-up')
-    print(f'- full run (no --quick, all sections): {FULL_RUN_ESTIMATE}')
-    print()
+        facts['settings, latency / scaling'] = (
+            f'budgets {", ".join(percent(p) for p in args.budgets)} and ladder '
+            f'{", ".join(percent(p) for p in args.levels)} of the max subnet\'s FLOPs, subnets within '
+            f'+-{percent(args.tolerance)} of a level; batch {args.models_args.batch_size}, median of '
+            f'{args.models_args.repeats} interleaved rounds after {args.models_args.warmup} warm-up')
+    facts['full run (no --quick, all sections)'] = FULL_RUN_ESTIMATE
+    print_header('timm_pss speed: ours vs the baselines, one run', facts)
 
 
 # ---------------------------------------------------------------------------------------------- subnets at a level
@@ -259,7 +247,7 @@ def quartile_cell(q: Sequence[float]) -> str:
 def report_budget_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
     ns = args.models_args
     print(f'## Forward latency at {len(args.budgets)} budgets: supernet (set_subnet) vs exported (export_subnet) '
-          f'vs dense timm baseline (batch {", ".join(map(str, args.batch_sizes))}, {threads(args.threads)}, '
+          f'vs dense timm baseline (batch {", ".join(map(str, args.batch_sizes))}, {threads_text(args.threads)}, '
           f'median ms)')
     print()
     headers = (['model', 'batch', 'budget', 'FLOPs / max'] + bench_models.LATENCY_HEADERS[1:]
@@ -321,7 +309,7 @@ def bench_scaling(name: str, args: argparse.Namespace) -> List[dict]:
 def report_scaling(results: Sequence[dict], args: argparse.Namespace) -> bool:
     ns = args.models_args
     print(f'## Latency scaling with the FLOPs budget: the exported subnet along a FLOPs ladder '
-          f'(batch {ns.batch_size}, {threads(args.threads)}, median ms)')
+          f'(batch {ns.batch_size}, {threads_text(args.threads)}, median ms)')
     print()
     headers = ['model', 'level', 'subnet', 'res', 'MMACs', 'FLOPs / max', 'exported (ms)', 'latency / max',
                'speed-up vs max', 'latency ratio / FLOPs ratio', 'in level', 'exported == supernet']
@@ -391,7 +379,7 @@ def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
 
 def report_train_step(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print(f'## Training step (forward + backward) at a fixed subnet: supernet vs dense timm model of the same widths '
-          f'(batch {args.train_batch}, {threads(args.threads)}, median ms)')
+          f'(batch {args.train_batch}, {threads_text(args.threads)}, median ms)')
     print()
     headers = ['model', 'budget widths', 'res', 'MMACs', 'supernet (ms)', 'dense (ms)', 'supernet/dense',
                'per round: median [q1, q3]', 'loss and grads equal']
@@ -461,7 +449,7 @@ def bench_compile(name: str, args: argparse.Namespace) -> dict:
 
 
 def report_compile(results: Sequence[dict], args: argparse.Namespace) -> bool:
-    print(f'## torch.compile(model) with budget switching (batch 1, {threads(args.threads)})')
+    print(f'## torch.compile(model) with budget switching (batch 1, {threads_text(args.threads)})')
     print()
     rows = []
     for r in results:
@@ -624,7 +612,7 @@ def main(argv=None) -> int:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
-    print_header(args)
+    print_run_header(args)
     summary = {name: {} for name in args.models}
     seconds, failed = {}, []
     for section in args.sections:

@@ -1,8 +1,15 @@
-"""Smoke tests: each benchmark runs end to end with tiny settings and its correctness checks pass."""
+"""Smoke tests: each benchmark runs end to end with tiny settings and its correctness checks pass.
+
+bench_models, bench_budget, bench_pss and speed run in this process through their `main(argv)` (what their command
+line calls), which saves a Python and torch start-up each; latency.py (it sets its process's allocator) and pareto.py
+(it starts train_pss.py runs) run as the command lines they are."""
 import subprocess
 import sys
 from pathlib import Path
-from support import SUBPROCESS_TIMEOUT
+
+import torch
+
+from support import SUBPROCESS_TIMEOUT, import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,25 +22,65 @@ def _run(script, *args):
     return proc.stdout
 
 
-def test_bench_models_quick():
-    out = _run('bench_models.py', '--quick', '--models', 'pss_mobilenetv2')
+def _main(name, capsys, *args):
+    """Run benchmarks/`name`.py's main(args) here; returns what it printed (asserting exit status 0)."""
+    threads = torch.get_num_threads()
+    try:
+        status = import_benchmark(name).main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    assert status == 0, out[-2000:] + err[-2000:]
+    return out
+
+
+def test_quick_caps_every_listed_option_and_nothing_else():
+    bench_pss = import_benchmark('bench_pss')
+    full = bench_pss.parse_args(['--baseline-sizes', '50', '500000', '--per-bucket', '100'])
+    assert full.baseline_sizes == [50, 500_000] and full.per_bucket == 100 and full.steps == 20
+    quick = bench_pss.parse_args(['--quick', '--baseline-sizes', '50', '500000', '--per-bucket', '100'])
+    assert quick.baseline_sizes == [50, 100_000] and quick.per_bucket == 100 and quick.steps == 3
+    assert quick.progress == full.progress and quick.image_size == 32
+
+
+def test_run_parts_reports_every_part_and_fails_if_any_check_failed(capsys):
+    harness = import_benchmark('harness')
+    threads = torch.get_num_threads()
+    reported = []
+
+    def report(ok):
+        return lambda results: reported.append(results) or ok
+
+    try:
+        status = harness.run_parts(['a', 'b'], [(1, str.upper, report(False)), (None, len, report(True))],
+                                   'FAILED: part one says NO.')
+        assert status == 1 and reported == [['A', 'B'], [1, 1]]
+        assert capsys.readouterr().err == 'FAILED: part one says NO.\n' and torch.get_num_threads() == 1
+        assert harness.run_parts(['a'], [(None, len, report(True))], 'FAILED') == 0
+        assert capsys.readouterr().err == ''
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bench_models_quick(capsys):
+    out = _main('bench_models', capsys, '--quick', '--models', 'pss_mobilenetv2')
     assert 'flops_many subnets/s' in out and 'supernet/dense' in out
     assert '| pss_mobilenetv2 |' in out
 
 
-def test_bench_budget_quick():
-    out = _run('bench_budget.py', '--quick', '--models', 'pss_mobilenetv2')
+def test_bench_budget_quick(capsys):
+    out = _main('bench_budget', capsys, '--quick', '--models', 'pss_mobilenetv2')
     assert 'set_budget' in out and 'speed-up' in out
     assert '| pss_mobilenetv2 |' in out
 
 
-def test_bench_pss_quick():
-    out = _run('bench_pss.py', '--quick')
+def test_bench_pss_quick(capsys):
+    out = _main('bench_pss', capsys, '--quick')
     assert 'buckets reached' in out and '47/47' in out and 'PSS/uniform' in out
 
 
-def test_speed_quick():
-    out = _run('speed.py', '--quick', '--models', 'pss_mobilenetv2')
+def test_speed_quick(capsys):
+    out = _main('speed', capsys, '--quick', '--models', 'pss_mobilenetv2')
     for header in ('flops_many subnets/s', 'buckets reached', '47/47', 'PSS/uniform', 'set_budget',
                    'supernet/dense', 'exported/dense', 'FLOPs / max', 'latency / max', 'speed-up vs max',
                    '## Summary', 'exported / dense at 25/50/100%', 'latency / max at 25% FLOPs'):
