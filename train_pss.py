@@ -51,7 +51,7 @@ from timm.utils import (
     is_primary, load_checkpoint_metadata, random_seed, setup_default_logging,
 )
 
-from timm_pss.budget import format_flops, parse_flops, set_table_metrics
+from timm_pss.budget_table import format_flops, parse_flops, set_table_metrics
 from timm_pss.data import (
     DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics, split_indices,
 )

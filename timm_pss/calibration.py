@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .budget import BudgetEntry, BudgetTable, write_budget_table
+from .budget_table import BudgetEntry, BudgetTable, write_budget_table
 from .slimmable import SlimBatchNormBase
 from .spaces import Subnet
 from .supernet import SubnetSwitch, find_supernet

@@ -929,7 +929,7 @@ def _describe(values: Sequence[int]) -> str:
 def record_latency(model: nn.Module, table: LatencyTable):
     """Record `table`'s predicted latency of every budget-table entry of `model` as its `latency_ms` metric, and the
     device it holds for in the table's info, so that `model.set_budget(latency_ms=...)` works. Returns the table."""
-    from .budget import LATENCY_METRIC, set_table_metrics
+    from .budget_table import LATENCY_METRIC, set_table_metrics
     supernet = find_supernet(model)
     table.check_model(supernet)
     entries = supernet.budget_table

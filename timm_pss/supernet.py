@@ -20,7 +20,7 @@ from torch import nn
 from timm.layers import register_notrace_function
 from timm.models import FeatureListNet, build_model_with_cfg, resolve_pretrained_cfg
 
-from .budget import (
+from .budget_table import (
     LATENCY_METRIC, TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, parse_flops, parse_latency, read_table_buffer,
     resize_budget_buffers_on_load,
 )
