@@ -51,7 +51,7 @@ from timm.utils import (
     is_primary, load_checkpoint_metadata, random_seed, setup_default_logging,
 )
 
-from timm_pss.budget import format_flops, parse_flops, set_table_metrics
+from timm_pss.budget_table import format_flops, parse_flops, set_table_metrics
 from timm_pss.data import (
     DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics, split_indices,
 )
@@ -960,15 +960,14 @@ def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches, pr
     """{name: (top1, top5)} for each (name, subnet), each with BN calibrated first; with `progress`, a log line
     per subnet (at ImageNet scale each is a pass over the validation split)."""
     supernet = find_supernet(model)
-    previous = supernet.active_subnet
     results = OrderedDict()
     start = time.time()
-    for i, (name, subnet) in enumerate(subnets.items()):
-        results[name] = evaluate_subnet(supernet, subnet, calib_loader, val_loader, calib_batches)
-        if progress:
-            _logger.info(f'{progress} {i + 1}/{len(subnets)}: {name} top-1 {results[name][0]:.2f}  '
-                         f'ETA {eta(time.time() - start, i + 1, len(subnets))}')
-    supernet.set_subnet(previous)
+    with supernet.keep_active():
+        for i, (name, subnet) in enumerate(subnets.items()):
+            results[name] = evaluate_subnet(supernet, subnet, calib_loader, val_loader, calib_batches)
+            if progress:
+                _logger.info(f'{progress} {i + 1}/{len(subnets)}: {name} top-1 {results[name][0]:.2f}  '
+                             f'ETA {eta(time.time() - start, i + 1, len(subnets))}')
     return results
 
 

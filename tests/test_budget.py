@@ -380,3 +380,97 @@ def test_set_budget_entry_activates_that_entry(filled):
     assert filled.set_budget_entry(-1) == filled.budget_table[-1]
     with pytest.raises(IndexError, match='entry 99 does not exist; the table has 4 entries'):
         filled.set_budget_entry(99)
+
+
+def test_keep_active_restores_subnet_and_budget_entry_even_when_the_body_raises(filled, x):
+    entry = filled.set_budget_entry(2)
+    with torch.no_grad():
+        before = filled(x)
+    with pytest.raises(KeyError):
+        with filled.keep_active() as kept:
+            assert kept == entry.subnet
+            filled.set_budget_entry(0)
+            filled.set_subnet(filled.space.sample(rng=3))
+            raise KeyError('boom')
+    assert filled.active_subnet == entry.subnet and filled.active_budget_index == 2
+    with torch.no_grad():
+        assert torch.equal(filled(x), before)  # the entry's own statistics again, not the shared ones
+    start = filled.set_subnet(filled.space.sample(rng=5))
+    with filled.keep_active():
+        filled.set_budget('250M')
+    assert filled.active_subnet == start and filled.active_budget_index is None
+
+
+def test_keep_active_drops_the_entry_when_the_block_replaces_the_table(filled):
+    model = copy.deepcopy(filled)
+    entry = model.set_budget_entry(1)
+    with model.keep_active():
+        timm_pss.fill_budget_table(model, [model.space.min_subnet()], _loader(n=8, size=32), num_batches=1)
+    assert model.active_subnet == entry.subnet and model.active_budget_index is None
+
+
+def test_activate_is_the_checked_door_for_subnet_and_entry(filled):
+    entry = filled.budget_table[1]
+    assert filled.activate(entry.subnet, 1) == entry.subnet and filled.active_budget_index == 1
+    assert filled.activate(entry.subnet) == entry.subnet and filled.active_budget_index is None
+    filled.activate(filled.budget_table[-1].subnet, -1)
+    assert filled.active_budget_index == len(filled.budget_table) - 1
+    filled.set_budget_entry(2)
+    with pytest.raises(ValueError, match='entry 1 holds BN statistics for .*budget_index=None'):
+        filled.activate(filled.budget_table[2].subnet, 1)
+    with pytest.raises(IndexError, match='entry 7 does not exist; the table has 4 entries'):
+        filled.activate(entry.subnet, 7)
+    with pytest.raises(TypeError, match='entry index is an int'):
+        filled.activate(entry.subnet, '1')
+    with pytest.raises(ValueError, match='group'):
+        filled.activate(Subnet(filled.space.resolutions[0], (1,) * len(filled.space.group_names)))
+    assert filled.active_subnet == filled.budget_table[2].subnet and filled.active_budget_index == 2
+
+
+def test_callers_that_switch_and_restore_keep_the_budget_entry(filled, x):
+    from timm_pss.pss import fresh_scores
+    model = copy.deepcopy(filled)
+    images, labels = torch.randn(4, 3, 128, 128), torch.zeros(4, dtype=torch.long)
+    restorers = {
+        'fresh_scores': lambda: fresh_scores(model, [model.space.min_subnet()], images, labels),
+        'reset_classifier': lambda: model.reset_classifier(10),
+    }
+    for name, call in restorers.items():
+        entry = model.set_budget_entry(2)
+        call()
+        assert (model.active_subnet, model.active_budget_index) == (entry.subnet, 2), name
+
+
+def test_choose_parses_the_budget_once_and_says_when_it_is_below_every_entry(filled):
+    table = filled.budget_table
+    smallest = table[0].flops
+    assert table.choose(smallest) == (0, table[0], False)
+    assert table.choose(smallest - 1, strict=False) == (0, table[0], True)
+    assert table.select(smallest - 1, strict=False) == (0, table[0])
+    with pytest.warns(UserWarning, match='below the smallest budget-table entry'):
+        filled.set_budget(smallest - 1, strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        filled.set_budget(smallest)
+
+
+def test_print_model_shows_the_active_subnet(filled):
+    filled.set_subnet(filled.space.max_subnet())
+    full = repr(filled)
+    assert '(conv_stem): SlimConv2d(in=3/3, out=32/32,' in full and 'budget_entry' not in full
+    entry = filled.set_budget_entry(0)
+    small = repr(filled)
+    assert small != full
+    stem, head = entry.subnet.widths[0], entry.subnet.widths[-2]  # stem and last stage output widths
+    assert f'(conv_stem): SlimConv2d(in=3/3, out={stem}/32,' in small
+    assert f'channels={stem}/32, budget_entry=0,' in small
+    assert f'(conv_head): SlimConv2d(in={head}/320, out=1280/1280,' in small
+
+
+def test_the_budget_table_module_is_not_shadowed_by_the_budget_function():
+    import importlib
+    module = importlib.import_module('timm_pss.budget_table')
+    assert module.BudgetTable is BudgetTable and module.parse_flops is parse_flops
+    import timm_pss.budget_table as imported
+    assert imported is module
+    assert callable(timm_pss.budget) and timm_pss.budget.__module__ == 'timm_pss.supernet'

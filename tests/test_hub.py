@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 from support import outputs_per_budget
-from timm_pss.budget import set_table_metrics
+from timm_pss.budget_table import set_table_metrics
 from timm_pss.publish import main as publish_main
 from support import SUBPROCESS_TIMEOUT
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 from timm_pss import SubnetBatch
-from timm_pss.budget import set_table_metrics
+from timm_pss.budget_table import set_table_metrics
 from timm_pss.costs import FlopsCost, LatencyCost
 from timm_pss.latency import build_lut, record_latency
 from timm_pss.pss import MultiCostSampler, PrioritizedSubnetSampler, create_sampler

@@ -180,12 +180,11 @@ def test_inference_cache_is_never_served_stale(event):
 def test_inference_cache_follows_the_budget_entry_statistics():
     model = _cut_model()
     bn = model[1]
-    bn.register_buffer('budget_running_mean', torch.randn(2, 32))
-    bn.register_buffer('budget_running_var', torch.rand(2, 32) + 0.5)
+    bn.set_budget_stats(torch.randn(2, 32), torch.rand(2, 32) + 0.5)
     x = torch.randn(2, 12, 6, 6)
     outputs = []
     for index in (0, 1):
-        bn.__dict__['budget_index'] = index  # as SubnetSwitch._activate sets it
+        bn.select_budget_entry(index)
         outputs.append(_cached(model, x))
         assert torch.equal(outputs[-1], _uncached(model, x))
     assert not torch.equal(*outputs)
@@ -218,3 +217,42 @@ def test_inference_cache_keeps_a_few_width_settings_and_serves_them_again():
     apply_widths(model, widths[-1])
     _cached(model, x[:, :10])
     assert len(model[0].__dict__['_inference_weight_cache']) == INFERENCE_CACHE_SUBNETS  # the oldest went
+
+
+def test_bn_per_entry_statistics_set_select_clear():
+    bn = _slim(nn.BatchNorm2d(8), Channels(0), Channels(0), widths=(6,)).eval()
+    bn.running_mean.fill_(5.0)
+    mean, var = torch.randn(3, 8, dtype=torch.float64), torch.rand(3, 8, dtype=torch.float64) + 0.5
+    bn.select_budget_entry(1)
+    bn.set_budget_stats(mean, var)  # new rows: no entry is selected any more
+    assert bn.budget_index is None and bn.budget_running_mean.dtype == torch.float32
+    assert set(bn.state_dict()) >= {'budget_running_mean', 'budget_running_var'}
+    x = torch.randn(2, 6, 4, 4)
+    with torch.no_grad():
+        shared = bn(x)
+        bn.select_budget_entry(2)
+        expected = nn.functional.batch_norm(x, mean[2, :6].float(), var[2, :6].float(), bn.weight[:6], bn.bias[:6],
+                                            False, 0.0, bn.eps)
+        torch.testing.assert_close(bn(x), expected)
+        assert not torch.allclose(bn(x), shared)
+        bn.clear_budget_stats()
+        assert bn.budget_index is None and bn.budget_running_mean is None and bn.budget_running_var is None
+        assert not any(k.startswith('budget_') for k in bn.state_dict())
+        torch.testing.assert_close(bn(x), shared)
+
+
+def test_layers_print_their_active_and_full_channels():
+    conv = _slim(nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), Channels(0), Channels(1), widths=(24, 48))
+    assert repr(conv) == ('SlimConv2d(in=24/32, out=48/64, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), '
+                          'bias=False)')
+    depthwise = _slim(nn.Conv2d(16, 16, 3, padding=1, groups=16), Channels(0), Channels(0), widths=(8,))
+    assert 'in=8/16, out=8/16' in repr(depthwise) and 'groups=8/16' in repr(depthwise)
+    linear = _slim(nn.Linear(64, 10), Channels(0), None, widths=(40,))
+    assert repr(linear) == 'SlimLinear(in=40/64, out=10/10, bias=True)'
+    bn = _slim(nn.BatchNorm2d(64), Channels(0), Channels(0), widths=(40,))
+    assert repr(bn).startswith('SlimBatchNorm2d(channels=40/64, eps=1e-05') and 'budget_entry' not in repr(bn)
+    bn.set_budget_stats(torch.zeros(2, 64), torch.ones(2, 64))
+    bn.select_budget_entry(1)
+    assert repr(bn).startswith('SlimBatchNorm2d(channels=40/64, budget_entry=1, eps=1e-05')
+    bn_act = _slim(BatchNormAct2d(64), Channels(0), Channels(0), widths=(16,))
+    assert repr(bn_act).startswith('SlimBatchNormAct2d(\n  channels=16/64, eps=1e-05')

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .budget import BudgetEntry, BudgetTable, write_budget_table
+from .budget_table import BudgetEntry, BudgetTable, write_budget_table
 from .slimmable import SlimBatchNormBase
 from .spaces import Subnet
 from .supernet import SubnetSwitch, find_supernet
@@ -39,7 +39,7 @@ def calibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 8) -> Su
     saved = [(m, m.momentum, m.training) for m in bns]
     was_training = supernet.training
     device = next(supernet.parameters()).device
-    supernet._activate(supernet.active_subnet, None)
+    supernet.activate(supernet.active_subnet)
     supernet.eval()
     try:
         for m in bns:
@@ -90,22 +90,22 @@ def fill_budget_table(
     table = BudgetTable(space.group_names, [BudgetEntry(space.flops(s), s, unique[s]) for s in order])  # checked
     layers = [(n, m) for n, m in supernet.named_modules() if isinstance(m, SlimBatchNormBase)]
     stats = {n: (torch.zeros(len(order), m.num_features), torch.ones(len(order), m.num_features)) for n, m in layers}
-    previous = supernet.active_subnet, supernet.active_budget_index
     shared = {n: {k: v.clone() for k, v in m._buffers.items() if v is not None and not k.startswith('budget_')}
               for n, m in layers}
-    try:
-        for row, subnet in enumerate(order):
-            supernet.set_subnet(subnet)
-            calibrate_bn(supernet, loader, num_batches=num_batches)
+    # also on failure: the shared statistics and the active subnet as they were (on the shared statistics once
+    # the new table replaced the old one's entries)
+    with supernet.keep_active():
+        try:
+            for row, subnet in enumerate(order):
+                supernet.set_subnet(subnet)
+                calibrate_bn(supernet, loader, num_batches=num_batches)
+                for name, layer in layers:
+                    c = layer.active_out
+                    stats[name][0][row, :c] = layer.running_mean[:c].float().cpu()
+                    stats[name][1][row, :c] = layer.running_var[:c].float().cpu()
+            write_budget_table(supernet, table, stats)
+        finally:
             for name, layer in layers:
-                c = layer.active_out
-                stats[name][0][row, :c] = layer.running_mean[:c].float().cpu()
-                stats[name][1][row, :c] = layer.running_var[:c].float().cpu()
-        write_budget_table(supernet, table, stats)
-        previous = previous[0], None  # the old table's entries are gone
-    finally:  # also on failure: the shared statistics and the active subnet as they were
-        for name, layer in layers:
-            for key, value in shared[name].items():
-                layer._buffers[key].copy_(value)
-        supernet._activate(*previous)
+                for key, value in shared[name].items():
+                    layer._buffers[key].copy_(value)
     return table

@@ -109,6 +109,12 @@ class SlimmableLayer:
     def full_channels(self) -> tuple:
         raise NotImplementedError
 
+    def extra_repr(self) -> str:
+        """torch's description with the channel counts as active/full, so `print(model)` shows the subnet."""
+        full_in, full_out = self.full_channels()
+        dense = super().extra_repr().split(', ', 2)[2]  # torch's text after its "in, out" channel fields
+        return f'in={self.active_in}/{full_in}, out={self.active_out}/{full_out}, {dense}'
+
     def slice_state(self) -> Dict[str, torch.Tensor]:
         """This layer's parameters and buffers cut to the active channels (for export)."""
         raise NotImplementedError
@@ -141,6 +147,11 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         groups = self.active_out if self.is_depthwise else 1
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        # a depthwise conv runs one group per active channel
+        return text.replace(f'groups={self.groups}', f'groups={self.active_out}/{self.groups}', 1)
+
     def slice_state(self):
         weight, bias = self._active_params()
         state = {'weight': weight}
@@ -160,6 +171,30 @@ class SlimBatchNormBase(SlimmableLayer):
 
     def full_channels(self):
         return self.num_features, self.num_features
+
+    def select_budget_entry(self, index: Optional[int]) -> None:
+        """Use row `index` of the per-entry statistics in eval mode from now on (None: the shared running ones)."""
+        self.__dict__['budget_index'] = index  # plain attribute on the switching hot path
+
+    def set_budget_stats(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Hold per-entry statistics `mean` / `var` (entries x channels, stored as float32 beside the weight) and
+        release any selected entry: the rows now belong to a new table."""
+        device = self.weight.device
+        self._buffers['budget_running_mean'] = mean.to(device, torch.float32)
+        self._buffers['budget_running_var'] = var.to(device, torch.float32)
+        self.select_budget_entry(None)
+
+    def clear_budget_stats(self) -> None:
+        """Drop the per-entry statistics (no budget table: the buffers leave the state dict) and any selection."""
+        self._buffers['budget_running_mean'] = None
+        self._buffers['budget_running_var'] = None
+        self.select_budget_entry(None)
+
+    def extra_repr(self) -> str:
+        """torch's description with the channels as active/full, and the budget entry whose statistics are used."""
+        dense = super(SlimmableLayer, self).extra_repr().split(', ', 1)[1]  # the dense BN's text after its channels
+        entry = '' if self.budget_index is None else f', budget_entry={self.budget_index}'
+        return f'channels={self.active_out}/{self.num_features}{entry}, {dense}'
 
     def eval_stats(self):
         """The running (mean, var) eval mode uses for the active channels."""

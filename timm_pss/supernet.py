@@ -20,9 +20,8 @@ from torch import nn
 from timm.layers import register_notrace_function
 from timm.models import FeatureListNet, build_model_with_cfg, resolve_pretrained_cfg
 
-from .budget import (
-    LATENCY_METRIC, TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, parse_flops, parse_latency, read_table_buffer,
-    resize_budget_buffers_on_load,
+from .budget_table import (
+    LATENCY_METRIC, TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, read_table_buffer, resize_budget_buffers_on_load,
 )
 from .channel_plan import ChannelPlan
 from .hub import check_local_dir_weights, hub_unreachable_reason, missing_weights_error
@@ -52,10 +51,14 @@ class SubnetSwitch:
 
     Subclasses set `space` (a SearchSpace) and call `_init_switch()` before the first `set_subnet`.
 
-    Threads: `switch_lock` is a per-model re-entrant lock; `set_subnet`, `set_budget` and `set_budget_entry` take it,
-    and `timm_pss.budget(model, ...)` holds it for its whole `with` block (switch, forwards, restore), so threads
-    that each use `with budget(...)` on one shared model are serialised and every forward runs the budget its
-    thread asked for. Bare `set_budget(...)` followed by `model(x)` from several threads is NOT safe: another
+    Switching has one door: `activate(subnet, budget_index)` (what `set_subnet`, `set_budget` and
+    `set_budget_entry` do after choosing), and `keep_active()` for code that switches and must leave the model as
+    it found it (subnet and budget entry).
+
+    Threads: `switch_lock` is a per-model re-entrant lock; `activate`, `set_subnet`, `set_budget` and
+    `set_budget_entry` take it, and `keep_active()` and `timm_pss.budget(model, ...)` hold it for their whole `with`
+    block (switch, forwards, restore), so threads that each use `with budget(...)` on one shared model are
+    serialised and every forward runs the budget its thread asked for. Bare `set_budget(...)` followed by `model(x)` from several threads is NOT safe: another
     thread may switch between the two calls (use `with budget(...)`, or one model per thread).
     """
     # no class-level annotations on the mixins: TorchScript reads the first annotated class of the MRO and cannot
@@ -96,10 +99,49 @@ class SubnetSwitch:
 
     def set_subnet(self, subnet: Subnet) -> Subnet:
         """Run `subnet` from now on (validated against `space`) with the shared BN statistics; returns it."""
+        return self.activate(subnet)
+
+    def activate(self, subnet: Subnet, budget_index: Optional[int] = None) -> Subnet:
+        """Run `subnet` from now on with the BN statistics of budget-table entry `budget_index` (None: the shared
+        running statistics); returns the validated subnet.
+
+        An entry's statistics were calibrated for its own subnet, so `budget_index` must name an entry whose
+        subnet is `subnet` (else ValueError); a negative index counts from the end. Nothing changes on bad input.
+        """
         subnet = self.space.validate(subnet)
         with self.switch_lock:
-            self._activate(subnet, None)
+            if budget_index is not None:
+                table = self.budget_table
+                budget_index = self._entry_index(table, budget_index)
+                if table[budget_index].subnet != subnet:
+                    raise ValueError(f'budget-table entry {budget_index} holds BN statistics for '
+                                     f'{table[budget_index].subnet}, not for {subnet}; pass budget_index=None to run '
+                                     f'this subnet on the shared statistics')
+            self._activate(subnet, budget_index)
         return subnet
+
+    @contextlib.contextmanager
+    def keep_active(self) -> Iterator[Subnet]:
+        """`with model.keep_active():` switch freely inside; on exit, also on error, the subnet and budget entry
+        active before are active again. Yields that subnet.
+
+        Holds `switch_lock` for the block, so no other thread switches in between. If the block replaces the
+        budget table (a load, `fill_budget_table`), the old entry index means nothing any more: the subnet comes
+        back on the shared BN statistics.
+        """
+        with self.switch_lock:
+            subnet, index, table = self._active_subnet, self._active_budget_index, self.budget_table
+            try:
+                yield subnet
+            finally:
+                self._activate(subnet, index if self._same_table(table) else None)
+
+    def _same_table(self, table: BudgetTable) -> bool:
+        """Whether the budget table is still `table` (a table that no longer decodes is not)."""
+        try:
+            return self.budget_table is table
+        except ValueError:
+            return False
 
     def _index_layers(self) -> None:
         """Remember the slimmable layers (switching then needs no module traversal); redone when layers change."""
@@ -107,9 +149,10 @@ class SubnetSwitch:
         self._switch_norms = tuple(m for m in self._switch_layers if isinstance(m, SlimBatchNormBase))
 
     def _activate(self, subnet: Subnet, budget_index: Optional[int]) -> None:
+        """`activate` without its checks, for a subnet and index already known to fit (the hot path)."""
         apply_widths(self, subnet.widths, self._switch_layers)
         for norm in self._switch_norms:
-            norm.__dict__['budget_index'] = budget_index
+            norm.select_budget_entry(budget_index)
         self._active_subnet = subnet
         self.__dict__['_active_resolution'] = subnet.resolution
         self._active_budget_index = budget_index
@@ -143,11 +186,11 @@ class SubnetSwitch:
             table = self.budget_table
             if latency_ms is not None and flops is None:
                 self._check_latency_device(table)
-            index, entry = table.select(flops, strict=strict, latency_ms=latency_ms)
-            if flops is not None and entry.flops > parse_flops(flops):
+            index, entry, below_smallest = table.choose(flops, strict=strict, latency_ms=latency_ms)
+            if below_smallest and flops is not None:
                 warnings.warn(f'budget {flops!r} is below the smallest budget-table entry; using that entry '
                               f'({entry.flops} FLOPs)', stacklevel=2)
-            if latency_ms is not None and entry.metrics[LATENCY_METRIC] > parse_latency(latency_ms):
+            if below_smallest and latency_ms is not None:
                 warnings.warn(f'latency budget {latency_ms!r} ms is below the smallest budget-table entry; using '
                               f'that entry ({entry.metrics[LATENCY_METRIC]:.4g} ms)', stacklevel=2)
             self._activate(entry.subnet, index)
@@ -156,16 +199,21 @@ class SubnetSwitch:
     def set_budget_entry(self, index: int) -> BudgetEntry:
         """Switch to budget-table entry `index` itself (an int; negative counts from the end), with its BN
         statistics (e.g. to measure every entry)."""
+        with self.switch_lock:
+            table = self.budget_table
+            index = self._entry_index(table, index)
+            self._activate(table[index].subnet, index)
+        return table[index]
+
+    @staticmethod
+    def _entry_index(table: BudgetTable, index: int) -> int:
+        """`index` as a row of `table` (negative counts from the end); TypeError / IndexError saying what is allowed."""
         if isinstance(index, bool) or not isinstance(index, numbers.Integral):
             raise TypeError(f'a budget-table entry index is an int, got {type(index).__name__} {index!r}')
         index = int(index)
-        with self.switch_lock:
-            table = self.budget_table
-            if not -len(table) <= index < len(table):
-                raise IndexError(f'budget-table entry {index} does not exist; the table has {len(table)} entries')
-            index %= len(table)
-            self._activate(table[index].subnet, index)
-        return table[index]
+        if not -len(table) <= index < len(table):
+            raise IndexError(f'budget-table entry {index} does not exist; the table has {len(table)} entries')
+        return index % len(table)
 
     def _check_latency_device(self, table: BudgetTable) -> None:
         """The table's latencies hold for one device type; refuse a model that now lives on another."""
@@ -231,14 +279,13 @@ class SupernetMixin(SubnetSwitch):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """timm's reset_classifier; the new classifier is slimmable and sized for the widest subnet."""
-        active, index = self._active_subnet, self._active_budget_index
-        self.num_features = self._full_num_features
-        self.head_hidden_size = self._full_head_hidden_size
-        super().reset_classifier(num_classes, global_pool)
-        convert_to_slimmable(self)
-        self._rebuild_plan()
-        self._index_layers()
-        self._activate(active, index)
+        with self.keep_active():
+            self.num_features = self._full_num_features
+            self.head_hidden_size = self._full_head_hidden_size
+            super().reset_classifier(num_classes, global_pool)
+            convert_to_slimmable(self)
+            self._rebuild_plan()
+            self._index_layers()
 
     def extra_repr(self) -> str:
         return f'space={self.space!r}, active_subnet={self._active_subnet}, budget_table={self.budget_table!r}'
@@ -315,12 +362,5 @@ def budget(model: nn.Module, flops: Optional[FlopsLike] = None, strict: bool = T
     threads do not overlap). Bare `model.set_budget(...)` + `model(x)` from several threads is not made safe.
     """
     supernet = find_supernet(model)
-    with supernet.switch_lock:
-        previous_subnet, previous_index = supernet.active_subnet, supernet.active_budget_index
-        table_before = supernet.budget_table
-        try:
-            yield supernet.set_budget(flops, strict=strict, latency_ms=latency_ms)
-        finally:
-            if supernet.budget_table is not table_before:  # a load or fill inside the block replaced the table
-                previous_index = None
-            supernet._activate(previous_subnet, previous_index)
+    with supernet.keep_active():
+        yield supernet.set_budget(flops, strict=strict, latency_ms=latency_ms)

@@ -280,7 +280,6 @@ def build_lut(
                            for point, shape in zip(points, shapes)])
     timer = _Timer(_synchronizer(dev), retake=dev.type == 'cpu' and threads == 1)
     modes = [(m, m.training) for m in supernet.modules()]
-    previous = supernet.active_subnet, supernet.active_budget_index
     previous_threads = torch.get_num_threads()
     generator = torch.Generator().manual_seed(seed)
     whole = stratified_subnets(space, overhead_subnets, rng=seed)
@@ -288,7 +287,7 @@ def build_lut(
     try:
         torch.set_num_threads(threads)
         supernet.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), supernet.keep_active():
             inputs = {r: torch.randn(batch_size, supernet.in_chans, r, r, generator=generator).to(dev, dtype)
                       for r in sorted(set(resolutions) | {s.resolution for s in whole})}
             _check_chain(supernet, segments, Subnet(resolutions[0], space.max_widths), inputs[resolutions[0]])
@@ -301,7 +300,6 @@ def build_lut(
         torch.set_num_threads(previous_threads)
         for m, training in modes:
             m.training = training
-        supernet._activate(*previous)
     blocks = [LatencyBlock(s.name, s.groups, resolutions, ax, np.round(m.reshape((len(resolutions),) + shape), 4))
               for s, ax, m, shape in zip(segments, axes, medians, shapes)]
     table = LatencyTable(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..budget import LATENCY_METRIC, set_table_metrics
+from ..budget_table import LATENCY_METRIC, set_table_metrics
 from ..files import write_text_atomic
 from ..spaces import SearchSpace, Subnet, SubnetBatch
 from ..supernet import find_supernet

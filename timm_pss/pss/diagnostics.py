@@ -71,11 +71,11 @@ def fresh_scores(model: nn.Module, subnets: Sequence[Subnet], images: torch.Tens
     device = next(supernet.parameters()).device
     images, labels = images.to(device), labels.to(device)
     buffers = {name: b.detach().clone() for name, b in supernet.named_buffers()}
-    previous, was_training = supernet.active_subnet, supernet.training
+    was_training = supernet.training
     scores = []
     devices = [device] if device.type == 'cuda' else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), supernet.keep_active():
             supernet.train()
             for subnet in subnets:
                 supernet.set_subnet(subnet)
@@ -85,7 +85,6 @@ def fresh_scores(model: nn.Module, subnets: Sequence[Subnet], images: torch.Tens
     finally:
         for name, b in supernet.named_buffers():
             b.copy_(buffers[name])
-        supernet.set_subnet(previous)
         supernet.train(was_training)
     return np.asarray(scores, dtype=np.float64)
 

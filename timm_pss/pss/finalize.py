@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from timm.utils import accuracy
 
-from ..budget import BudgetTable
+from ..budget_table import BudgetTable
 from ..calibration import calibrate_bn, fill_budget_table
 from ..spaces import Subnet
 from ..supernet import find_supernet

@@ -14,7 +14,7 @@ import numbers
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -22,8 +22,9 @@ from torch import nn
 from .slimmable import SlimBatchNormBase
 from .spaces import SearchSpace, Subnet
 
-__all__ = ['BudgetEntry', 'BudgetTable', 'parse_flops', 'parse_latency', 'LATENCY_METRIC', 'TABLE_BUFFER', 'read_table_buffer', 'write_budget_table',
-           'resize_budget_buffers_on_load', 'set_table_metrics']
+__all__ = ['BudgetChoice', 'BudgetEntry', 'BudgetTable', 'parse_flops', 'parse_latency', 'LATENCY_METRIC',
+           'TABLE_BUFFER', 'read_table_buffer', 'write_budget_table', 'resize_budget_buffers_on_load',
+           'set_table_metrics']
 
 TABLE_BUFFER = 'pss_budget_table'
 TABLE_FORMAT = 'timm_pss.budget_table/1'
@@ -119,6 +120,14 @@ class BudgetEntry:
         return {'flops': self.flops, 'subnet': self.subnet.to_dict(), 'metrics': dict(self.metrics)}
 
 
+class BudgetChoice(NamedTuple):
+    """What `BudgetTable.choose` picked for a budget: the entry, its row, and whether the budget was below every
+    entry (only possible with strict=False: the smallest entry stands in, and the caller warns)."""
+    index: int
+    entry: BudgetEntry
+    below_smallest: bool
+
+
 class BudgetTable(Sequence[BudgetEntry]):
     """Budget-table entries for a space with the given channel group names.
 
@@ -155,6 +164,12 @@ class BudgetTable(Sequence[BudgetEntry]):
 
         A budget below the smallest entry raises ValueError, or with `strict=False` gives the smallest entry.
         """
+        index, entry, _ = self.choose(budget, strict, latency_ms=latency_ms)
+        return index, entry
+
+    def choose(self, budget: Optional[FlopsLike] = None, strict: bool = True, *,
+               latency_ms: Union[None, float, str] = None) -> BudgetChoice:
+        """`select`, also telling whether the budget was below every entry; the budget is parsed once, here."""
         if (budget is None) == (latency_ms is None):
             raise ValueError('give exactly one budget: flops (MACs, or a string like "300M") or latency_ms '
                              '(milliseconds on the device the table\'s latencies were predicted for)')
@@ -181,10 +196,10 @@ class BudgetTable(Sequence[BudgetEntry]):
                 raise ValueError(f'{what.format(unit(limit))} is below the smallest budget-table entry, '
                                  f'{exact(values[smallest])}; pass a budget of at least that, or strict=False to get '
                                  f'the smallest entry')
-            return smallest, self.entries[smallest]
+            return BudgetChoice(smallest, self.entries[smallest], True)
         best = max(fitting, key=lambda i: (self.entries[i].metrics.get(SELECTION_METRIC, -math.inf), values[i],
                                            self.entries[i].metrics.get('top1', -math.inf), -i))
-        return best, self.entries[best]
+        return BudgetChoice(best, self.entries[best], False)
 
     def to_json(self) -> str:
         doc = {'format': TABLE_FORMAT, 'group_names': list(self.group_names),
@@ -293,14 +308,14 @@ def write_budget_table(module: nn.Module, table: BudgetTable,
     missing = [n for n, _ in layers if n not in bn_stats]
     if len(table) and missing:
         raise ValueError(f'no per-entry BN statistics for layers {missing[:5]}')
-    for name, layer in layers:  # check every layer before changing any
-        for buf, stats in zip(_BN_BUFFERS, bn_stats.get(name, (None, None)) if len(table) else (None, None)):
-            if stats is not None:
-                _check_entry_stats(f'{name}.{buf}', stats, (len(table), layer.num_features), len(table), buf)
+    for name, layer in layers if len(table) else ():  # check every layer before changing any
+        for buf, stats in zip(_BN_BUFFERS, bn_stats[name]):
+            _check_entry_stats(f'{name}.{buf}', stats, (len(table), layer.num_features), len(table), buf)
     for name, layer in layers:
-        for buf, stats in zip(_BN_BUFFERS, bn_stats.get(name, (None, None)) if len(table) else (None, None)):
-            layer._buffers[buf] = None if stats is None else stats.to(layer.weight.device, torch.float32)
-        layer.budget_index = None
+        if len(table):
+            layer.set_budget_stats(*bn_stats[name])
+        else:
+            layer.clear_budget_stats()
     device = next(module.parameters()).device
     module._buffers[TABLE_BUFFER] = _table_tensor(table, device) if len(table) else None
     _forget_active_entry(module)
@@ -335,11 +350,9 @@ def resize_budget_buffers_on_load(module, state_dict, prefix, local_metadata, st
     # all checked: apply
     if table != stored:
         state_dict[key] = _table_tensor(table)
-    for name, layer in layers:
-        for buf in _BN_BUFFERS:
-            shape = tuple(state_dict[prefix + f'{name}.{buf}'].shape)
-            layer._buffers[buf] = torch.empty(shape, dtype=torch.float32, device=layer.weight.device)
-        layer.budget_index = None
+    for name, layer in layers:  # placeholders of the incoming shapes, which load_state_dict then fills
+        layer.set_budget_stats(*(torch.empty(state_dict[prefix + f'{name}.{buf}'].shape, dtype=torch.float32,
+                                             device=layer.weight.device) for buf in _BN_BUFFERS))
     module._buffers[TABLE_BUFFER] = torch.empty_like(state_dict[key], device=next(module.parameters()).device)
     _forget_active_entry(module)
 
