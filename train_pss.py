@@ -14,26 +14,22 @@ config.json, so the folder loads with timm.create_model('local-dir:RUN') and pub
 accuracy_vs_flops.png.
 """
 import argparse
-import csv
 import difflib
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import pickle
-import random
 import shutil
 import sys
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -56,11 +52,13 @@ from timm_pss.data import (
     DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics, split_indices,
 )
 from timm_pss.hub import save_hub_files
-from timm_pss.costs import METRICS, FlopsCost, LatencyCost
-from timm_pss.files import atomic_path, atomic_write, claim_new_dir, write_text_atomic
+from timm_pss.costs import METRICS
+from timm_pss.files import claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable, record_latency
-from timm_pss.pss import SAMPLERS, MultiCostSampler, PSSTask, create_sampler, evaluate_accuracy, evaluate_subnet, finalize_budget_table
-from timm_pss.pss import BUCKET_WEIGHTS, PRIORITIES, PoolMonitor, fixed_batch
+from timm_pss.pss import (
+    BUCKET_WEIGHTS, PRIORITIES, SAMPLERS, PoolMonitor, ResumablePSSTask, build_sampler, check_pools_identical,
+    evaluate_accuracy, evaluate_subnet, finalize_budget_table, fixed_batch, sampler_kwargs,
+)
 from timm_pss.reporting import plot_results, write_results, write_summary_row
 from timm_pss.supernet import SupernetMixin, find_supernet
 
@@ -483,56 +481,6 @@ def parse_args(argv=None):
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
 
 
-# process RNG state, carried in the task state so a resumed run continues exactly
-
-def capture_rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {'torch': torch.get_rng_state(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            'python': random.getstate()}
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state['torch'])
-    kind, keys, pos, has_gauss, cached = state['numpy']
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-
-
-class ResumablePSSTask(PSSTask):
-    """PSSTask whose checkpoint state also carries the process RNGs (torch, numpy, random) for an exact resume, and
-    the run's arguments as a plain dict (`run_args`), so `torch.load(path, weights_only=True)` reads checkpoints
-    with no allowlisted classes (timm's CheckpointSaver would store an argparse.Namespace; it is given none)."""
-
-    run_args = None
-
-    def get_checkpoint_state(self, ema=False, **kwargs):
-        state = super().get_checkpoint_state(ema=ema, **kwargs)
-        if not ema and self.run_args is not None:
-            state.update(arch=self.run_args['model'], args=self.run_args)
-        return state
-
-    def get_task_state(self, module=None, ema=False):
-        state = super().get_task_state(module, ema)
-        if not ema:
-            state['rng'] = capture_rng_state()
-        return state
-
-    def load_task_state(self, state, strict=True, module=None, ema=False):
-        super().load_task_state(state, strict=strict, module=module, ema=ema)
-        if state and 'rng' in state and not ema:
-            restore_rng_state(state['rng'])
-
-
-def check_pools_identical(sampler, world_size: int) -> None:
-    """Under DDP every rank must hold the same pools: compare a hash of the sampler state across ranks."""
-    digest = hashlib.sha256(json.dumps(sampler.state_dict(), sort_keys=True).encode()).hexdigest()
-    digests = [None] * world_size
-    dist.all_gather_object(digests, digest)
-    if len(set(digests)) != 1:
-        raise RuntimeError(f'PSS pools diverged across ranks: {digests}')
-
-
 # Rank 0 alone evaluates each epoch and finalises the budget table (at ImageNet scale: many passes over the held-out
 # slice); the other ranks wait for it on a CPU (gloo) group with this timeout instead of the default group's
 # (NCCL's 10 minutes), which would abort them mid-wait.
@@ -868,20 +816,6 @@ def monitor_batch(loader, batch_size: int, seed: int):
 
 # training and evaluation
 
-def build_sampler(args, space, latency_table=None):
-    """The --pss-sampler over --pss-metrics: one metric's sampler, or one per metric behind a MultiCostSampler."""
-    samplers = []
-    for i, metric in enumerate(args.pss_metrics):
-        cost = FlopsCost(space) if metric == 'flops' else LatencyCost(space, latency_table)
-        budget_range = args.pss_budget_range if metric == 'flops' else args.pss_latency_range
-        samplers.append(create_sampler(
-            args.pss_sampler, space, budget_range=budget_range, num_pools=args.pss_num_pools,
-            pool_size=args.pss_pool_size, momentum=args.pss_momentum, p_random=tuple(args.pss_p_random),
-            temperature=tuple(args.pss_temperature), seed=args.seed + i, cost=cost, priority=args.pss_priority,
-            shuffle_scores=args.pss_shuffle_scores, bucket_weights=args.pss_bucket_weights))
-    return samplers[0] if len(samplers) == 1 else MultiCostSampler(samplers, seed=args.seed)
-
-
 def eta(elapsed: float, done: int, total: int) -> str:
     """Time left as H:MM:SS when `done` of `total` equal steps took `elapsed` seconds."""
     left = elapsed / max(done, 1) * max(total - done, 0)
@@ -947,15 +881,6 @@ def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_
     return OrderedDict(loss=losses.avg, distill=distill.avg, time=time.time() - start)
 
 
-def best_pooled_subnet(sampler, budget):
-    """The best-scored pooled subnet of the highest FLOPs pool at or below `budget` FLOPs, or None."""
-    flops_buckets = [b for b, c in enumerate(sampler.bucket_costs) if c.metric == 'flops']
-    for bucket in sorted(flops_buckets, key=lambda b: -sampler.targets[b]):
-        if sampler.targets[bucket] <= budget and len(sampler.pools[bucket]):
-            return sampler.pools[bucket].best(1)[0][0]
-    return None
-
-
 def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches, progress: str = ''):
     """{name: (top1, top5)} for each (name, subnet), each with BN calibrated first; with `progress`, a log line
     per subnet (at ImageNet scale each is a pass over the validation split)."""
@@ -971,22 +896,47 @@ def evaluate_subnets(model, subnets, calib_loader, val_loader, calib_batches, pr
     return results
 
 
-def main(argv=None):
-    setup_default_logging()
-    args, args_text = parse_args(argv)
-    resume_file = check_run_args(args)
-    device = init_distributed_device(args)
-    primary = is_primary(args)
-    if args.aug_repeats and not args.distributed:
-        usage_error(f'--aug-repeats {args.aug_repeats:g} repeats each image across ranks: it needs distributed '
-                    f'training (torchrun --nproc_per_node=N), as in timm')
-    args.prefetcher = device.type == 'cuda' and not args.no_prefetcher
-    random_seed(args.seed, args.rank)
-    embedded = not args.data_dir and not args.dataset
-    if primary:
-        _logger.info(f'Training {args.model} on {"the embedded digits dataset" if embedded else args.data_dir} '
-                     f'({args.world_size} process{"es" if args.world_size > 1 else ""}, device {device})')
+# the run: set-up, the epoch loop, per-epoch evaluation, finalisation
 
+@dataclass
+class TrainingRun:
+    """What `setup` builds and the epoch loop, per-epoch evaluation and finalisation share."""
+    args: argparse.Namespace
+    device: torch.device
+    primary: bool
+    model: torch.nn.Module
+    eval_model: torch.nn.Module  # the EMA weights with --model-ema, else the model
+    task: ResumablePSSTask
+    optimizer: torch.optim.Optimizer
+    loss_scaler: Optional[NativeScaler]
+    amp_autocast: Callable
+    lr_scheduler: Any
+    num_epochs: int
+    start_epoch: int
+    mixup_fn: Optional[Mixup]
+    train_loader: Any
+    calib_loader: Any
+    heldout_loader: Any
+    val_loader: Any
+    latency_table: Optional[LatencyTable]
+    output_dir: Optional[Path]  # rank 0 only, as the saver and wandb run
+    saver: Optional[CheckpointSaver]
+    wandb_run: Any
+    pool_monitor: Optional[PoolMonitor]
+    wait_group: Any
+
+    @property
+    def sampler(self):
+        return self.task.sampler
+
+    @property
+    def space(self):
+        return self.model.space
+
+
+def create_supernet(args: argparse.Namespace, resume_file: Optional[Path], primary: bool):
+    """(model, datasets, data_config): the supernet for --model and --pss-*, on the datasets whose classes and
+    channels it takes, with the data config its loaders use."""
     supernets = timm.list_models('pss_*')
     if ':' not in args.model and args.model.split('.')[0] not in supernets:
         raise SystemExit(f'--model {args.model} is not a timm_pss supernet; use one of {supernets}')
@@ -1016,6 +966,73 @@ def main(argv=None):
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
     # the saved config.json then normalises as training did (e.g. a grayscale dataset's own mean/std)
     model.pretrained_cfg.update(mean=tuple(data_config['mean']), std=tuple(data_config['std']))
+    return model, datasets, data_config
+
+
+def create_amp(args: argparse.Namespace, device: torch.device):
+    """(autocast context factory, loss scaler or None) for --amp: bfloat16 on CPU, a scaler for float16 only."""
+    amp_autocast, loss_scaler = nullcontext, None
+    if args.amp:
+        amp_dtype = torch.bfloat16 if device.type == 'cpu' or args.amp_dtype == 'bfloat16' else torch.float16
+        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
+        if amp_dtype == torch.float16:
+            loss_scaler = NativeScaler(device=device.type)
+    return amp_autocast, loss_scaler
+
+
+def create_task(args: argparse.Namespace, model, device: torch.device, primary: bool):
+    """(task, latency table or None): the PSS training step with --pss-sampler over --pss-metrics, the max subnet's
+    loss and, with --model-ema, its EMA."""
+    latency_table = None
+    if args.pss_latency_table:
+        latency_table = LatencyTable.load(args.pss_latency_table)
+        latency_table.check_model(model)
+    sampler = build_sampler(model.space, latency_table=latency_table, **sampler_kwargs(args))
+    criterion = create_classification_loss(
+        loss_type='bce' if args.bce_loss else None, smoothing=args.smoothing, soft_targets=mixup_active(args),
+        bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+    task = ResumablePSSTask(model, sampler, num_middle=args.pss_num_middle, criterion=criterion, device=device,
+                            verbose=primary)
+    task.run_args = plain_args(args)
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                       device='cpu' if args.model_ema_force_cpu else None)
+    return task, latency_table
+
+
+def mixup_active(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
+def resume_training(args: argparse.Namespace, path: Path, model, task, optimizer, loss_scaler, primary: bool) -> int:
+    """Restore weights, optimizer, scaler, pools, RNGs and EMA from checkpoint `path`; returns its epoch."""
+    resume_epoch = resume_checkpoint(model, str(path), optimizer=None if args.no_resume_opt else optimizer,
+                                     loss_scaler=loss_scaler, log_info=primary)
+    meta = load_checkpoint_metadata(str(path))
+    task.load_task_state(meta.get('task_state'))
+    if task.has_ema() and 'state_dict_ema' in meta:
+        task.load_checkpoint_state(meta['state_dict_ema'], meta.get('task_state_ema'), ema=True, strict=False)
+    if primary:
+        _logger.info(f'Resumed from {path} at epoch {resume_epoch} with {sum(task.sampler.fill())} pooled subnets')
+    return resume_epoch
+
+
+def setup(args: argparse.Namespace, args_text: str, resume_file: Optional[Path]) -> TrainingRun:
+    """Everything before the first epoch: device, data, model, optimizer, task, resume, loaders, schedule, run
+    folder, checkpoint saver and pool monitor."""
+    device = init_distributed_device(args)
+    primary = is_primary(args)
+    if args.aug_repeats and not args.distributed:
+        usage_error(f'--aug-repeats {args.aug_repeats:g} repeats each image across ranks: it needs distributed '
+                    f'training (torchrun --nproc_per_node=N), as in timm')
+    args.prefetcher = device.type == 'cuda' and not args.no_prefetcher
+    random_seed(args.seed, args.rank)
+    embedded = not args.data_dir and not args.dataset
+    if primary:
+        _logger.info(f'Training {args.model} on {"the embedded digits dataset" if embedded else args.data_dir} '
+                     f'({args.world_size} process{"es" if args.world_size > 1 else ""}, device {device})')
+
+    model, datasets, data_config = create_supernet(args, resume_file, primary)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -1033,42 +1050,12 @@ def main(argv=None):
             _logger.info(f'Learning rate ({args.lr}) from base ({args.lr_base}) x (global batch {batch} / '
                          f'{args.lr_base_size}), {args.lr_base_scale} scaling')
     optimizer = create_optimizer(model, args)
-
-    amp_autocast, loss_scaler = nullcontext, None
-    if args.amp:
-        amp_dtype = torch.bfloat16 if device.type == 'cpu' or args.amp_dtype == 'bfloat16' else torch.float16
-        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
-        if amp_dtype == torch.float16:
-            loss_scaler = NativeScaler(device=device.type)
-
-    space = model.space
-    latency_table = None
-    if args.pss_latency_table:
-        latency_table = LatencyTable.load(args.pss_latency_table)
-        latency_table.check_model(model)
-    sampler = build_sampler(args, space, latency_table)
-    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-    criterion = create_classification_loss(
-        loss_type='bce' if args.bce_loss else None, smoothing=args.smoothing, soft_targets=mixup_active,
-        bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
-    task = ResumablePSSTask(model, sampler, num_middle=args.pss_num_middle, criterion=criterion, device=device,
-                            verbose=primary)
-    task.run_args = plain_args(args)
-    if args.model_ema:
-        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
-                       device='cpu' if args.model_ema_force_cpu else None)
-
+    amp_autocast, loss_scaler = create_amp(args, device)
+    task, latency_table = create_task(args, model, device, primary)
+    sampler = task.sampler
     resume_epoch = None
     if args.resume:
-        path = resume_path
-        resume_epoch = resume_checkpoint(model, str(path), optimizer=None if args.no_resume_opt else optimizer,
-                                         loss_scaler=loss_scaler, log_info=primary)
-        meta = load_checkpoint_metadata(str(path))
-        task.load_task_state(meta.get('task_state'))
-        if task.has_ema() and 'state_dict_ema' in meta:
-            task.load_checkpoint_state(meta['state_dict_ema'], meta.get('task_state_ema'), ema=True, strict=False)
-        if primary:
-            _logger.info(f'Resumed from {path} at epoch {resume_epoch} with {sum(sampler.fill())} pooled subnets')
+        resume_epoch = resume_training(args, resume_path, model, task, optimizer, loss_scaler, primary)
 
     if args.torchcompile:
         if primary:
@@ -1080,12 +1067,12 @@ def main(argv=None):
         task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None)
 
     mixup_fn = None
-    if mixup_active:
+    if mixup_active(args):
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=model.num_classes)
     train_loader, calib_loader, heldout_loader, val_loader = create_loaders(args, data_config, datasets,
-                                                                            mixup_active, device)
+                                                                            mixup_active(args), device)
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
                                                    updates_per_epoch=updates_per_epoch)
@@ -1100,13 +1087,13 @@ def main(argv=None):
         saver = CheckpointSaver(model=model, optimizer=optimizer, amp_scaler=loss_scaler,  # args: in task.run_args
                                 checkpoint_dir=str(output_dir), recovery_dir=str(output_dir), decreasing=False,
                                 max_history=args.checkpoint_hist, task=task)
-        if args.resume and path.resolve().parent == output_dir.resolve():  # continue its checkpoint history
-            saver.load_state_dict_from_checkpoint(str(path))
+        if args.resume and resume_path.resolve().parent == output_dir.resolve():  # continue its checkpoint history
+            saver.load_state_dict_from_checkpoint(str(resume_path))
         _logger.info(f'Run folder: {output_dir}')
         if args.log_wandb:
             import wandb  # optional: check_run_args stopped already if it is not installed
             wandb_run = wandb.init(project=args.wandb_project, name=output_dir.name, config=plain_args(args))
-        _logger.info(f'Space: {space}; {len(sampler.pools)} pools of {args.pss_pool_size}, centres '
+        _logger.info(f'Space: {model.space}; {len(sampler.pools)} pools of {args.pss_pool_size}, centres '
                      f'{sampler.describe_bucket(0)} .. {sampler.describe_bucket(len(sampler.pools) - 1)}')
 
     eval_model = task.get_trainable_module(ema=True).module if task.has_ema() else model
@@ -1116,86 +1103,121 @@ def main(argv=None):
         pool_monitor = PoolMonitor(model, sampler, images, labels, diagnostics=not args.pss_no_diagnostics,
                                    csv_path=output_dir / 'pss_diagnostics.csv' if primary else None,
                                    refresh=args.pss_refresh_scores, autocast=amp_autocast, start_epoch=start_epoch)
-    if not args.pss_finalize_only:
-        for epoch in range(start_epoch, num_epochs):
-            if args.distributed and hasattr(train_loader.sampler, 'set_epoch'):
-                train_loader.sampler.set_epoch(epoch)
-            if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-                mixup_fn.mixup_enabled = False
-            if args.pss_schedule == 'epoch':
-                sampler.set_progress(epoch / num_epochs)
-            train_metrics = train_one_epoch(epoch, num_epochs, task, train_loader, optimizer, loss_scaler,
-                                            lr_scheduler, mixup_fn, amp_autocast, args, device, saver)
-            if pool_monitor is not None:
-                monitor_start = time.time()
-                pools = pool_monitor.end_epoch(epoch)
-                if primary and pools is not None:
-                    _logger.info(f'Pools {epoch}: top member p {pools["top_member_prob"]:.3f}  effective members '
-                                 f'{pools["effective_members"]:.2f}  Spearman(score, fresh -CE) '
-                                 f'{pools["spearman_score_vs_fresh"]:.3f}  [{time.time() - monitor_start:.1f}s]')
-            if args.distributed:
-                check_pools_identical(sampler, args.world_size)
-                if args.dist_bn in ('broadcast', 'reduce'):
-                    distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-            eval_metrics = OrderedDict()
-            evaluate = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs
-            if primary and not evaluate:
-                _logger.info(f'Epoch {epoch}: no evaluation (--val-interval {args.val_interval})  '
-                             f'[{train_metrics["time"]:.1f}s]')
-                write_summary_row(output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
-                                  lr=optimizer.param_groups[0]['lr'])
-            if primary and evaluate:
-                subnets = OrderedDict(max=space.max_subnet(), min=space.min_subnet())
-                for budget in args.pss_eval_budgets:
-                    subnet = best_pooled_subnet(sampler, budget)
-                    if subnet is not None:
-                        subnets[format_flops(budget)] = subnet
-                results = evaluate_subnets(eval_model, subnets, calib_loader, val_loader, args.pss_calib_batches,
-                                           progress=f'Eval {epoch}')
-                eval_metrics['top1'], eval_metrics['top5'] = results['max']
-                eval_metrics['min_top1'] = results['min'][0]
-                for name, (top1, _) in results.items():
-                    if name not in ('max', 'min'):
-                        eval_metrics[f'top1@{name}'] = top1
-                _logger.info(f'Epoch {epoch}: ' + '  '.join(
-                    f'{name} ({format_flops(space.flops(subnets[name]))}) top-1 {top1:.2f}'
-                    for name, (top1, _) in results.items()) + f'  [{train_metrics["time"]:.1f}s]')
-                write_summary_row(output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
-                                  lr=optimizer.param_groups[0]['lr'])
-            if wandb_run is not None:
-                wandb_run.log({'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
-                               **{f'eval_{k}': v for k, v in eval_metrics.items()},
-                               'lr': optimizer.param_groups[0]['lr']})
-            lr_scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
-            if primary:
-                saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
-            if args.distributed:
-                dist.barrier(group=wait_group)  # rank 0 evaluated and saved
+    return TrainingRun(
+        args=args, device=device, primary=primary, model=model, eval_model=eval_model, task=task,
+        optimizer=optimizer, loss_scaler=loss_scaler, amp_autocast=amp_autocast, lr_scheduler=lr_scheduler,
+        num_epochs=num_epochs, start_epoch=start_epoch, mixup_fn=mixup_fn, train_loader=train_loader,
+        calib_loader=calib_loader, heldout_loader=heldout_loader, val_loader=val_loader, latency_table=latency_table,
+        output_dir=output_dir, saver=saver, wandb_run=wandb_run, pool_monitor=pool_monitor, wait_group=wait_group)
 
-    if primary:
-        _logger.info('Finalising: choosing each pool\'s subnet on the held-out slice, calibrating BN per entry')
-        finalize_budget_table(eval_model, sampler, calib_loader, heldout_loader, top_k=args.pss_top_k,
-                              calib_batches=args.pss_calib_batches)
-        supernet = find_supernet(eval_model)
-        metrics, start, entries = [], time.time(), len(supernet.budget_table)
-        for index in range(entries):
-            supernet.set_budget_entry(index)
-            top1, top5 = evaluate_accuracy(supernet, val_loader)
-            metrics.append({'top1': top1, 'top5': top5})
-            _logger.info(f'Validating the budget table: entry {index + 1}/{entries} top-1 {top1:.2f}  '
-                         f'ETA {eta(time.time() - start, index + 1, entries)}')
-        supernet.set_subnet(space.max_subnet())
-        table = set_table_metrics(supernet, metrics)
-        if latency_table is not None:
-            table = record_latency(supernet, latency_table)
-        save_hub_files(supernet, output_dir)  # timm's save_for_hf layout: config.json + model.safetensors
-        rows = write_results(output_dir, supernet, space)
-        plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS)')
-        print(f'\n{args.model}: budget table with validation accuracy\n{table}\n', flush=True)
-        _logger.info(f'Wrote {output_dir}: model.safetensors + config.json (load with timm.create_model('
-                     f'"local-dir:{output_dir}"), publish with python -m timm_pss.publish), results.csv/json, plot')
+
+def train_epochs(run: TrainingRun) -> None:
+    """The epoch loop: train, end-of-epoch pool work and BN sync, evaluation (rank 0), schedule, checkpoint."""
+    args, sampler = run.args, run.sampler
+    for epoch in range(run.start_epoch, run.num_epochs):
+        if args.distributed and hasattr(run.train_loader.sampler, 'set_epoch'):
+            run.train_loader.sampler.set_epoch(epoch)
+        if run.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            run.mixup_fn.mixup_enabled = False
+        if args.pss_schedule == 'epoch':
+            sampler.set_progress(epoch / run.num_epochs)
+        train_metrics = train_one_epoch(epoch, run.num_epochs, run.task, run.train_loader, run.optimizer,
+                                        run.loss_scaler, run.lr_scheduler, run.mixup_fn, run.amp_autocast, args,
+                                        run.device, run.saver)
+        if run.pool_monitor is not None:
+            monitor_start = time.time()
+            pools = run.pool_monitor.end_epoch(epoch)
+            if run.primary and pools is not None:
+                _logger.info(f'Pools {epoch}: top member p {pools["top_member_prob"]:.3f}  effective members '
+                             f'{pools["effective_members"]:.2f}  Spearman(score, fresh -CE) '
+                             f'{pools["spearman_score_vs_fresh"]:.3f}  [{time.time() - monitor_start:.1f}s]')
+        if args.distributed:
+            check_pools_identical(sampler, args.world_size)
+            if args.dist_bn in ('broadcast', 'reduce'):
+                distribute_bn(run.model, args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = OrderedDict()
+        if run.primary:
+            eval_metrics = evaluate_epoch(run, epoch, train_metrics)
+        if run.wandb_run is not None:
+            run.wandb_run.log({'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
+                               **{f'eval_{k}': v for k, v in eval_metrics.items()},
+                               'lr': run.optimizer.param_groups[0]['lr']})
+        run.lr_scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric))
+        if run.primary:
+            run.saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
+        if args.distributed:
+            dist.barrier(group=run.wait_group)  # rank 0 evaluated and saved
+
+
+def evaluate_epoch(run: TrainingRun, epoch: int, train_metrics: dict) -> OrderedDict:
+    """Rank 0's end of an epoch: validate the max and min subnets and each --pss-eval-budgets budget's best pooled
+    subnet (every --val-interval epochs and the last), log, and write the summary.csv row; returns the metrics."""
+    args, space = run.args, run.space
+    eval_metrics = OrderedDict()
+    if not ((epoch + 1) % args.val_interval == 0 or epoch + 1 == run.num_epochs):
+        _logger.info(f'Epoch {epoch}: no evaluation (--val-interval {args.val_interval})  '
+                     f'[{train_metrics["time"]:.1f}s]')
+        write_summary_row(run.output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
+                          lr=run.optimizer.param_groups[0]['lr'])
+        return eval_metrics
+    subnets = OrderedDict(max=space.max_subnet(), min=space.min_subnet())
+    for budget in args.pss_eval_budgets:
+        subnet = run.sampler.best_subnet(budget)
+        if subnet is not None:
+            subnets[format_flops(budget)] = subnet
+    results = evaluate_subnets(run.eval_model, subnets, run.calib_loader, run.val_loader, args.pss_calib_batches,
+                               progress=f'Eval {epoch}')
+    eval_metrics['top1'], eval_metrics['top5'] = results['max']
+    eval_metrics['min_top1'] = results['min'][0]
+    for name, (top1, _) in results.items():
+        if name not in ('max', 'min'):
+            eval_metrics[f'top1@{name}'] = top1
+    _logger.info(f'Epoch {epoch}: ' + '  '.join(
+        f'{name} ({format_flops(space.flops(subnets[name]))}) top-1 {top1:.2f}'
+        for name, (top1, _) in results.items()) + f'  [{train_metrics["time"]:.1f}s]')
+    write_summary_row(run.output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
+                      lr=run.optimizer.param_groups[0]['lr'])
+    return eval_metrics
+
+
+def finalize(run: TrainingRun) -> None:
+    """Rank 0's end of training: the budget table from the pools (held-out choice, BN per entry), each entry's
+    validation accuracy, predicted latencies, then the Hub files, results and plot in the run folder."""
+    args, space, output_dir = run.args, run.space, run.output_dir
+    _logger.info('Finalising: choosing each pool\'s subnet on the held-out slice, calibrating BN per entry')
+    finalize_budget_table(run.eval_model, run.sampler, run.calib_loader, run.heldout_loader, top_k=args.pss_top_k,
+                          calib_batches=args.pss_calib_batches)
+    supernet = find_supernet(run.eval_model)
+    metrics, start, entries = [], time.time(), len(supernet.budget_table)
+    for index in range(entries):
+        supernet.set_budget_entry(index)
+        top1, top5 = evaluate_accuracy(supernet, run.val_loader)
+        metrics.append({'top1': top1, 'top5': top5})
+        _logger.info(f'Validating the budget table: entry {index + 1}/{entries} top-1 {top1:.2f}  '
+                     f'ETA {eta(time.time() - start, index + 1, entries)}')
+    supernet.set_subnet(space.max_subnet())
+    table = set_table_metrics(supernet, metrics)
+    if run.latency_table is not None:
+        table = record_latency(supernet, run.latency_table)
+    save_hub_files(supernet, output_dir)  # timm's save_for_hf layout: config.json + model.safetensors
+    rows = write_results(output_dir, supernet, space)
+    plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS)')
+    print(f'\n{args.model}: budget table with validation accuracy\n{table}\n', flush=True)
+    _logger.info(f'Wrote {output_dir}: model.safetensors + config.json (load with timm.create_model('
+                 f'"local-dir:{output_dir}"), publish with python -m timm_pss.publish), results.csv/json, plot')
+
+
+def main(argv=None):
+    setup_default_logging()
+    args, args_text = parse_args(argv)
+    resume_file = check_run_args(args)
+    run = setup(args, args_text, resume_file)
+    if not args.pss_finalize_only:
+        train_epochs(run)
+    if run.primary:
+        finalize(run)
     if args.distributed:
-        dist.barrier(group=wait_group)  # rank 0 finalised
+        dist.barrier(group=run.wait_group)  # rank 0 finalised
         dist.destroy_process_group()
 
 

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import timm_pss
 from timm_pss import Subnet
 from timm_pss.pss import (
-    GlobalWidthSampler, PrioritizedSubnetSampler, PSSTask, SubnetPool, UniformSubnetSampler, bucket_targets,
+    GlobalWidthSampler, InBucketUniformSampler, MultiCostSampler, PrioritizedSubnetSampler, PSSTask, Sampler,
+    SpaceUniformSampler, SubnetPool, UniformSubnetSampler, USNetSampler, bucket_targets, build_sampler,
     create_sampler, exponential_schedule, finalize_budget_table,
 )
 from support import SUBPROCESS_TIMEOUT
@@ -269,6 +270,7 @@ def test_uniform_sampler_baseline(digits):
 def test_uniform_in_bucket_ablation_never_draws_from_pools():
     space = timm.create_model('pss_mobilenetv1', device='meta').space
     sampler = create_sampler('uniform', space, num_pools=3, pool_size=2, seed=0)
+    assert isinstance(sampler, InBucketUniformSampler)
     for i in range(60):
         sampler.set_progress(i / 59)
         p = sampler.propose()
@@ -277,9 +279,94 @@ def test_uniform_in_bucket_ablation_never_draws_from_pools():
         assert lo <= space.flops(p.subnet) < hi
         sampler.update(p.bucket, p.subnet, -i)
     assert sampler.fill() == [2, 2, 2]  # the pools still record scores, for finalisation
+    # its state is a prioritized sampler's with p_random fixed, as the runs that wrote it stored it
+    state = json.loads(json.dumps(sampler.state_dict()))
+    assert state['kind'] == 'prioritized' and state['p_random'] == [1.0, 1.0]
     with pytest.raises(ValueError, match='unknown sampler .*prioritized, uniform, global_width'):
         create_sampler('bogus', space)
 
+
+
+@pytest.fixture(scope='module')
+def small_space():
+    """One space for the sampler tests: its FLOPs candidate bank is built once (the first sampler) and shared."""
+    return timm.create_model('pss_mobilenetv1', device='meta', resolution_range=(16, 24, 8)).space
+
+
+SAMPLER_MAKERS = {
+    PrioritizedSubnetSampler: lambda space, seed: PrioritizedSubnetSampler(space, num_pools=4, pool_size=3, seed=seed),
+    InBucketUniformSampler: lambda space, seed: InBucketUniformSampler(space, num_pools=4, pool_size=3, seed=seed),
+    GlobalWidthSampler: lambda space, seed: GlobalWidthSampler(space, num_pools=4, pool_size=3, seed=seed),
+    USNetSampler: lambda space, seed: USNetSampler(space, num_pools=4, pool_size=3, seed=seed),
+    SpaceUniformSampler: lambda space, seed: SpaceUniformSampler(space, seed=seed),
+    MultiCostSampler: lambda space, seed: MultiCostSampler(
+        [PrioritizedSubnetSampler(space, num_pools=4, pool_size=3, seed=seed)], seed=seed),
+}
+
+
+@pytest.mark.parametrize('cls', list(SAMPLER_MAKERS), ids=lambda cls: cls.__name__)
+def test_every_sampler_provides_the_sampler_interface(cls, small_space):
+    space = small_space
+    methods = [name for name in ('set_progress', 'propose', 'min_subnet', 'update', 'fill', 'best_subnet',
+                                 'state_dict', 'load_state_dict') if callable(getattr(Sampler, name, None))]
+    assert len(methods) == 8 and all(callable(getattr(cls, name, None)) for name in methods)
+    sampler = SAMPLER_MAKERS[cls](space, 0)
+    assert isinstance(sampler, Sampler)
+    for i in range(30):
+        sampler.set_progress(i / 29)
+        p = sampler.propose()
+        space.validate(p.subnet)
+        sampler.update(p.bucket, p.subnet, -float(i % 7))
+    assert sampler.progress == 1.0 and len(sampler.fill()) == len(sampler.pools)
+    space.validate(sampler.min_subnet())
+    best = sampler.best_subnet(space.flops(space.max_subnet()))
+    assert best is None if not sampler.pools else any(best in pool for pool in sampler.pools)
+    other = SAMPLER_MAKERS[cls](space, 7)
+    other.load_state_dict(json.loads(json.dumps(sampler.state_dict())))
+    assert [sampler.propose() for _ in range(10)] == [other.propose() for _ in range(10)]
+
+
+def test_best_subnet_is_the_top_scored_member_of_the_highest_pool_within_the_budget(small_space):
+    space = small_space
+    sampler = PrioritizedSubnetSampler(space, num_pools=4, pool_size=3, seed=0)
+    targets = sampler.targets
+    assert sampler.best_subnet(targets[-1] + 1) is None  # nothing pooled yet
+    for bucket in (0, 2):  # pools 1 and 3 stay empty
+        subnets = sampler.cost.sample_many(3, rng=bucket, value_range=sampler.bucket_range(bucket))
+        for i in range(3):
+            sampler.update(bucket, subnets.subnet(i), -float(i))
+    best_of = {b: sampler.pools[b].best(1)[0][0] for b in (0, 2)}
+    assert sampler.best_subnet(targets[-1]) == best_of[2]  # pool 3 is empty: the next lower one
+    assert sampler.best_subnet(targets[2]) == best_of[2]  # a pool whose centre equals the budget counts
+    assert sampler.best_subnet(targets[2] - 1) == best_of[0]
+    assert sampler.best_subnet(targets[0] - 1) is None  # below every pool
+    multi = MultiCostSampler([sampler])
+    assert [multi.best_subnet(b) for b in (targets[-1], targets[0] - 1)] == [best_of[2], None]
+    assert UniformSubnetSampler is SpaceUniformSampler  # the old name the README shows
+
+
+def test_pools_module_still_exports_every_name_it_had():
+    """The samplers moved out of timm_pss.pss.pools; `from timm_pss.pss.pools import X` keeps working."""
+    import timm_pss.pss.pools as pools
+    old_names = ['exponential_schedule', 'SubnetPool', 'Proposal', 'PrioritizedSubnetSampler', 'GlobalWidthSampler',
+                 'USNetSampler', 'MultiCostSampler', 'UniformSubnetSampler', 'bucket_targets', 'SAMPLERS',
+                 'create_sampler', 'PRIORITIES', 'BUCKET_WEIGHTS', 'average_ranks', 'priority_values',
+                 'draw_probabilities', 'global_width_subnets', 'global_width_bucket_weights', 'STATE_FORMAT',
+                 'MULTI_STATE_FORMAT', 'EMPTY_BUCKET_PROBES', 'softmax_probabilities']
+    for name in old_names:
+        assert getattr(pools, name) is getattr(timm_pss.pss, name, getattr(pools, name))
+    with pytest.raises(AttributeError, match='no attribute'):
+        pools.NoSuchSampler
+
+
+def test_build_sampler_keys_pools_by_each_cost_kind(small_space):
+    space = small_space
+    sampler = build_sampler(space, 'uniform', num_pools=3, pool_size=2, seed=4)
+    assert isinstance(sampler, InBucketUniformSampler) and sampler.cost.metric == 'flops'
+    with pytest.raises(ValueError, match='latency buckets need a latency table'):
+        build_sampler(space, cost_kinds=('flops', 'latency'))
+    with pytest.raises(ValueError, match="unknown cost kind 'params'"):
+        build_sampler(space, cost_kinds=('params',))
 
 def test_global_width_sampler_moves_every_group_together():
     space = timm.create_model('pss_mobilenetv1', device='meta', width_range=(0.25, 1.0)).space

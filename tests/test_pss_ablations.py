@@ -18,9 +18,9 @@ from torch.utils.data import TensorDataset
 import timm_pss  # noqa: F401
 from timm_pss import Subnet
 from timm_pss.pss import (
-    GlobalWidthSampler, PoolMonitor, PrioritizedSubnetSampler, PSSTask, SubnetPool, USNetSampler, create_sampler,
-    draw_probabilities, effective_members, fixed_batch, fresh_scores, global_width_bucket_weights, pool_diagnostics,
-    priority_values, spearman,
+    GlobalWidthSampler, PoolMonitor, PrioritizedSubnetSampler, PSSTask, SubnetPool, USNetSampler, build_sampler,
+    create_sampler, draw_probabilities, effective_members, fixed_batch, fresh_scores, global_width_bucket_weights,
+    pool_diagnostics, priority_values, sampler_kwargs, spearman,
 )
 from timm_pss.pss.diagnostics import DIAGNOSTICS_COLUMNS
 from timm_pss.pss.pools import average_ranks, global_width_subnets
@@ -339,11 +339,11 @@ def test_train_pss_options_reach_the_sampler_and_bad_combinations_exit_2():
     space = _space()
     args, _ = train_pss.parse_args(['--pss-priority', 'zscore', '--pss-shuffle-scores', '--pss-bucket-weights',
                                     'global_width', '--pss-refresh-scores', '--pss-num-pools', '5'])
-    sampler = train_pss.build_sampler(args, space)
+    sampler = build_sampler(space, **sampler_kwargs(args))
     assert (sampler.config.priority, sampler.config.shuffle_scores, sampler.config.bucket_weights) == (
         'zscore', True, 'global_width') and args.pss_refresh_scores and not args.pss_no_diagnostics
     args, _ = train_pss.parse_args(['--pss-sampler', 'usnet', '--pss-num-pools', '5'])
-    assert isinstance(train_pss.build_sampler(args, space), USNetSampler)
+    assert isinstance(build_sampler(space, **sampler_kwargs(args)), USNetSampler)
     default, _ = train_pss.parse_args([])
     assert (default.pss_priority, default.pss_bucket_weights, default.pss_shuffle_scores,
             default.pss_refresh_scores) == ('raw', 'uniform', False, False)

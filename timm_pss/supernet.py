@@ -26,7 +26,7 @@ from .budget_table import (
 from .channel_plan import ChannelPlan
 from .hub import check_local_dir_weights, hub_unreachable_reason, missing_weights_error
 from .slimmable import SlimBatchNormBase, apply_widths, convert_to_slimmable, slimmable_layers
-from .spaces import Channels, SearchSpace, Subnet
+from .spaces import Channels, Subnet
 
 __all__ = ['SubnetSwitch', 'SupernetMixin', 'SupernetFeatures', 'build_supernet', 'find_supernet',
            'set_input_size_cfg', 'set_budget', 'budget']

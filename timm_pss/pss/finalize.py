@@ -18,7 +18,7 @@ from ..budget_table import BudgetTable
 from ..calibration import calibrate_bn, fill_budget_table
 from ..spaces import Subnet
 from ..supernet import find_supernet
-from .pools import PrioritizedSubnetSampler
+from .samplers import PrioritizedSubnetSampler
 
 __all__ = ['evaluate_accuracy', 'evaluate_subnet', 'finalize_budget_table']
 
@@ -92,7 +92,7 @@ def finalize_budget_table(
             continue
         results = [(measure(subnet), score, subnet) for subnet, score in candidates]
         (top1, top5), score, subnet = max(results, key=lambda r: (r[0][0], r[1]))
-        if subnet in chosen:  # pools of several metrics can pick the same subnet: one entry serves both
+        if subnet in chosen:  # pools of several costs can pick the same subnet: one entry serves both
             continue
         chosen.append(subnet)
         metrics.append({'score': score, 'heldout_top1': top1, 'heldout_top5': top5})

@@ -1,17 +1,22 @@
 """The PSS training step as a timm `ClassificationTask`: max subnet, prioritized middle subnet(s), min subnet.
 
-One call runs PSS-Net's sandwich (max, middle, min subnet; the sampling rule is in timm_pss.pss.pools) with one
+One call runs PSS-Net's sandwich (max, middle, min subnet; the sampling rule is in timm_pss.pss.samplers) with one
 forward per subnet and returns the summed loss for a single backward (so timm's NativeScaler/AMP, gradient
 accumulation, DDP and ModelEmaV3 work as with any task):
 the max subnet learns from the task's criterion (label smoothing / mixup aware), the middle and min subnets
 from the max subnet's detached predictions (in-place distillation). Each middle subnet's pool score is minus its
 cross-entropy on the batch's hard labels, taken from that same training forward; under DDP the scores are
-averaged over ranks, and every rank's sampler (same seed) makes the same decisions, so pools stay identical.
+averaged over ranks, and every rank's sampler (same seed) makes the same decisions, so pools stay identical
+(`check_pools_identical` verifies it). `ResumablePSSTask` also checkpoints the process RNGs for an exact resume.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import random
 from typing import Any, Callable, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -19,9 +24,11 @@ from torch import nn
 from timm.task import ClassificationTask
 
 from ..supernet import find_supernet
-from .pools import PrioritizedSubnetSampler, Proposal
+from .pools import Proposal
+from .samplers import Sampler
 
-__all__ = ['PSSTask', 'inplace_distillation_loss', 'hard_labels']
+__all__ = ['PSSTask', 'ResumablePSSTask', 'inplace_distillation_loss', 'hard_labels', 'capture_rng_state',
+           'restore_rng_state', 'check_pools_identical']
 
 
 def inplace_distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
@@ -40,8 +47,8 @@ class PSSTask(ClassificationTask):
     Args:
         model: the supernet (any wrapper `find_supernet` sees through is fine later, e.g. after
             `prepare_distributed`).
-        sampler: the pools and schedules (`PrioritizedSubnetSampler`); call `sampler.set_progress(...)` as
-            training advances.
+        sampler: what to train (a `Sampler`, e.g. `PrioritizedSubnetSampler`); call `sampler.set_progress(...)`
+            as training advances.
         num_middle: middle subnets per step (reference: 1).
         criterion / criterion_kwargs: the max subnet's loss, as for timm's ClassificationTask.
     """
@@ -49,7 +56,7 @@ class PSSTask(ClassificationTask):
     def __init__(
             self,
             model: nn.Module,
-            sampler: PrioritizedSubnetSampler,
+            sampler: Sampler,
             num_middle: int = 1,
             criterion: Optional[Union[nn.Module, Callable]] = None,
             criterion_kwargs: Optional[Dict[str, Any]] = None,
@@ -127,3 +134,54 @@ class PSSTask(ClassificationTask):
                                  'restart empty — pass strict=False to accept that')
             return
         self.sampler.load_state_dict(state['pss_sampler'])
+
+
+def capture_rng_state() -> dict:
+    """The process RNGs' state (torch CPU, numpy's global, Python's `random`) as tensors and plain lists, so a
+    checkpoint holding it loads with `torch.load(weights_only=True)`."""
+    np_state = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            'python': random.getstate()}
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put back what `capture_rng_state` captured, so a resumed run draws the same numbers as an unbroken one."""
+    torch.set_rng_state(state['torch'])
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+
+
+class ResumablePSSTask(PSSTask):
+    """PSSTask whose checkpoint state also carries the process RNGs (torch, numpy, random) for an exact resume, and
+    the run's arguments as a plain dict (`run_args`), so `torch.load(path, weights_only=True)` reads checkpoints
+    with no allowlisted classes (timm's CheckpointSaver would store an argparse.Namespace; it is given none)."""
+
+    run_args = None
+
+    def get_checkpoint_state(self, ema=False, **kwargs):
+        state = super().get_checkpoint_state(ema=ema, **kwargs)
+        if not ema and self.run_args is not None:
+            state.update(arch=self.run_args['model'], args=self.run_args)
+        return state
+
+    def get_task_state(self, module=None, ema=False):
+        state = super().get_task_state(module, ema)
+        if not ema:
+            state['rng'] = capture_rng_state()
+        return state
+
+    def load_task_state(self, state, strict=True, module=None, ema=False):
+        super().load_task_state(state, strict=strict, module=module, ema=ema)
+        if state and 'rng' in state and not ema:
+            restore_rng_state(state['rng'])
+
+
+def check_pools_identical(sampler: Sampler, world_size: int) -> None:
+    """Under DDP every rank must hold the same pools: compare a hash of the sampler state across ranks."""
+    digest = hashlib.sha256(json.dumps(sampler.state_dict(), sort_keys=True).encode()).hexdigest()
+    digests = [None] * world_size
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f'PSS pools diverged across ranks: {digests}')

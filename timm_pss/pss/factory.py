@@ -1,0 +1,70 @@
+"""Samplers by name: `create_sampler` (the --pss-sampler values) and `build_sampler` (one per cost kind)."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence, Tuple
+
+from ..costs import METRICS, FlopsCost, LatencyCost
+from ..spaces import SearchSpace
+from .multi_cost import MultiCostSampler
+from .samplers import GlobalWidthSampler, InBucketUniformSampler, PrioritizedSubnetSampler, Sampler, USNetSampler
+
+__all__ = ['SAMPLERS', 'create_sampler', 'build_sampler', 'sampler_kwargs']
+
+SAMPLERS = ('prioritized', 'uniform', 'global_width', 'usnet')
+
+
+def create_sampler(kind: str, space: SearchSpace, **kwargs) -> PrioritizedSubnetSampler:
+    """A pool-keeping sampler by name, for training and ablations (same buckets, pools and finalisation).
+
+    'prioritized': PSS. 'uniform': the paper's ablation, a random in-bucket subnet every step (p_random fixed
+    at 1; pools only record scores; `InBucketUniformSampler`). 'global_width': MutualNet style, one global width
+    level and a random resolution (see GlobalWidthSampler). 'usnet': US-Net, one global width level at the max
+    resolution.
+    """
+    if kind == 'prioritized':
+        return PrioritizedSubnetSampler(space, **kwargs)
+    if kind == 'uniform':
+        return InBucketUniformSampler(space, **kwargs)
+    if kind == 'global_width':
+        return GlobalWidthSampler(space, **kwargs)
+    if kind == 'usnet':
+        return USNetSampler(space, **kwargs)
+    raise ValueError(f'unknown sampler {kind!r}; choose one of {", ".join(SAMPLERS)}')
+
+
+def build_sampler(
+        space: SearchSpace,
+        kind: str = 'prioritized',
+        cost_kinds: Sequence[str] = ('flops',),
+        latency_table=None,
+        flops_range: Optional[Tuple[float, float, float]] = None,
+        latency_range: Optional[Tuple[float, float, float]] = None,
+        seed: int = 0,
+        **kwargs,
+) -> Sampler:
+    """The `kind` sampler over each cost kind ('flops', 'latency'): one sampler, or one per cost kind (seeds
+    `seed`, `seed + 1`, ...) behind a `MultiCostSampler`. `latency_table` predicts the latency costs;
+    `flops_range` / `latency_range` are the (lo, hi, step) bucket centres of each; other keyword arguments go to
+    every sampler (`create_sampler`)."""
+    for cost_kind in cost_kinds:  # all checked before any sampler is built (each takes a while)
+        if cost_kind not in METRICS:
+            raise ValueError(f'unknown cost kind {cost_kind!r}; choose from {", ".join(METRICS)}')
+        if cost_kind == 'latency' and latency_table is None:
+            raise ValueError('latency buckets need a latency table (timm_pss.latency.build_lut)')
+    samplers = []
+    for i, cost_kind in enumerate(cost_kinds):
+        cost = FlopsCost(space) if cost_kind == 'flops' else LatencyCost(space, latency_table)
+        budget_range = flops_range if cost_kind == 'flops' else latency_range
+        samplers.append(create_sampler(kind, space, budget_range=budget_range, seed=seed + i, cost=cost, **kwargs))
+    return samplers[0] if len(samplers) == 1 else MultiCostSampler(samplers, seed=seed)
+
+
+def sampler_kwargs(args: argparse.Namespace) -> dict:
+    """`build_sampler`'s keyword arguments from train_pss.py's --pss-* options (as timm's `scheduler_kwargs`)."""
+    return dict(
+        kind=args.pss_sampler, cost_kinds=tuple(args.pss_metrics), flops_range=args.pss_budget_range,
+        latency_range=args.pss_latency_range, num_pools=args.pss_num_pools, pool_size=args.pss_pool_size,
+        momentum=args.pss_momentum, p_random=tuple(args.pss_p_random), temperature=tuple(args.pss_temperature),
+        seed=args.seed, priority=args.pss_priority, shuffle_scores=args.pss_shuffle_scores,
+        bucket_weights=args.pss_bucket_weights)
