@@ -56,8 +56,8 @@ from timm_pss.costs import METRICS
 from timm_pss.files import claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable, record_latency
 from timm_pss.pss import (
-    BUCKET_WEIGHTS, PRIORITIES, SAMPLERS, PoolMonitor, ResumablePSSTask, build_sampler, check_pools_identical,
-    evaluate_accuracy, evaluate_subnet, finalize_budget_table, fixed_batch, sampler_kwargs,
+    BUCKET_WEIGHTS, PRIORITIES, SAMPLERS, PoolMonitor, ResumablePSSTask, TrainingDiverged, build_sampler,
+    check_pools_identical, evaluate_accuracy, evaluate_subnet, finalize_budget_table, fixed_batch, sampler_kwargs,
 )
 from timm_pss.reporting import plot_results, write_results, write_summary_row
 from timm_pss.supernet import SupernetMixin, find_supernet
@@ -500,6 +500,12 @@ def usage_error(message: str):
     raise SystemExit(2)
 
 
+def training_error(message: str):
+    """Stop a run that cannot go on (e.g. diverged weights) with a one-line error and exit code 1."""
+    print(f'train_pss.py: error: {message}', file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
 # PSS settings a resumed run must share with the run it continues (its pools and space depend on them)
 RESUME_SETTINGS = ('model', 'model_kwargs', 'num_classes', 'in_chans', 'pss_resolutions', 'pss_width_range',
                    'pss_num_pools', 'pss_pool_size', 'pss_budget_range', 'pss_latency_range', 'pss_metrics')
@@ -846,7 +852,12 @@ def train_one_epoch(epoch, num_epochs, task, loader, optimizer, loss_scaler, lr_
         need_update = (batch_idx + 1) % accum == 0 or batch_idx == last_idx
         with (nullcontext() if need_update else task.no_sync()):
             with amp_autocast():
-                result = task(images, target, hard_target=hard_target)
+                try:
+                    result = task(images, target, hard_target=hard_target)
+                except TrainingDiverged as e:
+                    last = 'the last checkpoint in the output folder' if saver is not None else 'a checkpoint'
+                    training_error(f'epoch {epoch}, step {batch_idx}: {e} (--lr, --warmup-epochs, --clip-grad; '
+                                   f'--resume {last} keeps the pools)')
             loss = result['loss'] / accum
             if loss_scaler is not None:
                 loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,

@@ -230,8 +230,10 @@ def t_quantile_975(df: int) -> float:
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float, float]:
-    """Mean of the per-seed differences a - b and its 95% t-interval (low, high) over the seeds (n >= 2)."""
+    """Mean of the per-seed differences a - b and its 95% t-interval (low, high) over the seeds (n >= 2); a seed
+    missing (nan) on either side leaves the pair out."""
     d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[~np.isnan(d)]
     if d.ndim != 1 or len(d) < 2:
         raise ValueError(f'need paired values of at least two seeds, got {len(d)}')
     half = t_quantile_975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
@@ -251,8 +253,11 @@ def format_interval(mean: float, low: float, high: float) -> str:
 
 
 def mean_std(values: Sequence[float]) -> str:
+    """Mean ± std of the seeds that have a value (nan: the run diverged), with the count when some are missing."""
     values = np.asarray(values, float)
-    return f'{values.mean():.2f} ± {values.std(ddof=1):.2f}'
+    kept = values[~np.isnan(values)]
+    text = f'{kept.mean():.2f} ± {kept.std(ddof=1):.2f}'
+    return text if len(kept) == len(values) else f'{text} (n={len(kept)})'
 
 
 # budgets and per-run rows
@@ -317,16 +322,23 @@ def read_csv(path: Path) -> List[dict]:
     return rows
 
 
-def accuracy_grid(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int]):
-    """(budgets in MMACs, {method: array seeds x budgets of top-1}, {method: same of is_min_subnet (nan: unknown)})."""
+def accuracy_grid(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int],
+                  diverged: Sequence[Tuple[str, int]] = ()):
+    """(budgets in MMACs, {method: array seeds x budgets of top-1}, {method: same of is_min_subnet (nan: unknown)});
+    the runs in `diverged` have no rows and give rows of nan."""
     budgets = sorted({r['budget_mflops'] for r in rows})
     index = {(r['method'], r['seed'], r['budget_mflops']): r for r in rows}
-    missing = [(m, s) for m in methods for s in seeds if (m, s, budgets[0]) not in index]
+    missing = [(m, s) for m in methods for s in seeds if (m, s, budgets[0]) not in index and (m, s) not in diverged]
     if missing:
         fail(f'the rows hold no results for (method, seed) {missing}')
-    acc = {m: np.array([[index[m, s, b]['top1'] for b in budgets] for s in seeds]) for m in methods}
-    at_min = {m: np.array([[np.nan if index[m, s, b]['is_min_subnet'] is None else index[m, s, b]['is_min_subnet']
-                            for b in budgets] for s in seeds]) for m in methods}
+
+    def value(m, s, b, key):
+        if (m, s) in diverged or index[m, s, b][key] is None:
+            return np.nan
+        return index[m, s, b][key]
+    acc = {m: np.array([[value(m, s, b, 'top1') for b in budgets] for s in seeds], float) for m in methods}
+    at_min = {m: np.array([[value(m, s, b, 'is_min_subnet') for b in budgets] for s in seeds if (m, s) not in diverged],
+                          float) for m in methods}
     return np.array(budgets), acc, at_min
 
 
@@ -345,20 +357,32 @@ def min_subnet_marks(at_min: Dict[str, np.ndarray], methods: Sequence[str]) -> L
     return marks
 
 
-def report(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str) -> str:
-    """Markdown: mean +- std per method and budget; PSS - baseline as paired mean and 95% t-interval; AUC; marks."""
-    budgets, acc, at_min = accuracy_grid(rows, methods, seeds)
+def report(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str,
+           diverged: Optional[Dict[Tuple[str, int], str]] = None) -> str:
+    """Markdown: mean +- std per method and budget; PSS - baseline as paired mean and 95% t-interval; AUC; marks.
+    `diverged` {(method, seed): why}: runs that stopped on a non-finite loss; they are listed, and every mean and
+    paired difference is over the seeds that finished (n says how many where it is fewer)."""
+    diverged = diverged or {}
+    budgets, acc, at_min = accuracy_grid(rows, methods, seeds, list(diverged))
     marks = min_subnet_marks(at_min, methods)
     auc = {m: np.array([normalised_auc(budgets, acc[m][i]) for i in range(len(seeds))]) for m in methods}
     base, others = methods[0], list(methods[1:])
     label = {m: METHODS[m].label for m in methods}
     lines = [f'## {title}: top-1 (%) at set_budget(B), mean ± std over seeds {", ".join(map(str, seeds))}', '']
+    if diverged:
+        lines += [f'- {label[m]} seed {s} diverged and has no accuracy: {why}' for (m, s), why in diverged.items()]
+        lines.append('')
     headers = ['budget (MMACs)', 'min subnet served'] + [label[m] for m in methods]
     table = [[f'{b:.2f}', marks[i]] + [mean_std(acc[m][:, i]) for m in methods] for i, b in enumerate(budgets)]
     table.append(['AUC (mean top-1)', ''] + [mean_std(auc[m]) for m in methods])
     lines += [format_table(headers, table), '']
     if others:
-        lines += [f'## {label[base]} − baseline: mean paired difference over {len(seeds)} seeds [95% t-interval]', '']
+        pairs = {m: sum((base, s) not in diverged and (m, s) not in diverged for s in seeds) for m in others}
+        counts = ', '.join(sorted({str(n) for n in pairs.values()}))
+        lines += [f'## {label[base]} − baseline: mean paired difference over {counts} seeds [95% t-interval]', '']
+        if len(set(pairs.values())) > 1 or diverged:
+            lines += ['- pairs per baseline (seeds where both runs finished): '
+                      + ', '.join(f'{label[m]} {n}' for m, n in pairs.items()), '']
         headers = ['budget (MMACs)', 'min subnet served'] + [f'{label[base]} − {label[m]}' for m in others]
         table = [[f'{b:.2f}', marks[i]] + [format_interval(*paired_difference(acc[base][:, i], acc[m][:, i]))
                                            for m in others] for i, b in enumerate(budgets)]
@@ -379,10 +403,12 @@ def report(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], t
     return '\n'.join(lines)
 
 
-def plot(path: Path, rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str) -> None:
-    """Top-1 at set_budget(B) against B, mean ± std over the seeds, one curve per method."""
-    budgets, acc, _ = accuracy_grid(rows, methods, seeds)
-    curves = [AccuracyCurve(METHODS[m].label, budgets, acc[m].mean(0), acc[m].std(0, ddof=1)) for m in methods]
+def plot(path: Path, rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str,
+         diverged: Sequence[Tuple[str, int]] = ()) -> None:
+    """Top-1 at set_budget(B) against B, mean ± std over the seeds that finished, one curve per method."""
+    budgets, acc, _ = accuracy_grid(rows, methods, seeds, diverged)
+    curves = [AccuracyCurve(METHODS[m].label, budgets, np.nanmean(acc[m], 0), np.nanstd(acc[m], 0, ddof=1))
+              for m in methods]
     plot_accuracy_vs_flops(path, curves, title, xlabel='budget (MMACs): set_budget(B)', figsize=(7, 4.5),
                            marker_size=3, legend_fontsize=8)
 
@@ -443,7 +469,7 @@ def train(method: str, seed: int, args: argparse.Namespace, data_root: Optional[
     run_dir = args.output / name
     cmd = run_command(method, seed, args, data_root)
     record = run_dir / 'benchmark.json'
-    if record.exists() and (run_dir / 'results.json').exists():
+    if record.exists() and ((run_dir / 'results.json').exists() or 'diverged' in json.loads(record.read_text())):
         done = json.loads(record.read_text())
         if done['command'] != cmd:
             fail(f'{run_dir} was trained with other settings; use another --output '
@@ -462,12 +488,23 @@ def train(method: str, seed: int, args: argparse.Namespace, data_root: Optional[
     with open(log, 'a') as f:
         proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f'{" ".join(full)} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}')
     timing = dict(command=cmd, wall_s=time.perf_counter() - start, cpu_s=usage.ru_utime + usage.ru_stime,
                   resumed=bool(resume))
+    if os.waitstatus_to_exitcode(status) != 0:
+        why = diverged_reason(log)
+        if why is None:
+            raise RuntimeError(f'{" ".join(full)} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}')
+        timing['diverged'] = why  # a result of the method and seed, not a failure of the benchmark: recorded
     write_text_atomic(record, json.dumps(timing, indent=2))
     return run_dir, dict(timing, reused=False)
+
+
+def diverged_reason(log: Path) -> Optional[str]:
+    """The reason train_pss.py gave for stopping on a non-finite loss, from the end of its log; None otherwise."""
+    for line in reversed(log.read_text(errors='replace').splitlines()[-20:]):
+        if line.startswith('train_pss.py: error: ') and 'training diverged' in line:
+            return line[len('train_pss.py: error: '):].split(' (--lr')[0]
+    return None
 
 
 def train_all(runs: Sequence[Tuple[str, int]], args: argparse.Namespace, data_root: Optional[Path]) -> Dict:
@@ -486,6 +523,7 @@ def train_all(runs: Sequence[Tuple[str, int]], args: argparse.Namespace, data_ro
             eta = (f'about {math.ceil(np.mean(trained_wall) * left / args.jobs / 60)} min left' if trained_wall
                    else 'time left unknown until a run is trained') if left else 'all done'
             what = 'reused' if timing['reused'] else f'{timing["wall_s"] / 60:.1f} min'
+            what += ' (diverged: no accuracy)' if 'diverged' in timing else ''
             print(f'[{len(finished)}/{len(runs)} runs done, {(time.perf_counter() - start) / 60:.1f} min] '
                   f'{run[0]} seed {run[1]}: {what}; {eta}', flush=True)
     return finished
@@ -498,7 +536,7 @@ def main(argv=None) -> int:
     stem = f'pareto_{args.dataset.replace("-", "_")}'
     heading = f'# Accuracy vs FLOPs by middle-subnet rule on {protocol.title} (benchmarks/pareto.py)'
     if args.from_csv is not None:  # the machine that trained them is not this one: no machine lines
-        rows = read_csv(args.from_csv)
+        rows, diverged = read_csv(args.from_csv), {}
         header = f'{heading}\n\n- re-reported from the per-seed rows of {args.from_csv.name} (no training)'
         print(header)
     else:
@@ -518,15 +556,18 @@ def main(argv=None) -> int:
         space = space_of(protocol)
         budgets = evaluation_budgets(space, int(QUICK_ARGS[1]) if args.quick else protocol.num_pools)
         rows = []
+        diverged = {r: finished[r][1]['diverged'] for r in runs if 'diverged' in finished[r][1]}
         for m, s in runs:
+            if (m, s) in diverged:
+                continue
             entries = json.loads((finished[m, s][0] / 'results.json').read_text())['entries']
             rows += rows_of_run(m, s, entries, budgets, space.flops_span[0])
         wall = [finished[r][1]['wall_s'] for r in runs]
         header = '\n'.join([machine_lines(heading[2:]), header,
                             f'- wall time: {(time.perf_counter() - start) / 60:.1f} min this invocation; '
                             f'{np.mean(wall) / 60:.1f} min per run (as recorded when each was trained)'])
-    text = '\n'.join([header, '', report(rows, args.methods, args.seeds, title)])
-    print('\n' + report(rows, args.methods, args.seeds, title))
+    text = '\n'.join([header, '', report(rows, args.methods, args.seeds, title, diverged)])
+    print('\n' + report(rows, args.methods, args.seeds, title, diverged))
     args.results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results / f'{stem}.md', text + '\n')
     if args.from_csv is not None:  # the rows and their plot exist already
@@ -534,7 +575,7 @@ def main(argv=None) -> int:
         return 0
     write_csv(args.results / f'{stem}.csv', rows)
     plot(args.results / f'{stem}.png', rows, args.methods, args.seeds,
-         f'{title}, mean ± std over {len(args.seeds)} seeds')
+         f'{title}, mean ± std over {len(args.seeds)} seeds', list(diverged))
     print(f'\n- wrote {args.results / stem}.csv, .png and .md')
     return 0
 

@@ -134,3 +134,43 @@ def test_missing_fashion_mnist_files_name_the_package_and_leave_no_folder(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and 'apt-get install -y dataset-fashion-mnist' in err[0]
     assert not (tmp_path / 'runs').exists()
+
+
+def test_a_diverged_run_is_listed_and_left_out_of_its_pairs_only():
+    rows = [r for r in _rows([2.0, 3.0, 4.0]) if not (r['method'] == 'uniform' and r['seed'] == 1)]
+    why = 'epoch 0, step 20: training diverged: non-finite cross-entropy'
+    text = pareto.report(rows, ['pss', 'uniform'], [0, 1, 2], 'test', {('uniform', 1): why})
+    assert f'uniform in-bucket seed 1 diverged and has no accuracy: {why}' in text
+    assert 'mean paired difference over 2 seeds' in text and '(n=2)' in text
+    uniform_auc = [line for line in text.splitlines() if line.startswith('| AUC')][0]
+    assert '(n=2)' in uniform_auc
+
+
+def test_a_diverged_training_run_is_recorded_and_reused(tmp_path, monkeypatch):
+    """train_pss.py stopping on a non-finite loss (exit 1, its one-line reason) is a result of that method and seed:
+    recorded in benchmark.json and not trained again; any other failure stops the benchmark."""
+    args = pareto.parse_args(['--dataset', 'digits', '--methods', 'pss', 'uniform', '--output', str(tmp_path)])
+    (tmp_path / 'pss-seed0.log').write_text('Train: 0 [0/84]\ntrain_pss.py: error: epoch 0, step 3: training '
+                                            'diverged: non-finite cross-entropy (the max subnet: nan); lower the '
+                                            'learning rate (--lr, --warmup-epochs)\n')
+
+    class Exited:
+        pid = 0
+
+    def exited_with(code):
+        def popen(cmd, **kwargs):  # train_pss.py claims its run folder, then stops
+            (tmp_path / cmd[cmd.index('--experiment') + 1]).mkdir(exist_ok=True)
+            return Exited()
+        monkeypatch.setattr(pareto.subprocess, 'Popen', popen)
+        monkeypatch.setattr(pareto.os, 'wait4', lambda pid, opts: (pid, code << 8, type('U', (), dict(
+            ru_utime=1.0, ru_stime=0.0))()))
+
+    exited_with(1)
+    folder, timing = pareto.train('pss', 0, args, None)
+    assert timing['diverged'].startswith('epoch 0, step 3: training diverged') and not timing['reused']
+    assert json.loads((folder / 'benchmark.json').read_text())['diverged'] == timing['diverged']
+    _, again = pareto.train('pss', 0, args, None)
+    assert again['reused'] and again['diverged'] == timing['diverged']
+    (tmp_path / 'uniform-seed0.log').write_text('Traceback ...\nRuntimeError: boom\n')
+    with pytest.raises(RuntimeError, match='failed'):
+        pareto.train('uniform', 0, args, None)

@@ -21,7 +21,7 @@ from timm_pss import Subnet
 from timm_pss.pss import (
     GlobalWidthSampler, InBucketUniformSampler, MultiCostSampler, PrioritizedSubnetSampler, PSSTask, Sampler,
     SpaceUniformSampler, SubnetPool, UniformSubnetSampler, USNetSampler, bucket_targets, build_sampler,
-    create_sampler, exponential_schedule, finalize_budget_table,
+    TrainingDiverged, create_sampler, exponential_schedule, finalize_budget_table,
 )
 from support import SUBPROCESS_TIMEOUT
 
@@ -453,3 +453,19 @@ def test_sparse_bucket_pool_counts_as_full_with_every_subnet_it_offers():
     assert len(sampler.pools[top]) == available
     draws = [sampler.propose() for _ in range(400)]
     assert any(p.from_pool for p in draws if p.bucket == top)
+
+
+def test_a_diverged_step_stops_training_and_leaves_the_pools_as_they_were(digits):
+    """A non-finite loss (here: a corrupted weight) stops the step with TrainingDiverged before any pool is updated,
+    rather than writing NaN scores into the pools."""
+    model = _tiny_supernet().train()
+    sampler = PrioritizedSubnetSampler(model.space, num_pools=2, pool_size=2, seed=0)
+    task = PSSTask(model, sampler, verbose=False)
+    images, labels = digits
+    task(images[:8], labels[:8])  # a healthy step records one score
+    before = [dict(pool._scores) for pool in sampler.pools]
+    with torch.no_grad():
+        model.get_classifier().weight[0, 0] = float('nan')
+    with pytest.raises(TrainingDiverged, match=r'training diverged: non-finite cross-entropy \(middle subnet .*nan'):
+        task(images[:8], labels[:8])
+    assert [dict(pool._scores) for pool in sampler.pools] == before

@@ -12,11 +12,13 @@ from .samplers import (
     UniformSubnetSampler, USNetSampler,
 )
 from .task import (
-    PSSTask, ResumablePSSTask, capture_rng_state, check_pools_identical, hard_labels, inplace_distillation_loss,
+    PSSTask, ResumablePSSTask, TrainingDiverged, capture_rng_state, check_pools_identical, hard_labels,
+    inplace_distillation_loss,
     restore_rng_state,
 )
 
 __all__ = [
+    'TrainingDiverged',
     'BUCKET_WEIGHTS', 'PRIORITIES', 'SAMPLERS', 'bucket_targets', 'build_sampler', 'create_sampler',
     'draw_probabilities', 'InBucketUniformSampler', 'Sampler', 'sampler_kwargs', 'SpaceUniformSampler',
     'effective_members', 'evaluate_accuracy', 'evaluate_subnet', 'exponential_schedule', 'finalize_budget_table',

@@ -27,7 +27,7 @@ from ..supernet import find_supernet
 from .pools import Proposal
 from .samplers import Sampler
 
-__all__ = ['PSSTask', 'ResumablePSSTask', 'inplace_distillation_loss', 'hard_labels', 'capture_rng_state',
+__all__ = ['PSSTask', 'TrainingDiverged', 'ResumablePSSTask', 'inplace_distillation_loss', 'hard_labels', 'capture_rng_state',
            'restore_rng_state', 'check_pools_identical']
 
 
@@ -39,6 +39,11 @@ def inplace_distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor)
 def hard_labels(target: torch.Tensor) -> torch.Tensor:
     """Class indices of a batch: the labels themselves, or the dominant class of mixup/cutmix soft targets."""
     return target if target.dim() == 1 else target.argmax(dim=-1)
+
+
+class TrainingDiverged(FloatingPointError):
+    """A sandwich step produced a non-finite loss: the weights have diverged, and training on would only write
+    NaN scores into the pools and NaN weights into the next checkpoint."""
 
 
 class PSSTask(ClassificationTask):
@@ -103,8 +108,7 @@ class PSSTask(ClassificationTask):
         distill.append(inplace_distillation_loss(model(input), teacher))
         supernet.set_subnet(space.max_subnet())
 
-        if proposals:
-            self._update_pools(proposals, torch.stack(scores))
+        self._check_and_update_pools(proposals, scores, loss_max)
         self.last_proposals = proposals
         loss_distill = torch.stack(distill).sum()
         return {
@@ -115,11 +119,22 @@ class PSSTask(ClassificationTask):
         }
 
     @torch.no_grad()
-    def _update_pools(self, proposals: List[Proposal], scores: torch.Tensor) -> None:
+    def _check_and_update_pools(self, proposals: List[Proposal], scores: List[torch.Tensor],
+                                loss_max: torch.Tensor) -> None:
+        """Average the middle subnets' scores over ranks, stop if any loss is not finite (every rank sees the same
+        sum, so all ranks stop together), then record the scores in the pools."""
+        values = torch.stack([*scores, -loss_max.detach().float()]) if scores else -loss_max.detach().float()[None]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(scores, op=dist.ReduceOp.SUM)
-            scores = scores / dist.get_world_size()
-        for proposal, score in zip(proposals, scores.tolist()):
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+            values = values / dist.get_world_size()
+        values = values.tolist()
+        if not all(np.isfinite(values)):
+            names = [f'middle subnet {p.subnet}' for p in proposals] + ['the max subnet']
+            bad = '; '.join(f'{name}: {-v}' for name, v in zip(names, values) if not np.isfinite(v))
+            raise TrainingDiverged(
+                f'training diverged: non-finite cross-entropy ({bad}); lower the learning rate, warm it up or clip '
+                f'gradients, then resume from the last checkpoint')
+        for proposal, score in zip(proposals, values):
             self.sampler.update(proposal.bucket, proposal.subnet, score)
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
