@@ -52,7 +52,7 @@ from timm_pss.data import (
     DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics, split_indices,
 )
 from timm_pss.hub import save_hub_files
-from timm_pss.costs import METRICS
+from timm_pss.costs import COST_KINDS
 from timm_pss.files import claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable, record_latency
 from timm_pss.pss import (
@@ -294,7 +294,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument('--pss-budget-range', nargs=3, type=parse_flops, default=None, metavar=('LO', 'HI', 'STEP'),
                        help='pool centres in FLOPs (MACs), e.g. 110M 570M 10M; default: --pss-num-pools over the span')
     group.add_argument('--pss-num-pools', type=int, default=40, help='pools per metric, spread over its span')
-    group.add_argument('--pss-metrics', nargs='+', choices=METRICS, default=['flops'],
+    group.add_argument('--pss-metrics', nargs='+', choices=COST_KINDS, default=['flops'],
                        help='what the pools bucket by: flops, latency (needs --pss-latency-table), or both at once '
                             '(PSS-Net\'s multi-constraint variant)')
     group.add_argument('--pss-latency-table', default=None, metavar='JSON',

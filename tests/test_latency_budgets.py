@@ -113,7 +113,7 @@ def test_several_metrics_at_once(model, lut):
             create_sampler('prioritized', model.space, num_pools=4, pool_size=2, seed=2,
                            cost=LatencyCost(model.space, lut))], seed=seed)
     sampler = make(0)
-    assert len(sampler.pools) == 7 and [c.metric for c in sampler.bucket_costs] == ['flops'] * 3 + ['latency'] * 4
+    assert len(sampler.pools) == 7 and [c.kind for c in sampler.bucket_costs] == ['flops'] * 3 + ['latency'] * 4
     seen = set()
     for i in range(80):
         sampler.set_progress(i / 80)

@@ -1,6 +1,6 @@
-"""What a subnet costs, by metric: FLOPs (counted exactly by the space) or latency (predicted by a lookup table).
+"""What a subnet costs, by cost kind: FLOPs (counted exactly by the space) or latency (predicted by a lookup table).
 
-PSS keeps one pool per budget bucket of a metric, so everything that buckets subnets (pool targets, in-bucket
+PSS keeps one pool per budget bucket of a cost kind, so everything that buckets subnets (pool targets, in-bucket
 sampling, "is this pool full") goes through a `SubnetCost`: `FlopsCost` for MACs, `LatencyCost` for the
 milliseconds a `timm_pss.latency.LatencyTable` predicts on its device. Both evaluate many subnets at once.
 """
@@ -14,9 +14,9 @@ from .budget_table import format_flops
 from .range_sampler import RangeSampler, ordered_range
 from .spaces import RngLike, SearchSpace, Subnet, SubnetBatch
 
-__all__ = ['SubnetCost', 'FlopsCost', 'LatencyCost', 'METRICS']
+__all__ = ['SubnetCost', 'FlopsCost', 'LatencyCost', 'COST_KINDS']
 
-METRICS = ('flops', 'latency')
+COST_KINDS = ('flops', 'latency')  # what a pool's bucket can be measured in
 
 
 class LatencyPredictor(Protocol):
@@ -26,8 +26,8 @@ class LatencyPredictor(Protocol):
 
 
 class SubnetCost:
-    """A metric over a space's subnets; `metric` is 'flops' or 'latency'."""
-    metric: str
+    """A cost over a space's subnets; `kind` is 'flops' or 'latency' (a measured accuracy is a metric, not a cost)."""
+    kind: str
 
     def __init__(self, space: SearchSpace):
         self.space = space
@@ -60,7 +60,7 @@ class SubnetCost:
 
 class FlopsCost(SubnetCost):
     """MACs of the conv, linear and global-pool layers (the space's exact count)."""
-    metric = 'flops'
+    kind = 'flops'
 
     def many(self, batch: SubnetBatch) -> np.ndarray:
         return self.space.flops_many(batch).astype(np.float64)
@@ -86,7 +86,7 @@ class LatencyCost(SubnetCost):
 
     The table must be this space's (`LatencyTable.check_model`); it is not checked here.
     """
-    metric = 'latency'
+    kind = 'latency'
 
     def __init__(self, space: SearchSpace, table: LatencyPredictor):
         super().__init__(space)

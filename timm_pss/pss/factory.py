@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence, Tuple
 
-from ..costs import METRICS, FlopsCost, LatencyCost
+from ..costs import COST_KINDS, FlopsCost, LatencyCost
 from ..spaces import SearchSpace
 from .multi_cost import MultiCostSampler
 from .samplers import GlobalWidthSampler, InBucketUniformSampler, PrioritizedSubnetSampler, Sampler, USNetSampler
@@ -48,8 +48,8 @@ def build_sampler(
     `flops_range` / `latency_range` are the (lo, hi, step) bucket centres of each; other keyword arguments go to
     every sampler (`create_sampler`)."""
     for cost_kind in cost_kinds:  # all checked before any sampler is built (each takes a while)
-        if cost_kind not in METRICS:
-            raise ValueError(f'unknown cost kind {cost_kind!r}; choose from {", ".join(METRICS)}')
+        if cost_kind not in COST_KINDS:
+            raise ValueError(f'unknown cost kind {cost_kind!r}; choose from {", ".join(COST_KINDS)}')
         if cost_kind == 'latency' and latency_table is None:
             raise ValueError('latency buckets need a latency table (timm_pss.latency.build_lut)')
     samplers = []

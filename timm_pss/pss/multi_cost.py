@@ -28,7 +28,7 @@ class MultiCostSampler:
             raise ValueError('MultiCostSampler needs at least one sampler')
         if any(type(s) not in (PrioritizedSubnetSampler, InBucketUniformSampler) for s in samplers):
             raise ValueError('several metrics at once work with the prioritized and uniform samplers only')
-        cost_kinds = [s.cost.metric for s in samplers]
+        cost_kinds = [s.cost.kind for s in samplers]
         if len(set(cost_kinds)) != len(cost_kinds):
             raise ValueError(f'one sampler per metric, got {cost_kinds}')
         self.samplers = list(samplers)
@@ -116,7 +116,7 @@ class MultiCostSampler:
     def best_subnet(self, budget: float) -> Optional[Subnet]:
         """The FLOPs-keyed sampler's best subnet for `budget` FLOPs (see `PrioritizedSubnetSampler`), or None."""
         for s in self.samplers:
-            if s.cost.metric == 'flops':
+            if s.cost.kind == 'flops':
                 return s.best_subnet(budget)
         return None
 
@@ -129,7 +129,7 @@ class MultiCostSampler:
             raise ValueError(f'not a multi-metric PSS sampler state (expected "format": "{MULTI_STATE_FORMAT}"); '
                              f'was the run trained with one metric?')
         theirs = [s.get('metric', 'flops') for s in state['samplers']]
-        ours = [s.cost.metric for s in self.samplers]
+        ours = [s.cost.kind for s in self.samplers]
         if theirs != ours:
             raise ValueError(f'sampler state has pools for metrics {theirs}; this run has {ours}')
         parsed = [s._parse_state(sub) for s, sub in zip(self.samplers, state['samplers'])]  # all checked first

@@ -218,7 +218,7 @@ def bucket_targets(space: SearchSpace, budget_range: Optional[Tuple[float, float
     for t in targets:
         if t + step / 2 <= f_min or t - step / 2 > f_max:
             raise ValueError(f'the bucket {cost.format(t)} +- {cost.format(step / 2)} holds no subnet: this space '
-                             f'spans {cost.format(f_min)} .. {cost.format(f_max)} ({cost.metric})')
+                             f'spans {cost.format(f_min)} .. {cost.format(f_max)} ({cost.kind})')
     return targets, float(step)
 
 

@@ -169,13 +169,13 @@ class PrioritizedSubnetSampler:
             except ValueError:
                 empty.append(b)
         if len(empty) == len(self.config.targets):
-            raise ValueError(f'no bucket holds a subnet: the {len(empty)} {self.cost.metric} buckets around '
+            raise ValueError(f'no bucket holds a subnet: the {len(empty)} {self.cost.kind} buckets around '
                              f'{", ".join(self.describe_bucket(b) for b in empty)} fall into gaps of this space; '
                              f'choose other buckets (budget range or number of pools)')
         if empty:
             warnings.warn(f'{len(empty)} of {len(self.config.targets)} PSS buckets hold no subnet and are left out of '
                           f'sampling (their pools stay empty): {", ".join(self.describe_bucket(b) for b in empty)}; '
-                          f'the space\'s {self.cost.metric} values have gaps there', stacklevel=3)
+                          f'the space\'s {self.cost.kind} values have gaps there', stacklevel=3)
         return empty
 
     # schedule
@@ -190,7 +190,7 @@ class PrioritizedSubnetSampler:
         return [self.cost] * len(self.pools)
 
     def describe_bucket(self, bucket: int) -> str:
-        return f'{self.cost.format(self.config.targets[bucket])} {self.cost.metric}'
+        return f'{self.cost.format(self.config.targets[bucket])} {self.cost.kind}'
 
     def bucket_range(self, bucket: int) -> Tuple[float, float]:
         t, half = self.config.targets[bucket], self.config.step / 2
@@ -249,7 +249,7 @@ class PrioritizedSubnetSampler:
     def best_subnet(self, budget: float) -> Optional[Subnet]:
         """The best-scored subnet of the highest pool whose centre is at or below `budget` FLOPs, or None: no such
         pool holds a subnet yet, or the pools are keyed by another cost (latency)."""
-        if self.cost.metric != 'flops':
+        if self.cost.kind != 'flops':
             return None
         for bucket in sorted(range(len(self.pools)), key=lambda b: -self.config.targets[b]):
             if self.config.targets[bucket] <= budget and len(self.pools[bucket]):
@@ -264,7 +264,7 @@ class PrioritizedSubnetSampler:
         return {
             'format': STATE_FORMAT,
             'kind': self.kind,
-            'metric': self.cost.metric,
+            'metric': self.cost.kind,  # the key earlier checkpoints use for the cost kind
             'targets': list(c.targets), 'step': c.step, 'pool_size': c.pool_size, 'momentum': c.momentum,
             'p_random': list(c.p_random), 'temperature': list(c.temperature),
             'priority': c.priority, 'shuffle_scores': c.shuffle_scores, 'bucket_weights': c.bucket_weights,
@@ -295,9 +295,9 @@ class PrioritizedSubnetSampler:
         if kind != self.kind:
             raise ValueError(f'sampler state was saved by a {kind!r} sampler; this run uses {self.kind!r}')
         metric = state.get('metric', 'flops')
-        if metric != self.cost.metric:
+        if metric != self.cost.kind:
             raise ValueError(f'sampler state has pools keyed by {metric!r}; this run keys them by '
-                             f'{self.cost.metric!r}')
+                             f'{self.cost.kind!r}')
         c = self.config
         theirs = (state.get('targets') or [], state.get('step'), state.get('pool_size'), state.get('momentum'))
         same = (len(theirs[0]) == len(c.targets) and np.allclose(theirs[0], c.targets)
@@ -350,7 +350,7 @@ class PrioritizedSubnetSampler:
         value = self.cost.of(subnet)
         slack = 1e-9 * self.config.step  # float rounding of the bucket edges, not a wider bucket
         if not lo - slack <= value < hi + slack:
-            raise ValueError(f'subnet {subnet} has {self.cost.format(value)} {self.cost.metric}, outside its bucket '
+            raise ValueError(f'subnet {subnet} has {self.cost.format(value)} {self.cost.kind}, outside its bucket '
                              f'[{self.cost.format(lo)}, {self.cost.format(hi)})')
 
 
