@@ -494,16 +494,15 @@ def create_wait_group(timeout: timedelta = RANK0_WORK_TIMEOUT):
 
 # argument, resume and run-folder checks: one line and exit code 2 before any long work
 
-def usage_error(message: str):
+def usage_error(message: str, exit_code: int = 2):
     """Stop with a one-line error (no traceback) and exit code 2, as argparse does for usage errors."""
     print(f'train_pss.py: error: {message}', file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise SystemExit(exit_code)
 
 
 def training_error(message: str):
     """Stop a run that cannot go on (e.g. diverged weights) with a one-line error and exit code 1."""
-    print(f'train_pss.py: error: {message}', file=sys.stderr, flush=True)
-    raise SystemExit(1)
+    usage_error(message, exit_code=1)
 
 
 # PSS settings a resumed run must share with the run it continues (its pools and space depend on them)
