@@ -46,11 +46,13 @@ Run from the repository root (one training process per core, one thread each):
     python benchmarks/pareto.py --dataset fashion-mnist --quick --methods pss mutualnet   # smoke test
     python benchmarks/pareto.py --dataset digits --seeds 0 1 2 --methods pss uniform mutualnet   # the digits study
     python benchmarks/pareto.py --dataset digits --from-csv benchmarks/results/pareto.csv  # re-report stored runs
+    python benchmarks/pareto.py --methods pss pss_bw_global pss_refresh pss_zscore pss_shuffled --seeds 0 1 2  # ablation
 
 Re-running resumes: a finished run (results.json + benchmark.json, same command) is reused, an interrupted one
 resumes from its last checkpoint. Writes `pareto_<dataset>.csv` (one row per method, seed and budget),
 `pareto_<dataset>.png` and `pareto_<dataset>.md` into --results (default benchmarks/results; with --quick the
---output folder); --from-csv writes the report (.md) only.
+--output folder); `pareto_<dataset>_ablations.*` when an ablation is among --methods, so that the main report is kept;
+--from-csv writes the report (.md) only.
 """
 from harness import format_table, machine_lines  # first: one thread per process
 
@@ -192,6 +194,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         if unsupported:
             parser.error('; '.join(f'method {m} needs {reason}' for m, reason in unsupported.items()))
     return args
+
+
+def report_stem(dataset: str, methods: Sequence[str]) -> str:
+    """File name of the csv/png/md: the main comparison's own, or `_ablations` when an ablation is among the methods,
+    so that an ablation run never overwrites the main report."""
+    stem = f'pareto_{dataset.replace("-", "_")}'
+    return stem if set(methods) <= set(MAIN_METHODS) else f'{stem}_ablations'
 
 
 def unsupported_methods(methods: Sequence[str]) -> Dict[str, str]:
@@ -533,7 +542,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     protocol = PROTOCOLS[args.dataset]
     title = f'pss_mobilenetv1 on {protocol.title}'
-    stem = f'pareto_{args.dataset.replace("-", "_")}'
+    stem = report_stem(args.dataset, args.methods)
     heading = f'# Accuracy vs FLOPs by middle-subnet rule on {protocol.title} (benchmarks/pareto.py)'
     if args.from_csv is not None:  # the machine that trained them is not this one: no machine lines
         rows, diverged = read_csv(args.from_csv), {}

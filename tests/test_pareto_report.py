@@ -67,6 +67,12 @@ def test_report_marks_min_subnet_rows_and_gives_paired_intervals():
     assert 'interval above zero at 1, below zero at 0 of the 1 budgets' in text
 
 
+def test_an_ablation_run_reports_to_its_own_files_and_keeps_the_main_report():
+    assert pareto.report_stem('fashion-mnist', ['pss', 'uniform', 'mutualnet', 'usnet']) == 'pareto_fashion_mnist'
+    assert pareto.report_stem('digits', ['pss', 'uniform']) == 'pareto_digits'
+    assert pareto.report_stem('fashion-mnist', ['pss', 'pss_zscore']) == 'pareto_fashion_mnist_ablations'
+
+
 def test_csv_round_trip_and_the_older_digits_format(tmp_path):
     rows = _rows([1.0, 2.0, 3.0])
     pareto.write_csv(tmp_path / 'r.csv', rows)
