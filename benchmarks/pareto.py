@@ -46,7 +46,7 @@ Run from the repository root (one training process per core, one thread each):
     python benchmarks/pareto.py --dataset fashion-mnist --quick --methods pss mutualnet   # smoke test
     python benchmarks/pareto.py --dataset digits --seeds 0 1 2 --methods pss uniform mutualnet   # the digits study
     python benchmarks/pareto.py --dataset digits --from-csv benchmarks/results/pareto.csv  # re-report stored runs
-    python benchmarks/pareto.py --methods pss pss_bw_global pss_refresh pss_zscore pss_shuffled --seeds 0 1 2  # ablation
+    python benchmarks/pareto.py --seeds 0 1 2 --methods pss pss_bw_global pss_refresh pss_zscore pss_shuffled
 
 Re-running resumes: a finished run (results.json + benchmark.json, same command) is reused, an interrupted one
 resumes from its last checkpoint. Writes `pareto_<dataset>.csv` (one row per method, seed and budget),
