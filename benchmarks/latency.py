@@ -11,7 +11,12 @@ What it measures, per model (`pss_mobilenetv1`, `pss_mobilenetv2`, `pss_resnet50
    the supernet `set_subnet(subnet)` then `model(x)`, x a batch at the subnet's resolution, eval mode,
    `torch.inference_mode`, the same threads. Interleaved: every subnet once per round in a fresh random order (an
    untimed forward, then the timed one: steady state, as the tables define it), `--warmup` untimed rounds, median
-   of `--repeats`. On one CPU thread a sample during which the process lost the CPU is retaken, as in the build.
+   of `--repeats`: half of them before the build and half after, averaged, so the table is judged against the
+   machine's state around it; the drift between the halves and their Kendall tau (the noise floor: what any
+   predictor can reach here) are reported. On one CPU thread a sample during which the process lost the CPU is
+   retaken, as in the build. Measured here on a 2-core machine, other work on the second core (even when it never
+   takes this process's core) slows the timings by 5-20 %: a table and its ground truth taken under different load
+   disagree by that much, whatever the table.
 3. Accuracy: Kendall tau (scipy) of the table's `predict_many` against the measured latencies, the mean absolute
    percentage error (MAPE), the share within +-10 %, the median signed error, and, as the baseline, the Kendall
    tau of the FLOPs proxy (`space.flops_many`) against the same measurements. Also `predict_many` throughput on
@@ -163,6 +168,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     model = timm.create_model(name, **kwargs).to(device).eval()
     space = model.space
+    subnets = stratified_subnets(space, args.subnets, rng=args.seed)
+    batch = SubnetBatch.from_subnets(subnets)
+    # the ground truth is measured half before and half after the build, so a table is judged against the
+    # machine's state around it, and a drift of that state (other work starting or stopping) shows
+    torch.set_num_threads(args.threads)
+    before = measure(model, subnets, args.batch_size, device, args.warmup, (args.repeats + 1) // 2, args.seed + 1)
     t0 = time.perf_counter()
     table = build_lut(model, device=device, batch_size=args.batch_size, threads=args.threads,
                       width_points=args.width_points, warmup=args.lut_warmup, repeats=args.lut_repeats,
@@ -174,11 +185,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         table.save(path)
         assert LatencyTable.load(path).to_dict() == table.to_dict()
 
-    subnets = stratified_subnets(space, args.subnets, rng=args.seed)
-    batch = SubnetBatch.from_subnets(subnets)
     torch.set_num_threads(args.threads)
-    measured, segment_ms, spoiled = measure(model, subnets, args.batch_size, device, args.warmup, args.repeats,
-                                            args.seed + 1)
+    after = measure(model, subnets, args.batch_size, device, args.warmup, args.repeats // 2 or 1, args.seed + 2)
+    measured, segment_ms = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     predicted = table.predict_many(batch)
     flops = space.flops_many(batch)
     # where the error comes from: the grid (table blocks vs the same segments timed at the subnet's own widths)
@@ -195,7 +204,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         tau_lut=float(kendalltau(predicted, measured)[0]), tau_flops=float(kendalltau(flops, measured)[0]),
         mape=float(np.mean(np.abs(predicted - measured) / measured)), predict_per_s=per_s,
         within10=float(np.mean(np.abs(predicted - measured) <= 0.1 * measured)),
-        bias=float(np.median((predicted - measured) / measured)), spoiled=spoiled,
+        bias=float(np.median((predicted - measured) / measured)), spoiled=before[2] + after[2],
+        drift=float(np.median(after[0] / before[0])), tau_repeat=float(kendalltau(before[0], after[0])[0]),
         grid_mape=float(np.mean(np.abs(looked_up.sum(axis=1) - segment_ms.sum(axis=1)) / measured)),
         sum_mape=float(np.mean(np.abs(in_place - measured) / measured)),
         tau_in_place=float(kendalltau(in_place, measured)[0]),
@@ -239,14 +249,18 @@ def report(results: Sequence[dict], args: argparse.Namespace) -> bool:
     print('### Where the error comes from')
     print()
     print(format_table(
-        ['model', 'grid MAPE', 'sum-of-segments MAPE', 'in-place tau', 'largest grid errors', 'spoiled samples'],
+        ['model', 'grid MAPE', 'sum-of-segments MAPE', 'in-place tau', 'largest grid errors', 'drift', 'repeat tau',
+         'spoiled samples'],
         [[r['model'], f'{100 * r["grid_mape"]:.1f}%', f'{100 * r["sum_mape"]:.1f}%', f'{r["tau_in_place"]:.3f}',
-          r['worst_blocks'], str(r['spoiled'])] for r in results]))
+          r['worst_blocks'], f'{100 * r["drift"]:+.1f}%', f'{r["tau_repeat"]:.3f}', str(r['spoiled'])]
+         for r in results]))
     print()
     print('- grid MAPE: the table\'s segments against the same segments timed in place at the subnet\'s own widths '
           '(interpolation between grid widths, and grid noise), as % of the end-to-end latency')
     print('- sum-of-segments MAPE / in-place tau: those in-place segment times plus the table\'s overhead against '
           'the end-to-end latency: what a perfect grid would still miss')
+    print('- drift: the ground truth measured after the build against the one before it (median ratio - 1); repeat '
+          'tau: Kendall tau between the two, the most any predictor can reach on this machine\'s noise')
     print('Grids (resolutions x widths per group):')
     for r in results:
         t = r['table']
