@@ -507,7 +507,10 @@ def training_error(message: str):
 
 # PSS settings a resumed run must share with the run it continues (its pools and space depend on them)
 RESUME_SETTINGS = ('model', 'model_kwargs', 'num_classes', 'in_chans', 'pss_resolutions', 'pss_width_range',
-                   'pss_num_pools', 'pss_pool_size', 'pss_budget_range', 'pss_latency_range', 'pss_metrics')
+                   'pss_num_pools', 'pss_pool_size', 'pss_budget_range', 'pss_latency_range', 'pss_metrics',
+                   # how middle subnets are drawn: the prioritized and in-bucket uniform samplers save the same
+                   # state, so continuing one as the other would mix two methods in one run without a word
+                   'pss_sampler', 'pss_bucket_weights', 'pss_priority', 'pss_shuffle_scores', 'pss_refresh_scores')
 # settings a run may leave unset, to be inferred from its data: compared once the data has filled them in
 INFERRED_SETTINGS = ('num_classes', 'in_chans')
 

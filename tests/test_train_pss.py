@@ -568,6 +568,24 @@ def test_other_ranks_outwait_rank0_beyond_the_default_timeout(tmp_path, mode, wa
     assert ('rank 1 waited' in proc.stdout) == waited
 
 
+@pytest.mark.parametrize('change, saved', [(['--pss-sampler', 'uniform'], {}),
+                                           ([], {'pss_priority': 'zscore'}),
+                                           (['--pss-shuffle-scores'], {})])
+def test_resume_refuses_another_way_of_drawing_subnets(train_pss, tmp_path, capsys, change, saved):
+    """A prioritized run continued as in-bucket uniform (both save the same sampler state) would silently mix
+    two methods in one run."""
+    base = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1']
+    folder = _checkpoint(train_pss, tmp_path / 'run', base, **saved)
+    args, _ = train_pss.parse_args(base + change + ['--resume', str(folder)])
+    with pytest.raises(SystemExit) as e:
+        train_pss.check_run_args(args)
+    assert e.value.code == 2
+    option = '--' + (next(iter(saved)) if saved else change[0][2:]).replace('_', '-')
+    assert option in capsys.readouterr().err
+    same = base + [f'--pss-priority={value}' for value in saved.values()]  # the saved run's own settings
+    train_pss.check_run_args(train_pss.parse_args(same + ['--resume', str(folder)])[0])  # accepted
+
+
 def test_resume_accepts_the_class_count_the_run_inferred(train_pss, tmp_path):
     """The saved run inferred --num-classes 10 from the data; resuming it without --num-classes infers it again."""
     base = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1']

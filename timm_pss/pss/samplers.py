@@ -364,6 +364,7 @@ class InBucketUniformSampler(PrioritizedSubnetSampler):
     def __init__(self, space: SearchSpace, **kwargs):
         super().__init__(space, **{**kwargs, 'p_random': (1.0, 1.0)})
 
+
 class GlobalWidthSampler(PrioritizedSubnetSampler):
     """MutualNet-style middle subnets for baselines: one global width level for every group, random resolution.
 
