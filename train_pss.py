@@ -628,11 +628,27 @@ def check_run_args(args: argparse.Namespace) -> Optional[Path]:
                         f'validation/ class folders), or leave it out to train on the embedded digits')
         if Path(args.data_dir).is_dir():
             check_image_folders(args)
+    if args.pss_latency_table:
+        read_latency_table(args.pss_latency_table)
     if args.resume:
         path = resume_checkpoint_file(args.resume)
         check_resume_settings(args, path, read_resume_metadata(path))
         return path
     return None
+
+
+def read_latency_table(path: str, model=None) -> LatencyTable:
+    """--pss-latency-table, checked against `model` when given; a missing, unreadable or foreign file stops with
+    one line."""
+    try:
+        table = LatencyTable.load(path)
+        if model is not None:
+            table.check_model(model)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        usage_error(f'--pss-latency-table {path}: {reason}; build a table for this model and space with python -m '
+                    f'timm_pss.latency --model MODEL --output JSON')
+    return table
 
 
 def lr_base_scale(opt: str) -> str:
@@ -998,8 +1014,7 @@ def create_task(args: argparse.Namespace, model, device: torch.device, primary: 
     loss and, with --model-ema, its EMA."""
     latency_table = None
     if args.pss_latency_table:
-        latency_table = LatencyTable.load(args.pss_latency_table)
-        latency_table.check_model(model)
+        latency_table = read_latency_table(args.pss_latency_table, model)
     sampler = build_sampler(model.space, latency_table=latency_table, **sampler_kwargs(args))
     criterion = create_classification_loss(
         loss_type='bce' if args.bce_loss else None, smoothing=args.smoothing, soft_targets=mixup_active(args),

@@ -228,3 +228,25 @@ def test_train_pss_with_flops_and_latency_pools(model, lut, tmp_path):
     bad = [*cmd[:cmd.index('--pss-latency-table')], '--output', str(tmp_path), '--experiment', 'bad']
     proc = subprocess.run(bad, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
     assert proc.returncode == 2 and '--pss-metrics latency needs --pss-latency-table' in proc.stderr
+
+
+def test_train_pss_stops_with_one_line_on_a_bad_latency_table(model, lut, tmp_path, capsys):
+    """A missing, broken or foreign --pss-latency-table stops before training with exit 2 and names the file."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train_pss
+    finally:
+        sys.path.remove(str(ROOT))
+    broken = tmp_path / 'broken.json'
+    broken.write_text('{"format": "timm_pss.latency_table/1", "model"')  # cut off mid-write
+    for path, reason in ((tmp_path / 'missing.json', 'No such file'), (broken, 'broken.json'),
+                         (tmp_path, 'Is a directory')):
+        with pytest.raises(SystemExit) as e:
+            train_pss.read_latency_table(str(path))
+        assert e.value.code == 2 and reason in capsys.readouterr().err
+    lut.save(tmp_path / 'lut.json')
+    assert train_pss.read_latency_table(str(tmp_path / 'lut.json'), model).model == lut.model
+    other = timm.create_model('pss_mobilenetv2', num_classes=10, resolution_range=(16, 24, 8))
+    with pytest.raises(SystemExit) as e:
+        train_pss.read_latency_table(str(tmp_path / 'lut.json'), other)
+    assert e.value.code == 2 and 'does not fit' in capsys.readouterr().err
