@@ -51,7 +51,8 @@ Run from the repository root (one training process per core, one thread each):
 Re-running resumes: a finished run (results.json + benchmark.json, same command) is reused, an interrupted one
 resumes from its last checkpoint. Writes `pareto_<dataset>.csv` (one row per method, seed and budget),
 `pareto_<dataset>.png` and `pareto_<dataset>.md` into --results (default benchmarks/results; with --quick the
---output folder); `pareto_<dataset>_ablations.*` when an ablation is among --methods, so that the main report is kept;
+--output folder); `pareto_<dataset>_ablations.*` when PSS is compared with its ablations, `pareto_<dataset>_<method>.*`
+when an ablation comes first (compared with the others), so that the main report is kept;
 --from-csv writes the report (.md) only.
 """
 from harness import format_table, machine_lines  # first: one thread per process
@@ -197,10 +198,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def report_stem(dataset: str, methods: Sequence[str]) -> str:
-    """File name of the csv/png/md: the main comparison's own, or `_ablations` when an ablation is among the methods,
-    so that an ablation run never overwrites the main report."""
+    """File name of the csv/png/md, so that no run overwrites another's report: the main comparison's own,
+    `_ablations` when PSS is compared with its ablations, `_<method>` when another method is compared with the rest."""
     stem = f'pareto_{dataset.replace("-", "_")}'
-    return stem if set(methods) <= set(MAIN_METHODS) else f'{stem}_ablations'
+    if set(methods) <= set(MAIN_METHODS):
+        return stem
+    return f'{stem}_ablations' if methods[0] == 'pss' else f'{stem}_{methods[0]}'
 
 
 def unsupported_methods(methods: Sequence[str]) -> Dict[str, str]:

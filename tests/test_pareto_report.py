@@ -71,6 +71,7 @@ def test_an_ablation_run_reports_to_its_own_files_and_keeps_the_main_report():
     assert pareto.report_stem('fashion-mnist', ['pss', 'uniform', 'mutualnet', 'usnet']) == 'pareto_fashion_mnist'
     assert pareto.report_stem('digits', ['pss', 'uniform']) == 'pareto_digits'
     assert pareto.report_stem('fashion-mnist', ['pss', 'pss_zscore']) == 'pareto_fashion_mnist_ablations'
+    assert pareto.report_stem('fashion-mnist', ['pss_refresh', 'pss', 'usnet']) == 'pareto_fashion_mnist_pss_refresh'
 
 
 def test_csv_round_trip_and_the_older_digits_format(tmp_path):
