@@ -47,10 +47,21 @@ def test_help_reads_well():
     assert 'Prioritized Subnet Sampling' in out
 
 
-def test_embedded_run_writes_every_output(tmp_path):
-    log = _run('--epochs', '2', '--output', str(tmp_path), '--experiment', 'run', '--eval-metric', 'min_top1',
-               '--val-interval', '2', '--recovery-interval', '3')
-    run = tmp_path / 'run'
+# the embedded run's options: every output, --eval-metric, --val-interval and recovery checkpoints in two epochs
+EMBEDDED_RUN = ['--epochs', '2', '--eval-metric', 'min_top1', '--val-interval', '2', '--recovery-interval', '3']
+
+
+@pytest.fixture(scope='module')
+def embedded_run(tmp_path_factory):
+    """(run folder, log) of one uninterrupted embedded-digits run, as a real process: shared by the tests that
+    only read it (its outputs, and the run a killed and resumed run must reproduce)."""
+    output = tmp_path_factory.mktemp('embedded')
+    log = _run(*EMBEDDED_RUN, '--output', str(output), '--experiment', 'run')
+    return output / 'run', log
+
+
+def test_embedded_run_writes_every_output(embedded_run):
+    run, log = embedded_run
     assert 'budget table with validation accuracy' in log and 'Train: 1' in log and 'pools ' in log
     for name in ('model.safetensors', 'results.csv', 'results.json', 'summary.csv', 'args.yaml',
                  'accuracy_vs_flops.png', 'last.pth.tar'):
@@ -101,10 +112,9 @@ def test_embedded_run_writes_every_output(tmp_path):
     assert progress and all(' ETA ' in line for line in progress)
 
 
-def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
-    """SIGKILL mid-epoch, resume from the last checkpoint: the same final table as an uninterrupted run."""
-    args = ['--epochs', '2', '--output', str(tmp_path)]
-    _run(*args, '--experiment', 'straight')
+def test_killed_run_resumes_to_the_same_budget_table(embedded_run, tmp_path):
+    """SIGKILL mid-epoch, resume from the last checkpoint: the same final table as the uninterrupted run."""
+    args = [*EMBEDDED_RUN, '--output', str(tmp_path)]
     proc = subprocess.Popen(_cmd(*args, '--experiment', 'killed'), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     first = tmp_path / 'killed' / 'checkpoint-0.pth.tar'
@@ -117,7 +127,7 @@ def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
     assert not (tmp_path / 'killed' / 'results.csv').exists()
     log = _run(*args, '--experiment', 'killed', '--resume', str(tmp_path / 'killed'))
     assert 'Resumed from' in log and 'at epoch 1' in log
-    straight, resumed = _rows(tmp_path / 'straight'), _rows(tmp_path / 'killed')
+    straight, resumed = _rows(embedded_run[0]), _rows(tmp_path / 'killed')
     assert [(r['flops'], r['resolution'], r['widths']) for r in resumed] == \
            [(r['flops'], r['resolution'], r['widths']) for r in straight]
     assert [r['top1'] for r in resumed] == [r['top1'] for r in straight]
