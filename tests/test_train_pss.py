@@ -47,10 +47,21 @@ def test_help_reads_well():
     assert 'Prioritized Subnet Sampling' in out
 
 
-def test_embedded_run_writes_every_output(tmp_path):
-    log = _run('--epochs', '2', '--output', str(tmp_path), '--experiment', 'run', '--eval-metric', 'min_top1',
-               '--val-interval', '2', '--recovery-interval', '3')
-    run = tmp_path / 'run'
+# the embedded run's options: every output, --eval-metric, --val-interval and recovery checkpoints in two epochs
+EMBEDDED_RUN = ['--epochs', '2', '--eval-metric', 'min_top1', '--val-interval', '2', '--recovery-interval', '3']
+
+
+@pytest.fixture(scope='module')
+def embedded_run(tmp_path_factory):
+    """(run folder, log) of one uninterrupted embedded-digits run, as a real process: shared by the tests that
+    only read it (its outputs, and the run a killed and resumed run must reproduce)."""
+    output = tmp_path_factory.mktemp('embedded')
+    log = _run(*EMBEDDED_RUN, '--output', str(output), '--experiment', 'run')
+    return output / 'run', log
+
+
+def test_embedded_run_writes_every_output(embedded_run):
+    run, log = embedded_run
     assert 'budget table with validation accuracy' in log and 'Train: 1' in log and 'pools ' in log
     for name in ('model.safetensors', 'results.csv', 'results.json', 'summary.csv', 'args.yaml',
                  'accuracy_vs_flops.png', 'last.pth.tar'):
@@ -101,10 +112,9 @@ def test_embedded_run_writes_every_output(tmp_path):
     assert progress and all(' ETA ' in line for line in progress)
 
 
-def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
-    """SIGKILL mid-epoch, resume from the last checkpoint: the same final table as an uninterrupted run."""
-    args = ['--epochs', '3', '--output', str(tmp_path)]
-    _run(*args, '--experiment', 'straight')
+def test_killed_run_resumes_to_the_same_budget_table(embedded_run, tmp_path):
+    """SIGKILL mid-epoch, resume from the last checkpoint: the same final table as the uninterrupted run."""
+    args = [*EMBEDDED_RUN, '--output', str(tmp_path)]
     proc = subprocess.Popen(_cmd(*args, '--experiment', 'killed'), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     first = tmp_path / 'killed' / 'checkpoint-0.pth.tar'
@@ -117,7 +127,7 @@ def test_killed_run_resumes_to_the_same_budget_table(tmp_path):
     assert not (tmp_path / 'killed' / 'results.csv').exists()
     log = _run(*args, '--experiment', 'killed', '--resume', str(tmp_path / 'killed'))
     assert 'Resumed from' in log and 'at epoch 1' in log
-    straight, resumed = _rows(tmp_path / 'straight'), _rows(tmp_path / 'killed')
+    straight, resumed = _rows(embedded_run[0]), _rows(tmp_path / 'killed')
     assert [(r['flops'], r['resolution'], r['widths']) for r in resumed] == \
            [(r['flops'], r['resolution'], r['widths']) for r in straight]
     assert [r['top1'] for r in resumed] == [r['top1'] for r in straight]
@@ -161,13 +171,14 @@ def test_config_file_sets_defaults_and_rejects_unknown_pss_keys(tmp_path):
         train_pss.parse_args(['--pss-finalize-only'])
 
 
-def test_rejects_a_model_that_is_not_a_supernet(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / 'train_pss.py'), '--model', 'resnet18', '--epochs', '1',
-                           '--output', str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=SUBPROCESS_TIMEOUT)
-    assert proc.returncode != 0 and 'not a timm_pss supernet' in proc.stderr
+def test_rejects_a_model_that_is_not_a_supernet(train_pss, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main(train_pss, ['--model', 'resnet18', '--epochs', '1', '--output', str(tmp_path / 'out')])
+    assert e.value.code != 0 and 'not a timm_pss supernet' in str(e.value.code)
+    assert not (tmp_path / 'out').exists()
 
 
-def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(tmp_path):
+def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(train_pss, tmp_path, capsys):
     """--data-dir with class folders goes through timm's create_dataset; the timm recipe options work together."""
     from timm_pss.data import DigitsDataset
     for split, folder in (('train', 'train'), ('val', 'validation')):
@@ -176,18 +187,19 @@ def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(tmp_path):
                 break
             (tmp_path / 'data' / folder / f'c{label}').mkdir(parents=True, exist_ok=True)
             image.save(tmp_path / 'data' / folder / f'c{label}' / f'{i}.png')
-    log = _run('--data-dir', str(tmp_path / 'data'), '--num-classes', '10', '--epochs', '1', '-b', '16',
-               '--grad-accum-steps', '2', '--mixup', '0.2', '--cutmix', '0.5', '--model-ema', '--model-ema-decay',
-               '0.9', '--amp', '--workers', '0', '--output', str(tmp_path), '--experiment', 'folder')
+    log = _run_here(train_pss, capsys, '--data-dir', str(tmp_path / 'data'), '--num-classes', '10', '--epochs', '1',
+                    '-b', '16', '--grad-accum-steps', '2', '--mixup', '0.2', '--cutmix', '0.5', '--model-ema',
+                    '--model-ema-decay', '0.9', '--amp', '--workers', '0', '--output', str(tmp_path),
+                    '--experiment', 'folder')
     assert 'budget table with validation accuracy' in log
     meta = load_checkpoint_metadata(str(tmp_path / 'folder' / 'last.pth.tar'))
     assert 'state_dict_ema' in meta and len(_rows(tmp_path / 'folder')) >= 3
 
 
 @pytest.mark.parametrize('model_name', ['pss_mobilenetv2', 'pss_resnet50'])
-def test_other_models_train_on_the_embedded_default(tmp_path, model_name):
-    log = _run('--model', model_name, '--epochs', '1', '--pss-top-k', '1', '--output', str(tmp_path),
-               '--experiment', 'run')
+def test_other_models_train_on_the_embedded_default(train_pss, tmp_path, capsys, model_name):
+    log = _run_here(train_pss, capsys, '--model', model_name, '--epochs', '1', '--pss-top-k', '1', '--output',
+                    str(tmp_path), '--experiment', 'run')
     assert f'{model_name}: budget table with validation accuracy' in log
     rows = _rows(tmp_path / 'run')
     assert len(rows) >= 3 and all(0 <= float(r['top1']) <= 100 for r in rows)
@@ -203,6 +215,25 @@ def train_pss():
     finally:
         sys.path.remove(str(ROOT))
     return train_pss
+
+
+def _main(train_pss, argv):
+    """train_pss.main(argv) in this process, leaving the root logger as it was (main adds a console handler)."""
+    import logging
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        return train_pss.main(argv)
+    finally:
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+
+
+def _run_here(train_pss, capsys, *args):
+    """What `_run` does, in this process: a run whose checks are about its outputs, not about the process (no
+    interpreter and torch start-up per run); returns its log (stdout + stderr)."""
+    _main(train_pss, TINY + list(args))
+    out, err = capsys.readouterr()
+    return out + err
 
 
 def _usage_error(train_pss, argv, capsys):
@@ -342,14 +373,14 @@ def test_summary_rows_are_rewritten_atomically(train_pss, tmp_path, monkeypatch)
     assert [(r['epoch'], r['eval_top1']) for r in rows] == [('0', '0.0'), ('1', '15.0')]
 
 
-def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(tmp_path):
+def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(train_pss, tmp_path, capsys):
     """--dataset torch/fashion_mnist: 10 classes from the dataset, in_chans=1 normalised by the data's own mean/std."""
     from support import write_fashion_mnist_gz
     from timm_pss.dataset_setup import setup_dataset
     setup_dataset('fashion-mnist', tmp_path / 'data', write_fashion_mnist_gz(tmp_path / 'src'))
-    log = _run('--dataset', 'torch/fashion_mnist', '--data-dir', str(tmp_path / 'data'), '--epochs', '1', '-b', '16',
-               '--workers', '0', '--scale', '0.5', '1', '--hflip', '0.5', '--output', str(tmp_path),
-               '--experiment', 'fashion')
+    log = _run_here(train_pss, capsys, '--dataset', 'torch/fashion_mnist', '--data-dir', str(tmp_path / 'data'),
+                    '--epochs', '1', '-b', '16', '--workers', '0', '--scale', '0.5', '1', '--hflip', '0.5',
+                    '--output', str(tmp_path), '--experiment', 'fashion')
     assert 'budget table with validation accuracy' in log
     run = tmp_path / 'fashion'
     config = json.loads((run / 'config.json').read_text())
