@@ -65,7 +65,7 @@ from scipy.stats import kendalltau
 
 from timm_pss import Subnet, SubnetBatch
 from timm_pss.latency import AUTO_MAX_GRID, LatencyTable, build_lut
-from timm_pss.latency.build import _Timer
+from timm_pss.latency.build import _Timer, time_in_place
 from timm_pss.latency.device import _synchronizer
 from timm_pss.latency.segments import _segments
 from timm_pss.spaces import stratified_subnets
@@ -145,11 +145,8 @@ def measure(model, subnets: Sequence[Subnet], batch_size: int, device: torch.dev
                 x = inputs[s.resolution]
                 model(x)
                 _, ms, ok = timer(model, x)
-                samples, y, parts_ok = [], x, True
-                for seg in segments:
-                    y, seg_ms, seg_ok = timer(seg.run, y)
-                    samples.append(seg_ms)
-                    parts_ok = parts_ok and seg_ok
+                timed = time_in_place(segments, x, timer)
+                samples, parts_ok = [ms for ms, _ in timed], all(seg_ok for _, seg_ok in timed)
                 if round_ >= warmup:
                     e2e[i][0 if ok else 1].append(ms)
                     parts[i][0 if parts_ok else 1].append(samples)

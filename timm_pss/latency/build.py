@@ -122,6 +122,15 @@ class _Timer:
         return out, 1e3 * wall, clean
 
 
+def time_in_place(segments: Sequence['_Segment'], x: torch.Tensor, timer: _Timer) -> List[Tuple[float, bool]]:
+    """(ms, undisturbed) of each segment, run in order on `x`, each timed between its neighbours."""
+    samples = []
+    for seg in segments:
+        x, ms, ok = timer(seg.run, x)
+        samples.append((ms, ok))
+    return samples
+
+
 def _median_of(clean: List[float], spoiled: List[float]) -> float:
     return statistics.median(clean if clean else spoiled)
 
@@ -151,13 +160,6 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
     whole_clean: List[List[float]] = [[] for _ in whole]
     whole_spoiled: List[List[float]] = [[] for _ in whole]
 
-    def in_place(x: torch.Tensor) -> List[Tuple[float, bool]]:
-        samples = []
-        for seg in segments:
-            x, ms, ok = timer(seg.run, x)
-            samples.append((ms, ok))
-        return samples
-
     def run(task: int, record: bool) -> None:
         subnet = subnets[task] if task < len(subnets) else whole[task - len(subnets)]
         x = inputs[subnet.resolution]
@@ -167,11 +169,11 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
             return
         if task >= len(subnets):
             _, ms, ok = timer(supernet, x)
-            samples = in_place(x)
+            samples = time_in_place(segments, x, timer)
             ok = ok and all(seg_ok for _, seg_ok in samples)
             (whole_clean if ok else whole_spoiled)[task - len(subnets)].append(ms - sum(t for t, _ in samples))
             return
-        for s, (ms, ok) in enumerate(in_place(x)):
+        for s, (ms, ok) in enumerate(time_in_place(segments, x, timer)):
             if visits[task][s] >= 0:
                 (clean if ok else spoiled)[s][visits[task][s]].append(ms)
 
