@@ -8,7 +8,7 @@ from timm.layers import BatchNormAct2d
 
 from timm_pss.slimmable import (
     SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear, apply_widths, convert_to_slimmable,
-    INFERENCE_CACHE_SUBNETS, inference_cache_bytes,
+    INFERENCE_CACHE_SUBNETS, cut_weight, inference_cache_bytes,
 )
 from timm_pss.spaces import Channels
 
@@ -198,6 +198,47 @@ def test_grad_enabled_eval_forward_keeps_gradients_to_the_full_weights():
     grad = model[0].weight.grad
     assert grad.shape == (32, 16, 3, 3) and grad[:24, :12].abs().sum() > 0
     assert not grad[24:].any() and not grad[:, 12:].any()
+
+
+@pytest.mark.parametrize('shape,cut', [((32, 16, 3, 3), (24, 12)), ((32, 16, 3, 3), (24, 16)),
+                                       ((32, 16, 3, 3), (32, 12)), ((32, 1, 3, 3), (20, 1)), ((5, 40), (5, 24))])
+def test_cut_weight_equals_the_slicing_view_in_values_and_gradients(shape, cut):
+    """The training path's weight cut is contiguous and has the view's values and full-size gradient."""
+    torch.manual_seed(0)
+    weight = torch.randn(shape, requires_grad=True)
+    upstream = torch.randn(cut + shape[2:])
+    view = weight[:cut[0], :cut[1]]
+    (view * upstream).sum().backward()
+    expected, weight.grad = weight.grad.clone(), None
+
+    cut_tensor = cut_weight(weight, *cut)
+    assert cut_tensor.is_contiguous() and torch.equal(cut_tensor, view)
+    (cut_tensor * upstream).sum().backward()
+    assert torch.equal(weight.grad, expected) and not weight.grad[cut[0]:].any()
+
+
+def test_cut_weight_at_full_size_is_the_weight_itself():
+    weight = torch.randn(8, 4, 3, 3, requires_grad=True)
+    assert cut_weight(weight, 8, 4) is weight
+
+
+def test_training_step_gradients_equal_a_narrow_dense_model():
+    """A training step of the slimmable conv -> BN -> linear gives the narrow dense model's loss and gradients."""
+    model = _cut_model(seed=1).train()
+    narrow = nn.Sequential(nn.Conv2d(12, 24, 3, padding=1), nn.BatchNorm2d(24), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten(), nn.Linear(24, 5)).train()
+    with torch.no_grad():
+        for dense_param, slim_param in zip(narrow.parameters(), model.parameters()):
+            dense_param.copy_(slim_param[tuple(slice(0, n) for n in dense_param.shape)])
+    x = torch.randn(3, 12, 6, 6)
+    for net in (model, narrow):
+        net(x).square().mean().backward()
+    for dense_param, slim_param in zip(narrow.parameters(), model.parameters()):
+        part = tuple(slice(0, n) for n in dense_param.shape)
+        torch.testing.assert_close(slim_param.grad[part], dense_param.grad)
+        outside = torch.ones_like(slim_param.grad, dtype=torch.bool)
+        outside[part] = False
+        assert not slim_param.grad[outside].any()
 
 
 def test_inference_cache_keeps_a_few_width_settings_and_serves_them_again():

@@ -13,9 +13,13 @@ It is keyed on the active widths and budget entry, the identity of the layer's p
 weight's in-place version (an optimizer step or `load_state_dict` bumps it), and dropped on `train()` / `eval()`
 and `.to()`. Each layer keeps up to `INFERENCE_CACHE_SUBNETS` (4) width settings, so switching among a few budgets
 does not rebuild it; its memory is at most that many subnets' conv / linear weights (each at most the subnet's).
-Training, grad-enabled calls, FX tracing, TorchScript and `torch.compile` run the plain slicing forward (views:
-gradients flow to the full weights). Writes through `weight.data` bypass the version counter: call `model.eval()`
-after them to drop the cache.
+FX tracing, TorchScript and `torch.compile` run the plain slicing forward (views: gradients flow to the full
+weights). Writes through `weight.data` bypass the version counter: call `model.eval()` after them to drop the cache.
+
+Training (grad-enabled eager calls) cuts conv / linear weights with `cut_weight`: the same values and gradients as
+the slicing views, but the backward writes each full-size gradient once (the subnet's part, zeros elsewhere) where
+two chained slice backwards zero-fill and copy it twice; a training step at a small subnet of ResNet-50 paid about
+7 % more than the dense model of its widths for that.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -30,6 +34,7 @@ from .spaces import Channels
 __all__ = [
     'SlimmableLayer', 'SlimConv2d', 'SlimBatchNormBase', 'SlimBatchNorm2d', 'SlimBatchNormAct2d', 'SlimLinear',
     'convert_to_slimmable', 'apply_widths', 'slimmable_layers', 'inference_cache_bytes', 'INFERENCE_CACHE_SUBNETS',
+    'cut_weight',
 ]
 
 # torch >= 2.6 tells fx.symbolic_trace apart from torch.export (whose tracing is_compiling covers)
@@ -41,6 +46,41 @@ INFERENCE_CACHE_SUBNETS = 4  # width settings each layer's inference cache keeps
 def _serves_inference_cache(training: bool) -> bool:
     """Whether a slimmable forward may use the inference cache: eval mode, gradients off, plain eager Python."""
     return not (training or torch.is_grad_enabled() or _fx_symbolic_tracing() or torch.compiler.is_compiling())
+
+
+def _plain_eager() -> bool:
+    """Not being traced by FX or compiled: the layer's Python runs as written."""
+    return not (_fx_symbolic_tracing() or torch.compiler.is_compiling())
+
+
+class _CutWeight(torch.autograd.Function):
+    """`weight[:out, :in]` as a contiguous tensor whose backward fills the full-size gradient in one pass."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, out_channels: int, in_channels: int) -> torch.Tensor:
+        ctx.full_shape = weight.shape
+        ctx.out_channels, ctx.in_channels = out_channels, in_channels
+        return weight[:out_channels, :in_channels].contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        cout, cin = ctx.out_channels, ctx.in_channels
+        full = grad.new_empty(ctx.full_shape)
+        full[:cout, :cin] = grad
+        full[cout:].zero_()
+        full[:cout, cin:].zero_()
+        return full, None, None
+
+
+def cut_weight(weight: torch.Tensor, out_channels: int, in_channels: int) -> torch.Tensor:
+    """The first `out_channels` x `in_channels` of a conv / linear weight, contiguous, for a grad-enabled call.
+
+    Equal in values and gradients to `weight[:out_channels, :in_channels]`; a full-size cut is the weight itself.
+    """
+    if out_channels == weight.shape[0] and in_channels == weight.shape[1]:
+        return weight
+    return _CutWeight.apply(weight, out_channels, in_channels)
 
 
 class SlimmableLayer:
@@ -134,6 +174,10 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         if not torch.jit.is_scripting():
             if _serves_inference_cache(self.training):
                 return self._inference_params()
+            if torch.is_grad_enabled() and _plain_eager():
+                cout = self.active_out
+                weight = cut_weight(self.weight, cout, 1 if self.is_depthwise else self.active_in)
+                return weight, None if self.bias is None else self.bias[:cout]
         return self._active_params()
 
     def _active_params(self):
@@ -280,6 +324,8 @@ class SlimLinear(SlimmableLayer, nn.Linear):
             if _serves_inference_cache(self.training):
                 weight, bias = self._inference_params()
                 return F.linear(x, weight, bias)
+            if torch.is_grad_enabled() and _plain_eager():
+                return F.linear(x, cut_weight(self.weight, self.out_features, self.active_in), self.bias)
         return F.linear(x, self.weight[:, :self.active_in], self.bias)
 
     def slice_state(self):
