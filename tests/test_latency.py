@@ -6,6 +6,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,33 @@ def test_build_restores_model_and_threads():
     finally:
         torch.set_num_threads(before)
     assert m.training and not m.blocks[0].training and m.active_subnet == subnet
+
+
+def test_speed_drift_is_the_median_of_last_over_first_end_to_end_times():
+    drift = timm_pss.latency.build.speed_drift
+    # per subnet: median of the later half / median of the earlier half (the middle sample of an odd count in neither)
+    assert drift([[10.0, 9.0, 50.0, 12.0, 10.8], [10.0, 11.0], [20.0, 30.0], [5.0]]) == pytest.approx(0.2)
+    assert drift([[4.0], []]) is None
+
+
+def test_a_machine_that_slows_during_the_build_is_measured_and_warned(model, table):
+    """Injected slowdown: every whole forward spins longer than the one before, as a throttling host would make it
+    (CPU time, so the retake rule does not see it). The build records the drift and warns."""
+    assert isinstance(table.build['speed_drift'], float)
+    slow = copy.deepcopy(model)
+    calls = []
+
+    def spin(module, args):
+        calls.append(None)
+        end = time.thread_time() + 2e-5 * len(calls)
+        while time.thread_time() < end:
+            pass
+
+    slow.register_forward_pre_hook(spin)
+    with pytest.warns(RuntimeWarning, match=r'slower at the end of the build than at its start'):
+        slowed = build_lut(slow, **FAST)
+    assert slowed.build['speed_drift'] > timm_pss.latency.build.SPEED_DRIFT_WARNING
+    assert json.loads(slowed.to_json())['build']['speed_drift'] == slowed.build['speed_drift']
 
 
 # ---------------------------------------------------------------------------------------------- predicting

@@ -8,6 +8,7 @@ import numbers
 import statistics
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,9 +22,10 @@ from .grid import LatencyBlock, _describe
 from .segments import _Segment, _architecture, _check_chain, _full_supernet, _segments
 from .table import LatencyTable
 
-__all__ = ['build_lut', 'fit_overhead_ms', 'AUTO_MAX_GRID']
+__all__ = ['build_lut', 'fit_overhead_ms', 'speed_drift', 'AUTO_MAX_GRID', 'SPEED_DRIFT_WARNING']
 
 AUTO_MAX_GRID = 81  # width combinations per segment (per resolution) measured in full when width_points=None
+SPEED_DRIFT_WARNING = 0.10  # build_lut warns when the machine's speed changed by more than this during the build
 
 
 def _grid_indices(n: int, k: int) -> List[int]:
@@ -151,14 +153,16 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
     thousands of shapes of a whole grid would otherwise evict the rarer ones and time their recompilation).
     `visits[p][s]` is the flat grid index segment s has in subnet p's forward (-1: not on its grid). Rounds repeat
     until every point and every whole subnet has `repeats` undisturbed samples (at most 3 x `repeats` rounds with
-    `timer.retake`). Returns the medians per segment, the overheads of the whole subnets, and the number of
-    spoiled samples.
+    `timer.retake`); the whole subnets run in every round, so their first and last samples bracket the build.
+    Returns the medians per segment, the overheads of the whole subnets, the number of spoiled samples and the
+    speed drift (`speed_drift` of the whole subnets' undisturbed end-to-end times).
     """
     clean = [[[] for _ in range(n)] for n in sizes]
     spoiled = [[[] for _ in range(n)] for n in sizes]
     # per whole subnet and round: end-to-end ms minus the sum of its segments timed in place right after
     whole_clean: List[List[float]] = [[] for _ in whole]
     whole_spoiled: List[List[float]] = [[] for _ in whole]
+    whole_end_to_end: List[List[float]] = [[] for _ in whole]  # undisturbed end-to-end ms, in round order
 
     def run(task: int, record: bool) -> None:
         subnet = subnets[task] if task < len(subnets) else whole[task - len(subnets)]
@@ -172,6 +176,8 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
             samples = time_in_place(segments, x, timer)
             ok = ok and all(seg_ok for _, seg_ok in samples)
             (whole_clean if ok else whole_spoiled)[task - len(subnets)].append(ms - sum(t for t, _ in samples))
+            if ok:
+                whole_end_to_end[task - len(subnets)].append(ms)
             return
         for s, (ms, ok) in enumerate(time_in_place(segments, x, timer)):
             if visits[task][s] >= 0:
@@ -182,23 +188,38 @@ def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subn
             return len(whole_clean[task - len(subnets)]) < repeats
         return any(v >= 0 and len(clean[s][v]) < repeats for s, v in enumerate(visits[task]))
 
-    pending = list(range(len(subnets) + len(whole)))
+    pending = list(range(len(subnets)))
+    wholes = list(range(len(subnets), len(subnets) + len(whole)))
     for round_ in range(warmup + (3 * repeats if timer.retake else repeats)):
         t0 = time.perf_counter()
-        for task in rng.permutation(pending):
+        for task in rng.permutation(pending + wholes):
             run(int(task), round_ >= warmup)
         if round_ >= warmup:
             pending = [task for task in pending if short(task)]
+        left = len(pending) + sum(short(task) for task in wholes)
         if progress:
             print(f'{progress}: round {round_ + 1} ({"warm-up" if round_ < warmup else "timed"}) in '
-                  f'{time.perf_counter() - t0:.1f} s; {len(pending)} forwards still short of samples',
+                  f'{time.perf_counter() - t0:.1f} s; {left} forwards still short of samples',
                   file=sys.stderr, flush=True)
-        if not pending:
+        if not left and round_ >= warmup:
             break
     medians = [np.array([_median_of(c, d) for c, d in zip(cs, ds)]) for cs, ds in zip(clean, spoiled)]
     overheads = [_median_of(c, d) for c, d in zip(whole_clean, whole_spoiled)]
     n_spoiled = sum(len(d) for ds in spoiled for d in ds) + sum(len(d) for d in whole_spoiled)
-    return medians, overheads, n_spoiled
+    return medians, overheads, n_spoiled, speed_drift(whole_end_to_end)
+
+
+def speed_drift(end_to_end_ms: Sequence[Sequence[float]]) -> Optional[float]:
+    """How much slower the machine ran at the end of a build than at its start (negative: faster): the median over
+    subnets of (median of the later half of a subnet's undisturbed end-to-end times / median of the earlier half)
+    - 1; None without a subnet timed twice.
+
+    A table's grid points are measured over the whole build, so a speed that changes during it (a host that
+    throttles or shares the machine; the retake rule sees only lost CPU time) leaves the table between two speeds.
+    """
+    ratios = [statistics.median(times[len(times) - len(times) // 2:]) / statistics.median(times[:len(times) // 2])
+              for times in end_to_end_ms if len(times) >= 2 and min(times) > 0]
+    return None if not ratios else float(np.median(ratios)) - 1.0
 
 
 def _positive(value, name: str, low: int = 1) -> int:
@@ -238,6 +259,8 @@ def build_lut(
     runs undisturbed (`build['retaken_samples']` counts them). `overhead_ms` is what a whole forward `model(x)`
     takes beyond its segments: per round, the end-to-end time of each of `overhead_subnets` subnets spread over
     the FLOPs span minus its segments timed in place right after; the median over subnets of their medians.
+    Those subnets run in every round, and `build['speed_drift']` is how much slower they ran at the end than at the
+    start (a RuntimeWarning above `SPEED_DRIFT_WARNING`, 10 %: the table then mixes two machine speeds).
 
     Runs with `threads` torch threads (default: the current number), in eval mode under `torch.inference_mode`;
     the thread count, the model's train/eval modes and its active subnet are restored after.
@@ -293,7 +316,7 @@ def build_lut(
             inputs = {r: torch.randn(batch_size, supernet.in_chans, r, r, generator=generator).to(dev, dtype)
                       for r in sorted(set(resolutions) | {s.resolution for s in whole})}
             _check_chain(supernet, segments, Subnet(resolutions[0], space.max_widths), inputs[resolutions[0]])
-            medians, overheads, retaken = _time_segments(
+            medians, overheads, retaken, drift = _time_segments(
                 supernet, segments, subnets, visits, [len(resolutions) * math.prod(s) for s in shapes], whole,
                 inputs, warmup, repeats, timer, np.random.default_rng(seed),
                 progress=f'build_lut {_architecture(supernet)} ({len(subnets)} + {len(whole)} subnets)'
@@ -316,7 +339,13 @@ def build_lut(
         table.overhead_ms = fit_overhead_ms(overheads)
     table.build = {'seconds': round(time.perf_counter() - t_start, 2), 'warmup': warmup, 'repeats': repeats,
                    'width_points': width_points, 'auto_max_grid': AUTO_MAX_GRID, 'probe_subnets': len(probes),
-                   'retaken_samples': retaken, 'allocator': _allocator_settings(), 'overhead_fit': fit}
+                   'retaken_samples': retaken, 'allocator': _allocator_settings(), 'overhead_fit': fit,
+                   'speed_drift': None if drift is None else round(drift, 4)}
+    if drift is not None and abs(drift) > SPEED_DRIFT_WARNING:
+        warnings.warn(f'build_lut: the machine ran {abs(100 * drift):.0f}% {"slower" if drift > 0 else "faster"} '
+                      f'at the end of the build than at its start (the overhead subnets\' end-to-end times), so '
+                      f'the table mixes two speeds: rebuild it with the machine otherwise idle and at a fixed clock',
+                      RuntimeWarning, stacklevel=2)
     if progress:
         print(f'build_lut: {table!r} in {table.build["seconds"]:.1f} s', file=sys.stderr, flush=True)
     return table
