@@ -247,7 +247,6 @@ def quartile_cell(q: Sequence[float]) -> str:
 
 
 def report_budget_latency(results: Sequence[dict], args: argparse.Namespace) -> bool:
-    ns = args.models_args
     print(f'## Forward latency at {len(args.budgets)} budgets: supernet (set_subnet) vs exported (export_subnet) '
           f'vs dense timm baseline (batch {", ".join(map(str, args.batch_sizes))}, {threads_text(args.threads)}, '
           f'median ms)')

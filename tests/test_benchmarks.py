@@ -111,6 +111,7 @@ def test_bench_latency_quick(tmp_path):
     out = _run('latency.py', '--quick', '--models', 'pss_mobilenetv2', '--save-dir', str(tmp_path))
     assert 'LUT tau' in out and 'FLOPs tau' in out and 'LUT MAPE' in out and 'within +-10%' in out
     assert '### Where the error comes from' in out and 'sum-of-segments MAPE' in out and 'repeat tau' in out
+    assert "### The machine's speed" in out and 'drift during the build' in out and 'rescaled within +-10%' in out
     assert '| pss_mobilenetv2 |' in out
     from timm_pss.latency import LatencyTable
     (path,) = tmp_path.glob('pss_mobilenetv2_cpu_1t_b1.json')
