@@ -7,10 +7,8 @@ from .pools import (
     BUCKET_WEIGHTS, PRIORITIES, Proposal, SubnetPool, bucket_targets, draw_probabilities, exponential_schedule,
     global_width_bucket_weights, priority_values,
 )
-from .samplers import (
-    GlobalWidthSampler, InBucketUniformSampler, PrioritizedSubnetSampler, Sampler, SpaceUniformSampler,
-    UniformSubnetSampler, USNetSampler,
-)
+from .baselines import GlobalWidthSampler, SpaceUniformSampler, UniformSubnetSampler, USNetSampler
+from .samplers import InBucketUniformSampler, PrioritizedSubnetSampler, Sampler
 from .task import (
     PSSTask, ResumablePSSTask, TrainingDiverged, capture_rng_state, check_pools_identical, hard_labels,
     inplace_distillation_loss,

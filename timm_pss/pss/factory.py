@@ -7,7 +7,8 @@ from typing import Optional, Sequence, Tuple
 from ..costs import COST_KINDS, FlopsCost, LatencyCost
 from ..spaces import SearchSpace
 from .multi_cost import MultiCostSampler
-from .samplers import GlobalWidthSampler, InBucketUniformSampler, PrioritizedSubnetSampler, Sampler, USNetSampler
+from .baselines import GlobalWidthSampler, USNetSampler
+from .samplers import InBucketUniformSampler, PrioritizedSubnetSampler, Sampler
 
 __all__ = ['SAMPLERS', 'create_sampler', 'build_sampler', 'sampler_kwargs']
 

@@ -258,7 +258,8 @@ def global_width_bucket_weights(space: SearchSpace, targets: Sequence[float], st
 # The samplers lived here before they got their own modules; `from timm_pss.pss.pools import X` still works.
 _MOVED = {
     'samplers': ('STATE_FORMAT', 'EMPTY_BUCKET_PROBES', 'PrioritizedSubnetSampler', 'InBucketUniformSampler',
-                 'GlobalWidthSampler', 'USNetSampler', 'SpaceUniformSampler', 'UniformSubnetSampler', 'Sampler'),
+                 'Sampler'),
+    'baselines': ('GlobalWidthSampler', 'USNetSampler', 'SpaceUniformSampler', 'UniformSubnetSampler'),
     'multi_cost': ('MULTI_STATE_FORMAT', 'MultiCostSampler'),
     'factory': ('SAMPLERS', 'create_sampler'),
 }

@@ -9,8 +9,8 @@ Ablations (each off by default, the default is the reference rule): `priority` d
 z-scored or ranked scores instead of raw ones (scale-free, so T means the same at any loss level),
 `shuffle_scores` draws with the scores permuted among a pool's members (focus without quality), and
 `bucket_weights='global_width'` picks buckets as often as the MutualNet-style global-width sampler lands in them.
-Baselines: `InBucketUniformSampler` (a random subnet of a random bucket, every step), `GlobalWidthSampler`
-(MutualNet), `USNetSampler` (US-Net) and `SpaceUniformSampler` (uniform over the whole space, no pools).
+Baseline: `InBucketUniformSampler` (a random subnet of a random bucket, every step); the samplers of other methods
+(MutualNet, US-Net, uniform over the space) are in `timm_pss.pss.baselines`.
 
 All state is plain JSON (no pickle, no eval): pools, schedules, progress and the sampler's own RNG.
 """
@@ -27,11 +27,10 @@ from ..costs import FlopsCost, SubnetCost
 from ..spaces import RngLike, SearchSpace, Subnet
 from .pools import (
     BUCKET_WEIGHTS, PRIORITIES, Proposal, SubnetPool, bucket_distribution, bucket_targets, exponential_schedule,
-    global_width_bucket_weights, global_width_subnets,
+    global_width_bucket_weights,
 )
 
-__all__ = ['Sampler', 'PrioritizedSubnetSampler', 'InBucketUniformSampler', 'GlobalWidthSampler', 'USNetSampler',
-           'SpaceUniformSampler', 'UniformSubnetSampler']
+__all__ = ['Sampler', 'PrioritizedSubnetSampler', 'InBucketUniformSampler']
 
 STATE_FORMAT = 'timm_pss.pss_sampler/1'
 # in-bucket draws tried (fixed seed) on a bucket whose candidate bank has no member, before it counts as empty
@@ -363,98 +362,3 @@ class InBucketUniformSampler(PrioritizedSubnetSampler):
 
     def __init__(self, space: SearchSpace, **kwargs):
         super().__init__(space, **{**kwargs, 'p_random': (1.0, 1.0)})
-
-
-class GlobalWidthSampler(PrioritizedSubnetSampler):
-    """MutualNet-style middle subnets for baselines: one global width level for every group, random resolution.
-
-    Each proposal draws a level u ~ U[0, 1] (every group at its min width + u * (max - min), rounded to its nearest
-    width choice, see `global_width_subnets`) and a uniform resolution, anywhere in the space. Training never draws
-    from the pools; they only record the scores of the global subnets seen in each bucket, so finalisation works
-    as for PSS. The pool ablations (priority, shuffle_scores, bucket_weights) do not apply.
-    """
-    kind = 'global_width'
-
-    def __init__(self, space: SearchSpace, **kwargs):
-        defaults = dict(priority='raw', shuffle_scores=False, bucket_weights='uniform')
-        ablations = {k: kwargs[k] for k in defaults if k in kwargs and kwargs[k] != defaults[k]}
-        if ablations:
-            raise ValueError(f'the {self.kind} sampler draws no buckets and nothing from its pools, so {ablations} '
-                             f'cannot apply; use them with the prioritized or uniform sampler')
-        super().__init__(space, **kwargs)
-
-    def propose(self) -> Proposal:
-        space = self.space
-        level = self.rng.random()
-        resolution = space.resolutions[int(self.rng.integers(len(space.resolutions)))]
-        subnet = global_width_subnets(space, [level], [resolution]).subnet(0)
-        return Proposal(self.bucket_of(self.cost.of(subnet)), subnet, False)
-
-    def bucket_of(self, value: float) -> int:
-        """The bucket holding cost `value`, or -1 when it lies outside every bucket."""
-        first = self.config.targets[0] - self.config.step / 2
-        bucket = int(math.floor((value - first) / self.config.step))
-        return bucket if 0 <= bucket < len(self.pools) else -1
-
-    def update(self, bucket: int, subnet: Subnet, score: float) -> None:
-        if bucket >= 0:
-            super().update(bucket, subnet, score)
-
-
-class USNetSampler(GlobalWidthSampler):
-    """US-Net baseline: one global width level for every group at the fixed max resolution (US-Net trains width
-    only); the sandwich's smallest subnet is the min widths at that resolution too. Pools record scores as for
-    `GlobalWidthSampler`."""
-    kind = 'usnet'
-
-    def propose(self) -> Proposal:
-        subnet = global_width_subnets(self.space, [self.rng.random()], [max(self.space.resolutions)]).subnet(0)
-        return Proposal(self.bucket_of(self.cost.of(subnet)), subnet, False)
-
-    def min_subnet(self) -> Subnet:
-        return Subnet(max(self.space.resolutions), self.space.min_subnet().widths)
-
-
-class SpaceUniformSampler:
-    """The plain sandwich rule's sampler (US-Net / BigNAS style): middle subnets uniform over the whole space, no pools.
-
-    A `Sampler` for baselines and ablations (training-step cost); `PSSTask` runs it, finalisation needs pools.
-    """
-    format = 'timm_pss.uniform_sampler/1'
-
-    def __init__(self, space: SearchSpace, seed: RngLike = 0):
-        self.space = space
-        self.rng = np.random.default_rng(seed)
-        self.progress = 0.0
-        self.pools: List[SubnetPool] = []
-
-    def set_progress(self, progress: float) -> None:
-        self.progress = min(max(float(progress), 0.0), 1.0)
-
-    def propose(self) -> Proposal:
-        return Proposal(-1, self.space.sample(self.rng), False)
-
-    def min_subnet(self) -> Subnet:
-        return self.space.min_subnet()
-
-    def update(self, bucket: int, subnet: Subnet, score: float) -> None:
-        """Uniform sampling keeps no pools."""
-
-    def fill(self) -> List[int]:
-        return []
-
-    def best_subnet(self, budget: float) -> Optional[Subnet]:
-        """None: uniform sampling keeps no pools."""
-        return None
-
-    def state_dict(self) -> dict:
-        return {'format': self.format, 'progress': self.progress, 'rng': self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get('format') != self.format:
-            raise ValueError(f'not a uniform sampler state (expected "format": "{self.format}")')
-        self.rng.bit_generator.state = state['rng']
-        self.progress = float(state['progress'])
-
-
-UniformSubnetSampler = SpaceUniformSampler  # its old name, as the README's benchmark section calls it
