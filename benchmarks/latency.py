@@ -70,7 +70,7 @@ from scipy.stats import kendalltau
 
 from timm_pss import Subnet, SubnetBatch
 from timm_pss.latency import AUTO_MAX_GRID, LatencyTable, build_lut
-from timm_pss.latency.build import _Timer, time_in_place
+from timm_pss.latency.build import _Timer, speed_drift, time_in_place
 from timm_pss.latency.device import _synchronizer
 from timm_pss.latency.segments import _segments
 from timm_pss.spaces import stratified_subnets
@@ -216,7 +216,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         mape=float(np.mean(np.abs(predicted - measured) / measured)), predict_per_s=per_s,
         within10=float(np.mean(np.abs(predicted - measured) <= 0.1 * measured)),
         bias=float(np.median((predicted - measured) / measured)), spoiled=before[2] + after[2],
-        drift=float(np.median(after[0][:n] / before[0][:n])),
+        drift=speed_drift(np.stack([before[0][:n], after[0][:n]], axis=1)),  # median(after / before) - 1
         tau_repeat=float(kendalltau(before[0][:n], after[0][:n])[0]),
         build_drift=table.build.get('speed_drift'), speed_factor=speed_factor,
         rescaled_mape=float(np.mean(np.abs(rescaled - measured) / measured)),
