@@ -18,8 +18,8 @@ weights). Writes through `weight.data` bypass the version counter: call `model.e
 
 Training (grad-enabled eager calls) cuts conv / linear weights with `cut_weight`: the same values and gradients as
 the slicing views, but the backward writes each full-size gradient once (the subnet's part, zeros elsewhere) where
-two chained slice backwards zero-fill and copy it twice; a training step at a small subnet of ResNet-50 paid about
-7 % more than the dense model of its widths for that.
+two chained slice backwards zero-fill and copy it twice (at ResNet-50's 25 % subnet the step's extra copy and fill
+time halves: 67 -> 32 ms of a ~570 ms step).
 """
 from typing import Dict, Optional, Sequence, Tuple
 
