@@ -170,11 +170,14 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
     def is_depthwise(self) -> bool:
         return self.groups > 1
 
-    def _active_params_for_call(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _active_params_for_call(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if not torch.jit.is_scripting():
             if _serves_inference_cache(self.training):
                 return self._inference_params()
-            if torch.is_grad_enabled() and _plain_eager():
+            # channels_last inputs (and 1x1 maps, contiguous in both layouts) keep the views: their conv kernels
+            # then match those of an eager or compiled step on views
+            if (torch.is_grad_enabled() and _plain_eager() and x.is_contiguous()
+                    and not x.is_contiguous(memory_format=torch.channels_last)):
                 cout = self.active_out
                 weight = cut_weight(self.weight, cout, 1 if self.is_depthwise else self.active_in)
                 return weight, None if self.bias is None else self.bias[:cout]
@@ -187,7 +190,7 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self._active_params_for_call()
+        weight, bias = self._active_params_for_call(x)
         groups = self.active_out if self.is_depthwise else 1
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
@@ -324,8 +327,6 @@ class SlimLinear(SlimmableLayer, nn.Linear):
             if _serves_inference_cache(self.training):
                 weight, bias = self._inference_params()
                 return F.linear(x, weight, bias)
-            if torch.is_grad_enabled() and _plain_eager():
-                return F.linear(x, cut_weight(self.weight, self.out_features, self.active_in), self.bias)
         return F.linear(x, self.weight[:, :self.active_in], self.bias)
 
     def slice_state(self):
