@@ -16,8 +16,8 @@ does not rebuild it; its memory is at most that many subnets' conv / linear weig
 FX tracing, TorchScript and `torch.compile` run the plain slicing forward (views: gradients flow to the full
 weights). Writes through `weight.data` bypass the version counter: call `model.eval()` after them to drop the cache.
 
-Training (grad-enabled eager calls on NCHW activations) cuts conv weights with `cut_weight`: the same values and gradients as
-the slicing views, but the backward writes each full-size gradient once (the subnet's part, zeros elsewhere) where
+Training (grad-enabled eager calls on NCHW activations) cuts conv weights with `cut_weight`: the same values and
+gradients as the slicing views, but the backward writes each full-size gradient once (the subnet's part, zeros elsewhere) where
 two chained slice backwards zero-fill and copy it twice (at ResNet-50's 25 % subnet the step's extra copy and fill
 time halves: 67 -> 32 ms of a ~570 ms step).
 """
@@ -43,14 +43,14 @@ _CACHE_ATTR = '_inference_weight_cache'
 INFERENCE_CACHE_SUBNETS = 4  # width settings each layer's inference cache keeps (a few budgets switched often)
 
 
-def _serves_inference_cache(training: bool) -> bool:
-    """Whether a slimmable forward may use the inference cache: eval mode, gradients off, plain eager Python."""
-    return not (training or torch.is_grad_enabled() or _fx_symbolic_tracing() or torch.compiler.is_compiling())
-
-
 def _plain_eager() -> bool:
     """Not being traced by FX or compiled: the layer's Python runs as written."""
     return not (_fx_symbolic_tracing() or torch.compiler.is_compiling())
+
+
+def _serves_inference_cache(training: bool) -> bool:
+    """Whether a slimmable forward may use the inference cache: eval mode, gradients off, plain eager Python."""
+    return not (training or torch.is_grad_enabled()) and _plain_eager()
 
 
 class _CutWeight(torch.autograd.Function):
