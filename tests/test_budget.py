@@ -154,6 +154,22 @@ def test_load_resizes_to_a_table_of_another_size(x):
     assert len(target.budget_table) == 0 and 'pss_budget_table' not in target.state_dict()
 
 
+def test_budget_table_follows_a_replaced_buffer_even_when_its_id_is_recycled(filled, monkeypatch):
+    # CPython recycles the addresses of freed objects, so a table tensor loaded after another may get the id the
+    # cached one had, at the same version: the decoded-table cache must not serve the old table then. Injected:
+    # every object shares one id, as if each replacement landed on the freed address.
+    from timm_pss import supernet as supernet_module
+    monkeypatch.setattr(supernet_module, 'id', lambda obj: 1, raising=False)
+    model, other = copy.deepcopy(filled), copy.deepcopy(filled)
+    timm_pss.budget_table.set_table_metrics(other, [{'top1': 10.0 + i} for i in range(len(filled.budget_table))])
+    state = other.state_dict()
+    model.load_state_dict(filled.state_dict())
+    before = model.budget_table  # cached at the loaded tensor's version
+    model.load_state_dict(state)  # a new buffer tensor, copied into once: the same version as before
+    assert model.budget_table == other.budget_table != before
+    assert [e.metrics['top1'] for e in model.budget_table] == [10.0 + i for i in range(len(before))]
+
+
 def test_malformed_tables_fail_naming_the_key(filled):
     good = filled.state_dict()
     target = timm.create_model(NAME, num_classes=10)

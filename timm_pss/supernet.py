@@ -72,7 +72,9 @@ class SubnetSwitch:
         self.register_buffer(TABLE_BUFFER, None)
         self._register_load_state_dict_pre_hook(resize_budget_buffers_on_load, with_module=True)
         self._active_budget_index: Optional[int] = None
-        self._table_cache: Tuple[Any, BudgetTable] = (None, None)
+        # (buffer tensor, its version, decoded table): holds the tensor itself, so a new buffer that reuses a freed
+        # one's id (CPython recycles addresses) can never be mistaken for it
+        self._table_cache: Tuple[Optional[torch.Tensor], int, Optional[BudgetTable]] = (None, -1, None)
 
     @property
     def switch_lock(self) -> threading.RLock:
@@ -166,10 +168,12 @@ class SubnetSwitch:
     def budget_table(self) -> BudgetTable:
         """The budget table (entries by ascending FLOPs); empty until trained or filled."""
         tensor = self._buffers.get(TABLE_BUFFER)
-        key = None if tensor is None else (id(tensor), tensor._version)
-        if self._table_cache[0] != key or self._table_cache[1] is None:
-            self._table_cache = (key, read_table_buffer(tensor, self.space.group_names))
-        return self._table_cache[1]
+        version = -1 if tensor is None else tensor._version
+        cached, cached_version, table = self._table_cache
+        if table is None or cached is not tensor or cached_version != version:
+            table = read_table_buffer(tensor, self.space.group_names)
+            self._table_cache = (tensor, version, table)
+        return table
 
     def set_budget(self, flops: Optional[FlopsLike] = None, strict: bool = True, *,
                    latency_ms: Union[None, float, str] = None) -> BudgetEntry:
