@@ -144,6 +144,10 @@ CACHE_EVENTS = {
     'load_state_dict assign': lambda m: _load_other(m, assign=True),
     'train/eval': _write_through_data_in_train_mode,
     'to float64': lambda m: m.double(),
+    # what torch.func.functional_call and parametrizations do: write the module's dicts directly
+    'buffer swapped in its dict': lambda m: m[1]._buffers.__setitem__('running_mean', torch.randn(32)),
+    'parameter swapped in its dict': lambda m: m[0]._parameters.__setitem__('bias', nn.Parameter(torch.randn(32))),
+    'parameter set to None': lambda m: m[0]._parameters.__setitem__('bias', None),
 }
 
 
@@ -175,6 +179,22 @@ def test_inference_cache_is_never_served_stale(event):
     dtype = next(model.parameters()).dtype
     x = torch.randn(2, model[0].active_in, 6, 6, dtype=dtype)
     assert torch.equal(_cached(model, x), _uncached(model, x))
+
+
+def test_inference_cache_serves_functional_call_its_own_tensors():
+    """torch.func.functional_call swaps tensors into the module for one call: that call, and the plain calls
+    around it, each get the output of the tensors in place at the time."""
+    model = _cut_model()
+    x = torch.randn(2, 12, 6, 6)
+    before = _cached(model, x)
+    swapped = {'1.running_mean': torch.randn(32), '0.bias': torch.randn(32)}
+    with torch.no_grad():
+        through_call = torch.func.functional_call(model, swapped, (x,))
+    reference = _cut_model()
+    with torch.no_grad():
+        reference[1].running_mean.copy_(swapped['1.running_mean']), reference[0].bias.copy_(swapped['0.bias'])
+    assert torch.equal(through_call, _uncached(reference, x)) and not torch.equal(through_call, before)
+    assert torch.equal(_cached(model, x), before)
 
 
 def test_inference_cache_follows_the_budget_entry_statistics():

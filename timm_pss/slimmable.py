@@ -13,6 +13,9 @@ It is keyed on the active widths and budget entry, the identity of the layer's p
 weight's in-place version (an optimizer step or `load_state_dict` bumps it), and dropped on `train()` / `eval()`
 and `.to()`. Each layer keeps up to `INFERENCE_CACHE_SUBNETS` (4) width settings, so switching among a few budgets
 does not rebuild it; its memory is at most that many subnets' conv / linear weights (each at most the subnet's).
+A forward runs this lookup once per layer, so it must be cheap: the entry served last is checked first, field by
+field, by identity (measured in a batch-1 MobileNetV2 forward of 10-15 ms: building and looking up a dict key of ~10
+items per layer cost 0.7-0.9 ms, the field check 0.4 ms). Tensors swapped into the layer's dicts (`torch.func.functional_call`, parametrizations) are seen too.
 FX tracing, TorchScript and `torch.compile` run the plain slicing forward (views: gradients flow to the full
 weights). Writes through `weight.data` bypass the version counter: call `model.eval()` after them to drop the cache.
 
@@ -21,6 +24,7 @@ gradients as the slicing views, but the backward writes each full-size gradient 
 two chained slice backwards zero-fill and copy it twice (at ResNet-50's 25 % subnet the step's extra copy and fill
 time halves: 67 -> 32 ms of a ~570 ms step).
 """
+from operator import is_
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -40,17 +44,15 @@ __all__ = [
 # torch >= 2.6 tells fx.symbolic_trace apart from torch.export (whose tracing is_compiling covers)
 _fx_symbolic_tracing = getattr(_fx_trace, 'is_fx_symbolic_tracing', _fx_trace.is_fx_tracing)
 _CACHE_ATTR = '_inference_weight_cache'
+_LAST_HIT_ATTR = '_inference_last_hit'  # the cache entry served last, checked first
+_CACHE_ATTRS = (_CACHE_ATTR, _LAST_HIT_ATTR)
 INFERENCE_CACHE_SUBNETS = 4  # width settings each layer's inference cache keeps (a few budgets switched often)
+_NO_CACHE: dict = {}  # read-only stand-in for a layer without an inference cache
 
 
 def _plain_eager() -> bool:
     """Not being traced by FX or compiled: the layer's Python runs as written."""
     return not (_fx_symbolic_tracing() or torch.compiler.is_compiling())
-
-
-def _serves_inference_cache(training: bool) -> bool:
-    """Whether a slimmable forward may use the inference cache: eval mode, gradients off, plain eager Python."""
-    return not (training or torch.is_grad_enabled()) and _plain_eager()
 
 
 class _CutWeight(torch.autograd.Function):
@@ -88,7 +90,7 @@ class SlimmableLayer:
     # channel rules are Python objects used only when switching: no annotations, so TorchScript leaves them out
     in_rule = None
     out_rule = None
-    __jit_ignored_attributes__ = [_CACHE_ATTR]  # the inference cache is eager-only; TorchScript must not type it
+    __jit_ignored_attributes__ = list(_CACHE_ATTRS)  # the inference cache is eager-only; TorchScript must not type it
     active_in: int
     active_out: int
 
@@ -110,40 +112,69 @@ class SlimmableLayer:
         raise NotImplementedError
 
     @torch.jit.unused
+    def _cached_args(self, x: torch.Tensor) -> Optional[tuple]:
+        """The inference cache's arguments for a call on `x`, or None where the cache does not serve it.
+
+        It serves eval-mode calls with gradients off on a plain tensor in eager Python; FX proxies, fake and other
+        tensor subclasses, and calls traced by torch.compile take the slicing path. This runs for every layer of
+        every forward, where each Python step costs: the last entry served is checked field by field (widths,
+        budget entry, the weight's version, the identity of every parameter and buffer) before any key is built.
+        """
+        if self.training or torch.is_grad_enabled() or type(x) is not torch.Tensor or torch.compiler.is_compiling():
+            return None
+        last = self.__dict__.get(_LAST_HIT_ATTR)
+        if last is not None:
+            active_in, active_out, budget_index, weight, version, params, buffers, values = last
+            current_params, current_buffers = self._parameters, self._buffers
+            if (active_in == self.active_in and active_out == self.active_out
+                    and budget_index == self.__dict__.get('budget_index')
+                    and (weight is None or weight._version == version)
+                    and len(params) == len(current_params) and all(map(is_, params, current_params.values()))
+                    and len(buffers) == len(current_buffers) and all(map(is_, buffers, current_buffers.values()))):
+                return values
+        return self._inference_params()
+
+    @torch.jit.unused
     def _inference_params(self) -> tuple:
         """`_active_params()`, made contiguous, kept and served while the widths and the tensors are unchanged.
 
         Up to `INFERENCE_CACHE_SUBNETS` width settings are kept per layer (the oldest goes first), so a server that
         alternates a few budgets does not rebuild on every switch. The dict is replaced, never changed in place,
-        so a thread reading it never sees it change under it.
+        so a thread reading it never sees it change under it; the entry served last is also kept on its own, for
+        `_cached_args`' check.
         """
         params, buffers = self._parameters, self._buffers
         weight = params.get('weight')
         tensors = (None if weight is None else weight._version, *map(id, params.values()),
                    *map(id, buffers.values()))
         key = (self.active_in, self.active_out, self.__dict__.get('budget_index'), *tensors)
-        cache = self.__dict__.get(_CACHE_ATTR, {})
-        cached = cache.get(key)
-        if cached is not None:
-            return cached[0]
-        values = tuple(t if t is None or t.is_contiguous() else t.contiguous() for t in self._active_params())
-        # entries of other tensors (an update, a load) are never served again; the rest keep the newest ones
-        kept = [(k, v) for k, v in cache.items() if k[3:] == tensors]
-        kept = kept[max(0, len(kept) - INFERENCE_CACHE_SUBNETS + 1):]
-        # each entry holds the keyed tensors too, so no id in its key can be reused by a new tensor while it lives
-        self.__dict__[_CACHE_ATTR] = dict(kept + [(key, (values, tuple(params.values()), tuple(buffers.values())))])
-        return values
+        cache = self.__dict__.get(_CACHE_ATTR, _NO_CACHE)
+        entry = cache.get(key)
+        if entry is None:
+            values = tuple(t if t is None or t.is_contiguous() else t.contiguous() for t in self._active_params())
+            # entries of other tensors (an update, a load) are never served again; the rest keep the newest ones
+            kept = [(k, v) for k, v in cache.items() if k[3:] == tensors]
+            kept = kept[max(0, len(kept) - INFERENCE_CACHE_SUBNETS + 1):]
+            # each entry holds the keyed tensors too, so no id in its key can be reused by a new tensor while it lives
+            entry = (values, tuple(params.values()), tuple(buffers.values()))
+            self.__dict__[_CACHE_ATTR] = dict(kept + [(key, entry)])
+        self.__dict__[_LAST_HIT_ATTR] = (*key[:3], weight, tensors[0], entry[1], entry[2], entry[0])
+        return entry[0]
+
+    def _drop_inference_cache(self) -> None:
+        for name in _CACHE_ATTRS:
+            self.__dict__.pop(name, None)
 
     def __getstate__(self):
         # copies (deepcopy, ModelEma, serialised copies) start without the cache instead of duplicating its tensors
-        return {k: v for k, v in super().__getstate__().items() if k != _CACHE_ATTR}
+        return {k: v for k, v in super().__getstate__().items() if k not in _CACHE_ATTRS}
 
     def train(self, mode: bool = True):
-        self.__dict__.pop(_CACHE_ATTR, None)
+        self._drop_inference_cache()
         return super().train(mode)
 
     def _apply(self, *args, **kwargs):
-        self.__dict__.pop(_CACHE_ATTR, None)  # .to() / .half() / .cuda(): the copy would keep the old tensor
+        self._drop_inference_cache()  # .to() / .half() / .cuda(): the copy would keep the old tensor
         return super()._apply(*args, **kwargs)
 
     def full_channels(self) -> tuple:
@@ -172,8 +203,6 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
 
     def _active_params_for_call(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if not torch.jit.is_scripting():
-            if _serves_inference_cache(self.training):
-                return self._inference_params()
             # channels_last inputs (and 1x1 maps, contiguous in both layouts) keep the views: their conv kernels
             # then match those of an eager or compiled step on views
             if (torch.is_grad_enabled() and _plain_eager() and x.is_contiguous()
@@ -190,8 +219,12 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self.active_out if self.groups > 1 else 1
+        if not torch.jit.is_scripting():
+            cached = self._cached_args(x)
+            if cached is not None:
+                return F.conv2d(x, cached[0], cached[1], self.stride, self.padding, self.dilation, groups)
         weight, bias = self._active_params_for_call(x)
-        groups = self.active_out if self.is_depthwise else 1
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
     def extra_repr(self) -> str:
@@ -262,8 +295,9 @@ class SlimBatchNormBase(SlimmableLayer):
     def batch_norm(self, x: torch.Tensor) -> torch.Tensor:
         """torch's BatchNorm2d.forward on the first `active_out` channels; running stats update in place."""
         if not torch.jit.is_scripting():
-            if _serves_inference_cache(self.training):
-                mean, var, weight, bias = self._inference_params()
+            cached = self._cached_args(x)
+            if cached is not None:
+                mean, var, weight, bias = cached
                 return F.batch_norm(x, mean, var, weight, bias, mean is None, 0.0, self.eps)
         c = self.active_out
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -324,9 +358,9 @@ class SlimLinear(SlimmableLayer, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if _serves_inference_cache(self.training):
-                weight, bias = self._inference_params()
-                return F.linear(x, weight, bias)
+            cached = self._cached_args(x)
+            if cached is not None:
+                return F.linear(x, cached[0], cached[1])
         return F.linear(x, self.weight[:, :self.active_in], self.bias)
 
     def slice_state(self):
