@@ -15,7 +15,8 @@ and `.to()`. Each layer keeps up to `INFERENCE_CACHE_SUBNETS` (4) width settings
 does not rebuild it; its memory is at most that many subnets' conv / linear weights (each at most the subnet's).
 A forward runs this lookup once per layer, so it must be cheap: the entry served last is checked first, field by
 field, by identity (measured in a batch-1 MobileNetV2 forward of 10-15 ms: building and looking up a dict key of ~10
-items per layer cost 0.7-0.9 ms, the field check 0.4 ms). Tensors swapped into the layer's dicts (`torch.func.functional_call`, parametrizations) are seen too.
+items per layer cost 0.7-0.9 ms, the field check 0.4 ms). Tensors swapped into the layer's dicts
+(`torch.func.functional_call`, parametrizations) are seen too.
 FX tracing, TorchScript and `torch.compile` run the plain slicing forward (views: gradients flow to the full
 weights). Writes through `weight.data` bypass the version counter: call `model.eval()` after them to drop the cache.
 
@@ -219,7 +220,7 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups = self.active_out if self.groups > 1 else 1
+        groups = self.active_out if self.is_depthwise else 1
         if not torch.jit.is_scripting():
             cached = self._cached_args(x)
             if cached is not None:
