@@ -39,12 +39,15 @@ functions and print their tables; see those scripts for the details.
 7. `train`: one training step (forward in train mode + cross-entropy + backward, grads set to None first) of the
    supernet at a fixed subnet vs the dense timm model of the same widths (5c), at the widths of each budget of 5,
    the space's smallest resolution, batch `--train-batch` (default 8), interleaved, median of `--train-repeats`
-   (default 7) rounds after 1 warm-up; the loss and every gradient are checked equal first.
-8. `compile` (only when asked for; minutes per budget): `torch.compile(supernet)` (default inductor backend, needs
-   a C++ compiler on CPU) on `--compile-models` (default the first of `--models`): the first call after switching
-   to each budget of 5 (compilation; graphs compiled and recompilations counted from torch._dynamo's counters),
-   then `--compile-rounds` (default 10) rounds that switch through all budgets, timing set_subnet + compiled
-   forward, set_subnet + eager forward and the dense model at each. A failed compile is reported, not fatal.
+   (default 7) rounds after 1 warm-up; the loss and every gradient are checked equal first. Two variants of the
+   supernet's step run in the same rounds: its old slicing views, and leaf cuts (`leaf_cut`: all its costs but the
+   full-size gradients).
+8. `compile` (only when asked for; 6-21 s of compilation per budget on a quiet 2-core CPU, minutes on a loaded
+   one): `torch.compile(supernet)` (default inductor backend, needs a C++ compiler on CPU) on `--compile-models`
+   (default the first of `--models`): the first call after switching to each budget of 5 (compilation; graphs
+   compiled and recompilations counted from torch._dynamo's counters), then `--compile-rounds` (default 10) rounds
+   that switch through all budgets, timing set_subnet + compiled forward, set_subnet + eager forward and the dense
+   model at each. A failed compile is reported, not fatal.
 
 `--output FILE` also writes the report to FILE atomically (a temporary in the same folder, fsynced and renamed);
 an existing FILE is refused unless `--force`.
@@ -56,7 +59,7 @@ throughput and latency targets are reported, not enforced.
 Run from the repository root:
 
     python benchmarks/speed.py                  # full settings, three models: estimated ~10 min on a 2-core VM
-    python benchmarks/speed.py --sections compile --models pss_mobilenetv1  # torch.compile: minutes per budget
+    python benchmarks/speed.py --sections compile --models pss_mobilenetv1  # torch.compile: ~40 s here, cold
     python benchmarks/speed.py --quick --models pss_mobilenetv2          # tiny settings, ~20 s (smoke test)
     python benchmarks/speed.py --sections latency scaling --models pss_resnet50 --batch-size 8 --threads 4
 
@@ -99,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__.split('\n', 1)[0])
     parser.add_argument('--sections', nargs='+', default=list(DEFAULT_SECTIONS),
                         help=f'sections to run (space or comma separated), of: {" ".join(SECTIONS)}; default all but '
-                             f'compile (minutes of compilation per budget)')
+                             f'compile (seconds to minutes of compilation per budget)')
     parser.add_argument('--batch-size', type=int, default=1, help='batch size of the scaling forward passes (6)')
     parser.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 32],
                         help='batch sizes of the latency forward passes (5)')
@@ -345,6 +348,13 @@ def report_scaling(results: Sequence[dict], args: argparse.Namespace) -> bool:
 
 # ---------------------------------------------------------------------------------------------- 7. train
 
+def leaf_cut(weight: torch.Tensor, out_channels: int, in_channels: int) -> torch.Tensor:
+    """`cut_weight`'s contiguous copy as a detached leaf: its gradient is subnet-sized and never reaches `weight`."""
+    if out_channels == weight.shape[0] and in_channels == weight.shape[1]:
+        return weight
+    return weight[:out_channels, :in_channels].detach().contiguous().requires_grad_()
+
+
 def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
     """Forward + backward (cross-entropy, grads set to None first) of the supernet at a fixed subnet vs the dense
     timm model of the same widths, interleaved, at each of args.budgets' widths and the space's smallest resolution."""
@@ -371,18 +381,26 @@ def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
             with mock.patch.object(slimmable, 'cut_weight', lambda weight, cout, cin: weight[:cout, :cin]):
                 return step(model)
 
+        def step_with_leaf_cuts(model):
+            # every cost of the supernet's step but its full-size gradients: each cut weight is copied as before,
+            # but as a detached leaf whose subnet-sized gradient is dropped (the weights learn nothing)
+            with mock.patch.object(slimmable, 'cut_weight', leaf_cut):
+                return step(model)
+
         supernet.train(), dense.train()
         equal = torch.allclose(step(supernet), step(dense), atol=1e-4)
         grads_equal = all(torch.allclose(p_s.grad[tuple(slice(0, n) for n in p_d.shape)], p_d.grad, atol=1e-4)
                           for p_s, p_d in zip(supernet.parameters(), dense.parameters()))
         times = bench_models.interleaved_times_ms(
-            [lambda: step(supernet), lambda: step_with_slicing_views(supernet), lambda: step(dense)],
+            [lambda: step(supernet), lambda: step_with_slicing_views(supernet), lambda: step_with_leaf_cuts(supernet),
+             lambda: step(dense)],
             args.train_repeats, warmup=1)
         results.append(dict(model=name, fraction=p, how=how, subnet=subnet, mmacs=space.flops(subnet) / 1e6,
                             ms_super=statistics.median(times[0]), ms_views=statistics.median(times[1]),
-                            ms_dense=statistics.median(times[2]),
-                            quartiles=bench_models.ratio_quartiles(times[0], times[2]),
-                            views_quartiles=bench_models.ratio_quartiles(times[1], times[2]),
+                            ms_leaf=statistics.median(times[2]), ms_dense=statistics.median(times[3]),
+                            quartiles=bench_models.ratio_quartiles(times[0], times[3]),
+                            views_quartiles=bench_models.ratio_quartiles(times[1], times[3]),
+                            leaf_quartiles=bench_models.ratio_quartiles(times[2], times[3]),
                             equal=equal and grads_equal))
     return results
 
@@ -391,21 +409,24 @@ def report_train_step(results: Sequence[dict], args: argparse.Namespace) -> bool
     print(f'## Training step (forward + backward) at a fixed subnet: supernet vs dense timm model of the same widths '
           f'(batch {args.train_batch}, {threads_text(args.threads)}, median ms)')
     print()
-    headers = ['model', 'budget widths', 'res', 'MMACs', 'supernet (ms)', 'slicing views (ms)', 'dense (ms)',
-               'supernet/dense', 'per round: median [q1, q3]', 'slicing views/dense, per round',
-               'loss and grads equal']
+    headers = ['model', 'budget widths', 'res', 'MMACs', 'supernet (ms)', 'slicing views (ms)', 'leaf cuts (ms)',
+               'dense (ms)', 'supernet/dense', 'per round: median [q1, q3]', 'slicing views/dense, per round',
+               'leaf cuts/dense, per round', 'loss and grads equal']
     rows = [[r['model'], percent(r['fraction']), str(r['subnet'].resolution), f'{r["mmacs"]:.1f}',
-             f'{r["ms_super"]:.1f}', f'{r["ms_views"]:.1f}', f'{r["ms_dense"]:.1f}',
+             f'{r["ms_super"]:.1f}', f'{r["ms_views"]:.1f}', f'{r["ms_leaf"]:.1f}', f'{r["ms_dense"]:.1f}',
              f'{r["ms_super"] / r["ms_dense"]:.3f}x', quartile_cell(r['quartiles']),
-             quartile_cell(r['views_quartiles']), yes_no(r['equal'])] for r in results]
+             quartile_cell(r['views_quartiles']), quartile_cell(r['leaf_quartiles']), yes_no(r['equal'])]
+            for r in results]
     print(format_table(headers, rows))
     print()
     print(f'Budget widths: the widths of the latency section\'s subnet for that budget, run at the space\'s smallest '
           f'resolution. A step: zero_grad(set_to_none=True), forward in train mode (batch statistics), cross-entropy, '
           f'backward; the supernet cuts its full weights (timm_pss.slimmable.cut_weight: gradients land in full-size '
           f'.grad tensors, zero outside the subnet), the dense model has weights of the subnet\'s size; slicing '
-          f'views: the supernet with plain slicing views instead of cut_weight (the path before it). Interleaved, '
-          f'median of {args.train_repeats} rounds after 1 warm-up; per round: the ratio of each round, median and quartiles. '
+          f'views: the supernet with plain slicing views instead of cut_weight (the path before it); leaf cuts: the '
+          f'supernet with each cut weight copied into a detached leaf whose subnet-sized gradient is dropped, i.e. '
+          f'every cost of its step but the full-size gradients (its weights learn nothing). Interleaved, median of '
+          f'{args.train_repeats} rounds after 1 warm-up; per round: the ratio of each round, median and quartiles. '
           f'Equal: loss and every gradient (the supernet\'s cut to the dense shape) torch.allclose(atol=1e-4).')
     print()
     return all(r['equal'] for r in results)

@@ -1,4 +1,5 @@
-"""benchmarks/speed.py's bookkeeping: ratio spreads of interleaved timings, and --output written atomically."""
+"""benchmarks/speed.py's bookkeeping: ratio spreads of interleaved timings, --output written atomically, and the
+training section's leaf-cut variant."""
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,16 @@ def test_a_failed_run_leaves_the_old_output_and_no_temporary(tmp_path, monkeypat
         speed.main(QUICK + ['--output', str(out), '--force'])
     assert out.read_text() == 'earlier results'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['speed.txt']
+
+
+def test_leaf_cut_copies_the_cut_but_keeps_its_gradient_from_the_full_weight():
+    """The train section's 'leaf cuts' variant: cut_weight's values, a subnet-sized gradient of its own, none in the
+    full weight (what the supernet's step costs without full-size gradients)."""
+    from timm_pss.slimmable import cut_weight
+    weight = torch.randn(6, 5, 3, 3, requires_grad=True)
+    leaf = speed.leaf_cut(weight, 4, 3)
+    assert leaf.is_leaf and leaf.requires_grad and leaf.is_contiguous()
+    assert torch.equal(leaf, cut_weight(weight, 4, 3))
+    (leaf * 2).sum().backward()
+    assert weight.grad is None and leaf.grad.shape == (4, 3, 3, 3)
+    assert speed.leaf_cut(weight, 6, 5) is weight  # a full-size cut is the weight, as with cut_weight
