@@ -376,15 +376,8 @@ def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
             loss.backward()
             return loss
 
-        def step_with_slicing_views(model):
-            # the layers' training path before `cut_weight`: chained slicing views, whose backward fills twice
-            with mock.patch.object(slimmable, 'cut_weight', lambda weight, cout, cin: weight[:cout, :cin]):
-                return step(model)
-
-        def step_with_leaf_cuts(model):
-            # every cost of the supernet's step but its full-size gradients: each cut weight is copied as before,
-            # but as a detached leaf whose subnet-sized gradient is dropped (the weights learn nothing)
-            with mock.patch.object(slimmable, 'cut_weight', leaf_cut):
+        def step_cutting_with(cut, model):
+            with mock.patch.object(slimmable, 'cut_weight', cut):
                 return step(model)
 
         supernet.train(), dense.train()
@@ -392,7 +385,11 @@ def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
         grads_equal = all(torch.allclose(p_s.grad[tuple(slice(0, n) for n in p_d.shape)], p_d.grad, atol=1e-4)
                           for p_s, p_d in zip(supernet.parameters(), dense.parameters()))
         times = bench_models.interleaved_times_ms(
-            [lambda: step(supernet), lambda: step_with_slicing_views(supernet), lambda: step_with_leaf_cuts(supernet),
+            [lambda: step(supernet),
+             # the layers' training path before `cut_weight`: chained slicing views, whose backward fills twice
+             lambda: step_cutting_with(lambda weight, cout, cin: weight[:cout, :cin], supernet),
+             # every cost of the supernet's step but its full-size gradients (the weights learn nothing)
+             lambda: step_cutting_with(leaf_cut, supernet),
              lambda: step(dense)],
             args.train_repeats, warmup=1)
         results.append(dict(model=name, fraction=p, how=how, subnet=subnet, mmacs=space.flops(subnet) / 1e6,
