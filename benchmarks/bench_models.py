@@ -31,11 +31,12 @@ from harness import (  # first: one thread
 )
 
 import argparse
+import math
 import statistics
 import sys
 import time
 from functools import partial
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -104,6 +105,19 @@ def ratio_quartiles(numerators: Sequence[float], denominators: Sequence[float]) 
         return ratios * 3
     q1, median, q3 = statistics.quantiles(ratios, n=4)
     return [q1, median, q3]
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> Optional[Tuple[float, float]]:
+    """Distribution-free interval for the median of `values` (the sign test's): the order statistics x(k) and
+    x(n+1-k), 1-based, with the largest k whose coverage P(k <= B <= n-k), B ~ Binomial(n, 1/2), is at least
+    `confidence`; None when even (min, max) covers less (fewer than 6 values at 95 %)."""
+    x, n = sorted(values), len(values)
+    best = None
+    for k in range(1, n // 2 + 1):
+        if sum(math.comb(n, j) for j in range(k, n - k + 1)) / 2 ** n < confidence:
+            break
+        best = (x[k - 1], x[n - k])
+    return best
 
 
 # ---------------------------------------------------------------------------------------------- 1. FLOPs

@@ -2,6 +2,7 @@
 training section's leaf-cut variant."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,19 @@ def test_ratio_quartiles_are_those_of_the_per_round_ratios():
     q1, median, q3 = bench_models.ratio_quartiles([1, 2, 3, 4, 5], [1, 1, 1, 1, 1])
     assert (q1, median, q3) == pytest.approx((1.5, 3, 4.5))
     assert bench_models.ratio_quartiles([3], [2]) == pytest.approx([1.5, 1.5, 1.5])
+
+
+def test_median_interval_is_the_sign_test_interval():
+    # n = 15: P(4 <= B <= 11) = 0.965 >= 0.95 and P(5 <= B <= 10) = 0.882, so x(4) .. x(12)
+    assert bench_models.median_interval(range(15, 0, -1)) == (4, 12)
+    assert bench_models.median_interval([5, 1, 4, 2, 3, 6]) == (1, 6)  # n = 6: only (min, max), 0.969
+    assert bench_models.median_interval([1, 2, 3, 4, 5]) is None  # n = 5: (min, max) covers 0.938
+    assert bench_models.median_interval(range(45), confidence=0.99) == (13, 31)  # x(14) .. x(32), 0.993
+    # the interval holds the median in about 95 % of samples (the statement it makes)
+    rng = np.random.default_rng(0)
+    inside = [low <= 0 <= high for low, high in (bench_models.median_interval(rng.standard_normal(15))
+                                                   for _ in range(4000))]
+    assert 0.95 <= np.mean(inside) <= 0.98
 
 
 def test_output_is_the_printed_report(tmp_path, capsys):
