@@ -414,8 +414,7 @@ def report_train_step(results: Sequence[dict], args: argparse.Namespace) -> bool
     print()
     headers = ['model', 'budget widths', 'res', 'MMACs', 'supernet (ms)', 'slicing views (ms)', 'leaf cuts (ms)',
                'dense (ms)', 'supernet/dense', 'per round: median [q1, q3]', '95% interval of the median',
-               'slicing views/dense, per round',
-               'leaf cuts/dense, per round', 'loss and grads equal']
+               'slicing views/dense, per round', 'leaf cuts/dense, per round', 'loss and grads equal']
     rows = [[r['model'], percent(r['fraction']), str(r['subnet'].resolution), f'{r["mmacs"]:.1f}',
              f'{r["ms_super"]:.1f}', f'{r["ms_views"]:.1f}', f'{r["ms_leaf"]:.1f}', f'{r["ms_dense"]:.1f}',
              f'{r["ms_super"] / r["ms_dense"]:.3f}x', quartile_cell(r['quartiles']), interval_cell(r['interval']),
