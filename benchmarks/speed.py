@@ -41,8 +41,8 @@ functions and print their tables; see those scripts for the details.
    the space's smallest resolution, batch `--train-batch` (default 8), interleaved, median of `--train-repeats`
    (default 7) rounds after 1 warm-up; the loss and every gradient are checked equal first. Two variants of the
    supernet's step run in the same rounds: its old slicing views, and leaf cuts (`leaf_cut`: all its costs but the
-   full-size gradients). The supernet/dense per-round ratio also gets the sign test's 95 % interval of its median
-   (distribution-free; it needs 6 rounds or more).
+   full-size gradients). The supernet/dense and supernet/slicing-views per-round ratios also get the sign test's
+   95 % interval of their median (distribution-free; it needs 6 rounds or more).
 8. `compile` (only when asked for; 6-21 s of compilation per budget on a quiet 2-core CPU, minutes on a loaded
    one): `torch.compile(supernet)` (default inductor backend, needs a C++ compiler on CPU) on `--compile-models`
    (default the first of `--models`): the first call after switching to each budget of 5 (compilation; graphs
@@ -402,6 +402,8 @@ def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
                             ms_leaf=statistics.median(times[2]), ms_dense=statistics.median(times[3]),
                             quartiles=bench_models.ratio_quartiles(times[0], times[3]),
                             interval=bench_models.median_interval([a / b for a, b in zip(times[0], times[3])]),
+                            vs_views=[statistics.median(a / b for a, b in zip(times[0], times[1])),
+                                      bench_models.median_interval([a / b for a, b in zip(times[0], times[1])])],
                             views_quartiles=bench_models.ratio_quartiles(times[1], times[3]),
                             leaf_quartiles=bench_models.ratio_quartiles(times[2], times[3]),
                             equal=equal and grads_equal))
@@ -414,11 +416,13 @@ def report_train_step(results: Sequence[dict], args: argparse.Namespace) -> bool
     print()
     headers = ['model', 'budget widths', 'res', 'MMACs', 'supernet (ms)', 'slicing views (ms)', 'leaf cuts (ms)',
                'dense (ms)', 'supernet/dense', 'per round: median [q1, q3]', '95% interval of the median',
-               'slicing views/dense, per round', 'leaf cuts/dense, per round', 'loss and grads equal']
+               'slicing views/dense, per round', 'leaf cuts/dense, per round',
+               'supernet/slicing views, per round: median [95% interval]', 'loss and grads equal']
     rows = [[r['model'], percent(r['fraction']), str(r['subnet'].resolution), f'{r["mmacs"]:.1f}',
              f'{r["ms_super"]:.1f}', f'{r["ms_views"]:.1f}', f'{r["ms_leaf"]:.1f}', f'{r["ms_dense"]:.1f}',
              f'{r["ms_super"] / r["ms_dense"]:.3f}x', quartile_cell(r['quartiles']), interval_cell(r['interval']),
-             quartile_cell(r['views_quartiles']), quartile_cell(r['leaf_quartiles']), yes_no(r['equal'])]
+             quartile_cell(r['views_quartiles']), quartile_cell(r['leaf_quartiles']),
+             f'{r["vs_views"][0]:.3f} {interval_cell(r["vs_views"][1])}', yes_no(r['equal'])]
             for r in results]
     print(format_table(headers, rows))
     print()
@@ -431,7 +435,8 @@ def report_train_step(results: Sequence[dict], args: argparse.Namespace) -> bool
           f'every cost of its step but the full-size gradients (its weights learn nothing). Interleaved, median of '
           f'{args.train_repeats} rounds after 1 warm-up; per round: the ratio of each round, median and quartiles; '
           f'95% interval of the median: the sign test\'s distribution-free interval of the supernet/dense per-round '
-          f'median (bench_models.median_interval; n/a below 6 rounds). '
+          f'median (bench_models.median_interval; n/a below 6 rounds); supernet/slicing views: does cut_weight beat '
+          f'the path it replaced, per round, with the same interval. '
           f'Equal: loss and every gradient (the supernet\'s cut to the dense shape) torch.allclose(atol=1e-4).')
     print()
     return all(r['equal'] for r in results)

@@ -84,7 +84,8 @@ def test_speed_quick(capsys):
     for header in ('flops_many subnets/s', 'buckets reached', '47/47', 'PSS/uniform', 'set_budget',
                    'supernet/dense', 'exported/dense', 'FLOPs / max', 'latency / max', 'speed-up vs max',
                    '## Summary', 'exported / dense at 25/50/100%', 'latency / max at 25% FLOPs',
-                   'leaf cuts/dense, per round', '95% interval of the median', 'loss and grads equal'):
+                   'leaf cuts/dense, per round', '95% interval of the median',
+                   'supernet/slicing views, per round: median [95% interval]', 'loss and grads equal'):
         assert header in out, header
     assert '| pss_mobilenetv2 |' in out and 'Correctness checks: all passed.' in out
 
