@@ -98,9 +98,14 @@ def interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int, war
     return [statistics.median(ts) for ts in interleaved_times_ms(fns, repeats, warmup)]
 
 
+def per_round_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
+    """The ratio of two interleaved timings in each round (a slow round slows both, so the ratio keeps steady)."""
+    return [a / b for a, b in zip(numerators, denominators)]
+
+
 def ratio_quartiles(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
     """Quartiles (q1, median, q3) of the per-round ratios of two interleaved timings: the ratio with its spread."""
-    ratios = [a / b for a, b in zip(numerators, denominators)]
+    ratios = per_round_ratios(numerators, denominators)
     if len(ratios) < 2:
         return ratios * 3
     q1, median, q3 = statistics.quantiles(ratios, n=4)

@@ -397,13 +397,13 @@ def bench_train_step(name: str, args: argparse.Namespace) -> List[dict]:
              lambda: step_cutting_with(leaf_cut, supernet),
              lambda: step(dense)],
             args.train_repeats, warmup=1)
+        vs_views = bench_models.per_round_ratios(times[0], times[1])
         results.append(dict(model=name, fraction=p, how=how, subnet=subnet, mmacs=space.flops(subnet) / 1e6,
                             ms_super=statistics.median(times[0]), ms_views=statistics.median(times[1]),
                             ms_leaf=statistics.median(times[2]), ms_dense=statistics.median(times[3]),
                             quartiles=bench_models.ratio_quartiles(times[0], times[3]),
-                            interval=bench_models.median_interval([a / b for a, b in zip(times[0], times[3])]),
-                            vs_views=[statistics.median(a / b for a, b in zip(times[0], times[1])),
-                                      bench_models.median_interval([a / b for a, b in zip(times[0], times[1])])],
+                            interval=bench_models.median_interval(bench_models.per_round_ratios(times[0], times[3])),
+                            vs_views=(statistics.median(vs_views), bench_models.median_interval(vs_views)),
                             views_quartiles=bench_models.ratio_quartiles(times[1], times[3]),
                             leaf_quartiles=bench_models.ratio_quartiles(times[2], times[3]),
                             equal=equal and grads_equal))
