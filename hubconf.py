@@ -1,42 +1,43 @@
 """torch.hub entrypoints for timm_pss supernets.
 
     model = torch.hub.load('<owner>/<repo>', 'pss_mobilenetv2', pretrained=True, budget='200M')
+
+Every keyword goes to `timm.create_model`, so the serving kwargs of the `pss_*` entrypoints work here too:
+`budget=` (FLOPs), `latency_ms=`, `budget_entry=` pick the budget-table entry served after the weights load, and
+`resolution=` fixes the input size (see `timm_pss.supernet.build_supernet`).
 """
 dependencies = ['torch', 'timm', 'safetensors', 'huggingface_hub', 'numpy']
 
 
-def _create(name: str, pretrained: bool, budget, **kwargs):
+def _create(name: str, pretrained: bool, **kwargs):
     import timm
     import timm_pss  # noqa: F401  (registers the pss_* models)
 
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    if budget is not None:
-        model.set_budget(budget)
-    return model
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
-def pss_mobilenetv1(pretrained: bool = False, budget=None, **kwargs):
+def pss_mobilenetv1(pretrained: bool = False, **kwargs):
     """MobileNetV1 PSS supernet (14 channel groups, widths 0.75-1.0, 128-224px, 106.78-568.79 MFLOPs).
 
-    pretrained: load the published weights with their budget table. budget: switch to the best budget-table
-    entry within this many MACs, e.g. '300M' (needs a budget table). kwargs go to timm.create_model.
+    pretrained: load the published weights with their budget table (the model then serves its top entry).
+    budget: e.g. '300M', the best budget-table entry within that many MACs. kwargs go to timm.create_model.
     """
-    return _create('pss_mobilenetv1', pretrained, budget, **kwargs)
+    return _create('pss_mobilenetv1', pretrained, **kwargs)
 
 
-def pss_mobilenetv2(pretrained: bool = False, budget=None, **kwargs):
+def pss_mobilenetv2(pretrained: bool = False, **kwargs):
     """MobileNetV2 PSS supernet (9 channel groups, head fixed, widths 0.75-1.0, 128-224px, 69.15-300.84 MFLOPs).
 
-    pretrained: load the published weights with their budget table. budget: switch to the best budget-table
-    entry within this many MACs, e.g. '200M' (needs a budget table). kwargs go to timm.create_model.
+    pretrained: load the published weights with their budget table (the model then serves its top entry).
+    budget: e.g. '200M', the best budget-table entry within that many MACs. kwargs go to timm.create_model.
     """
-    return _create('pss_mobilenetv2', pretrained, budget, **kwargs)
+    return _create('pss_mobilenetv2', pretrained, **kwargs)
 
 
-def pss_resnet50(pretrained: bool = False, budget=None, **kwargs):
+def pss_resnet50(pretrained: bool = False, **kwargs):
     """ResNet-50 PSS supernet (21 channel groups, widths 0.25-1.0, 128-224px, 0.091-4.09 GFLOPs).
 
-    pretrained: load the published weights with their budget table. budget: switch to the best budget-table
-    entry within this many MACs, e.g. '2G' (needs a budget table). kwargs go to timm.create_model.
+    pretrained: load the published weights with their budget table (the model then serves its top entry).
+    budget: e.g. '2G', the best budget-table entry within that many MACs. kwargs go to timm.create_model.
     """
-    return _create('pss_resnet50', pretrained, budget, **kwargs)
+    return _create('pss_resnet50', pretrained, **kwargs)

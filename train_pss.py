@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
 import time
@@ -59,7 +60,7 @@ from timm_pss.pss import (
     BUCKET_WEIGHTS, PRIORITIES, SAMPLERS, PoolMonitor, ResumablePSSTask, TrainingDiverged, build_sampler,
     check_pools_identical, evaluate_accuracy, evaluate_subnet, finalize_budget_table, fixed_batch, sampler_kwargs,
 )
-from timm_pss.reporting import plot_results, write_results, write_summary_row
+from timm_pss.reporting import format_results, plot_results, write_results, write_summary_row
 from timm_pss.supernet import SupernetMixin, find_supernet
 
 _logger = logging.getLogger('train_pss')
@@ -824,7 +825,7 @@ def create_loaders(args, data_config, datasets, mixup_active, device):
         **dict(common, interpolation=args.train_interpolation))
     eval_batch = args.validation_batch_size or args.batch_size
     eval_kw = dict(common, batch_size=eval_batch, is_training=False, crop_pct=data_config['crop_pct'],
-                   distributed=False)
+                   crop_mode=data_config['crop_mode'], distributed=False)
     return (train_loader, create_loader(calib, **eval_kw), create_loader(heldout, **eval_kw),
             create_loader(val, **eval_kw))
 
@@ -993,9 +994,20 @@ def create_supernet(args: argparse.Namespace, resume_file: Optional[Path], prima
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
-    # the saved config.json then normalises as training did (e.g. a grayscale dataset's own mean/std)
-    model.pretrained_cfg.update(mean=tuple(data_config['mean']), std=tuple(data_config['std']))
+    # the saved config.json then preprocesses as this run evaluates (e.g. a grayscale dataset's own mean/std, the
+    # digits' full-image crop), so timm's resolve_data_config(model=...) reproduces the run's validation numbers
+    model.pretrained_cfg.update(mean=tuple(data_config['mean']), std=tuple(data_config['std']),
+                                crop_pct=data_config['crop_pct'], crop_mode=data_config['crop_mode'],
+                                interpolation=data_config['interpolation'], tag=run_tag(args))
     return model, datasets, data_config
+
+
+def run_tag(args: argparse.Namespace) -> str:
+    """The pretrained tag of this run's weights, named after its data (timm's `pss_in1k` means ImageNet-1k)."""
+    if not args.data_dir and not args.dataset:
+        return 'pss_digits'
+    name = args.dataset.partition('/')[2] or args.dataset or Path(str(args.data_dir).rstrip('/\\')).name
+    return 'pss_' + (re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_') or 'data')
 
 
 def create_amp(args: argparse.Namespace, device: torch.device):
@@ -1184,7 +1196,7 @@ def evaluate_epoch(run: TrainingRun, epoch: int, train_metrics: dict) -> Ordered
     eval_metrics = OrderedDict()
     if not ((epoch + 1) % args.val_interval == 0 or epoch + 1 == run.num_epochs):
         _logger.info(f'Epoch {epoch}: no evaluation (--val-interval {args.val_interval})  '
-                     f'[{train_metrics["time"]:.1f}s]')
+                     f'[training {train_metrics["time"]:.1f} s]')
         write_summary_row(run.output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
                           lr=run.optimizer.param_groups[0]['lr'])
         return eval_metrics
@@ -1193,6 +1205,7 @@ def evaluate_epoch(run: TrainingRun, epoch: int, train_metrics: dict) -> Ordered
         subnet = run.sampler.best_subnet(budget)
         if subnet is not None:
             subnets[format_flops(budget)] = subnet
+    eval_start = time.time()
     results = evaluate_subnets(run.eval_model, subnets, run.calib_loader, run.val_loader, args.pss_calib_batches,
                                progress=f'Eval {epoch}')
     eval_metrics['top1'], eval_metrics['top5'] = results['max']
@@ -1202,7 +1215,8 @@ def evaluate_epoch(run: TrainingRun, epoch: int, train_metrics: dict) -> Ordered
             eval_metrics[f'top1@{name}'] = top1
     _logger.info(f'Epoch {epoch}: ' + '  '.join(
         f'{name} ({format_flops(space.flops(subnets[name]))}) top-1 {top1:.2f}'
-        for name, (top1, _) in results.items()) + f'  [{train_metrics["time"]:.1f}s]')
+        for name, (top1, _) in results.items())
+        + f'  [training {train_metrics["time"]:.1f} s, evaluation {time.time() - eval_start:.1f} s]')
     write_summary_row(run.output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
                       lr=run.optimizer.param_groups[0]['lr'])
     return eval_metrics
@@ -1223,16 +1237,19 @@ def finalize(run: TrainingRun) -> None:
         metrics.append({'top1': top1, 'top5': top5})
         _logger.info(f'Validating the budget table: entry {index + 1}/{entries} top-1 {top1:.2f}  '
                      f'ETA {eta(time.time() - start, index + 1, entries)}')
-    supernet.set_subnet(space.max_subnet())
-    table = set_table_metrics(supernet, metrics)
+    set_table_metrics(supernet, metrics)
     if run.latency_table is not None:
-        table = record_latency(supernet, run.latency_table)
+        record_latency(supernet, run.latency_table)
+    supernet.set_top_budget()  # config.json's input size is then that of the entry a loaded model serves
     save_hub_files(supernet, output_dir)  # timm's save_for_hf layout: config.json + model.safetensors
     rows = write_results(output_dir, supernet, space)
-    plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS)')
-    print(f'\n{args.model}: budget table with validation accuracy\n{table}\n', flush=True)
+    data = 'the embedded digits' if not args.data_dir and not args.dataset else (args.dataset or args.data_dir)
+    plot_results(rows, output_dir / 'accuracy_vs_flops.png', f'{args.model} (PSS) on {data}',
+                 val_images=len(run.val_loader.dataset))
+    print(f'\n{args.model}: budget table with validation accuracy\n{format_results(rows)}\n', flush=True)
     _logger.info(f'Wrote {output_dir}: model.safetensors + config.json (load with timm.create_model('
-                 f'"local-dir:{output_dir}"), publish with python -m timm_pss.publish), results.csv/json, plot')
+                 f'"local-dir:{output_dir}", pretrained=True), which serves its top entry; budget=... picks '
+                 f'another), publish with python -m timm_pss.publish), results.csv/json, plot')
 
 
 def main(argv=None):

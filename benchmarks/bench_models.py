@@ -46,6 +46,7 @@ from timm.models import adapt_model_from_string
 import timm_pss
 from timm_pss import Subnet
 from timm_pss.slimmable import inference_cache_bytes
+from timm_pss.supernet import quiet_forwards
 
 TARGET_SUBNETS_PER_S = 1_000_000
 ATOL = 1e-5
@@ -194,9 +195,10 @@ def bench_subnet_latency(supernet, subnet: Subnet, args: argparse.Namespace) -> 
     exported = timm_pss.export_subnet(supernet)
     dense = build_dense_baseline(supernet, exported)
     x = torch.randn(args.batch_size, 3, subnet.resolution, subnet.resolution)
-    y_super, y_export, y_dense = supernet(x), exported(x), dense(x)
-    times = interleaved_times_ms(
-        [lambda: supernet(x), lambda: exported(x), lambda: dense(x)], args.repeats, args.warmup)
+    with quiet_forwards(supernet):  # random weights, uncalibrated statistics on purpose: outputs compared, timed
+        y_super, y_export, y_dense = supernet(x), exported(x), dense(x)
+        times = interleaved_times_ms(
+            [lambda: supernet(x), lambda: exported(x), lambda: dense(x)], args.repeats, args.warmup)
     ms_super, ms_export, ms_dense = (statistics.median(ts) for ts in times)
     return dict(
         subnet=subnet, mmacs=supernet.space.flops(subnet) / 1e6,

@@ -12,3 +12,27 @@ def digits():
     images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=32, mode='bilinear', align_corners=False).repeat(1, 3, 1, 1)
     return images, torch.tensor(data.target)
+
+
+# a small real train_pss.py run on the embedded digits (2 epochs, 3 pools): what a user's first run folder holds
+TRAINED_RUN_ARGS = ['--model', 'pss_mobilenetv1', '-b', '128', '--pss-num-pools', '3', '--pss-pool-size', '2',
+                    '--pss-top-k', '1', '--pss-calib-batches', '1', '--pss-resolutions', '16', '24', '8',
+                    '--log-interval', '5', '--epochs', '2']
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+    """(run folder, log) of a finished train_pss.py process on the embedded digits, shared by the tests that only
+    read it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support import SUBPROCESS_TIMEOUT
+
+    root = Path(__file__).resolve().parents[1]
+    output = tmp_path_factory.mktemp('trained')
+    proc = subprocess.run([sys.executable, str(root / 'train_pss.py'), *TRAINED_RUN_ARGS, '--output', str(output),
+                           '--experiment', 'run'], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return output / 'run', proc.stdout + proc.stderr

@@ -490,3 +490,28 @@ def test_the_budget_table_module_is_not_shadowed_by_the_budget_function():
     import timm_pss.budget_table as imported
     assert imported is module
     assert callable(timm_pss.budget) and timm_pss.budget.__module__ == 'timm_pss.supernet'
+
+
+def _table(rows):
+    """A table of (flops, heldout_top1) entries for a 1-group space (selection only: no model needed)."""
+    return BudgetTable(['g'], [BudgetEntry(int(f), Subnet(32, (8 * (i + 1),)), {'heldout_top1': h, 'top1': h})
+                               for i, (f, h) in enumerate(rows)])
+
+
+def test_serving_budgets_select_the_entry_they_name():
+    # entry 1 is beaten by the cheaper entry 0 (never served); entries 2 and 3 are 700 MACs apart, so rounding
+    # entry 2's FLOPs up to 2 decimals of MMACs would reach the better entry 3: it gets its exact MACs instead
+    table = _table([(5_000_000, 80.0), (6_000_000, 70.0), (10_203_656, 85.0), (10_204_356, 90.0)])
+    labels = table.serving_budgets()
+    assert labels == ['5.00M', None, '10203656', '10.21M']
+    for i, label in enumerate(labels):
+        if label is not None:
+            assert table.select(label)[0] == i
+    assert table.choose(6_000_000).index == 0  # what "not served" means
+
+
+def test_table_text_keeps_decimals_and_long_lists_say_how_many_more():
+    table = _table([(1_000_000 * (i + 1), 90.0 + i) for i in range(8)])
+    assert '90.00' in str(table) and '91.00' in str(table)
+    with pytest.raises(ValueError, match=r'entries \[0, 1, 2, 3, 4, \.\.\. \(3 more\)\]'):
+        table.select(latency_ms=5)

@@ -145,24 +145,27 @@ def test_refused_load_leaves_the_model_exactly_as_it_was(kind, x, state_dicts):
         assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
-def test_a_load_resets_the_active_entry_and_keeps_the_subnet(x, state_dicts):
+def test_a_load_serves_the_new_tables_top_entry(x, state_dicts):
     model = _loaded(state_dicts[1])
-    entry = model.set_budget_entry(3)
+    model.set_budget_entry(3)
     model.load_state_dict(state_dicts[0])  # a 3-entry table: entry 3 no longer exists
-    assert model.active_budget_index is None and model.active_subnet == entry.subnet
-    assert all(m.budget_index is None for m in model.modules() if isinstance(m, SlimBatchNormBase))
+    table = model.budget_table
+    top, entry = table.select(max(e.flops for e in table))
+    assert model.active_budget_index == top and model.active_subnet == entry.subnet
+    assert all(m.budget_index == top for m in model.modules() if isinstance(m, SlimBatchNormBase))
     with torch.no_grad():
         y = model(x)
-        model.set_subnet(entry.subnet)  # the shared statistics: what a None index means
+        model.set_budget_entry(top)
         assert torch.equal(model(x), y)
     model.set_budget_entry(1)
     model.load_state_dict(timm.create_model('pss_mobilenetv1', **SMALL).state_dict())  # no table: cleared
     assert model.active_budget_index is None and len(model.budget_table) == 0
-    # refilling the table resets it too
+    assert model.shared_stats_subnet == model.space.max_subnet()  # a dense checkpoint's statistics
+    # refilling the table releases the entry: the subnet runs on the shared statistics it had before
     model.load_state_dict(state_dicts[0])
     model.set_budget_entry(1)
     timm_pss.fill_budget_table(model, [model.space.min_subnet()], _loader(n=8), num_batches=1)
-    assert model.active_budget_index is None
+    assert model.active_budget_index is None and model.shared_stats_subnet is None
 
 
 def test_a_refused_fill_leaves_the_model_as_it_was(x, state_dicts):

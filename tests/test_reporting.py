@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from timm_pss.reporting import AccuracyCurve, plot_accuracy_vs_flops, plot_results, write_csv
+from timm_pss.reporting import AccuracyCurve, plot_accuracy_vs_flops, plot_results, served_curve, write_csv
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -36,7 +36,10 @@ def test_a_failed_csv_write_leaves_the_old_file_and_no_temporary(tmp_path, monke
 
 def test_plots_are_pngs_and_a_failed_save_keeps_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / 'accuracy_vs_flops.png'
-    plot_results([dict(mflops=100.0, top1=60.0), dict(mflops=300.0, top1=70.0)], path, 'budget table')
+    rows = [dict(mflops=100.0, top1=60.0, heldout_top1=61.0, budget='100.00M'),
+            dict(mflops=200.0, top1=59.0, heldout_top1=58.0, budget=''),
+            dict(mflops=300.0, top1=70.0, heldout_top1=69.0, budget='300.00M')]
+    plot_results(rows, path, 'budget table', val_images=359)
     before = path.read_bytes()
     assert before[:8] == PNG_MAGIC
 
@@ -58,3 +61,10 @@ def test_plots_are_pngs_and_a_failed_save_keeps_the_old_one(tmp_path, monkeypatc
     plot_accuracy_vs_flops(path, curves, 'methods', xlabel='budget (MMACs)', figsize=(7, 4.5), marker_size=3,
                            legend_fontsize=8)
     assert path.read_bytes()[:8] == PNG_MAGIC and path.read_bytes() != before
+
+
+def test_the_plotted_curve_is_what_set_budget_serves():
+    """A step: each served entry holds until the next served one; an entry no budget serves is not on it."""
+    rows = [dict(mflops=1.0, top1=50.0, budget='1.00M'), dict(mflops=2.0, top1=40.0, budget=''),
+            dict(mflops=3.0, top1=70.0, budget='3.00M'), dict(mflops=4.0, top1=65.0, budget='')]
+    assert served_curve(rows) == ([1.0, 3.0, 4.0], [50.0, 70.0, 70.0])

@@ -22,7 +22,8 @@ from torch import nn
 from .slimmable import SlimBatchNormBase
 from .spaces import SearchSpace, Subnet
 
-__all__ = ['BudgetChoice', 'BudgetEntry', 'BudgetTable', 'parse_flops', 'parse_latency', 'LATENCY_METRIC',
+__all__ = ['BudgetChoice', 'BudgetEntry', 'BudgetTable', 'budget_label', 'format_flops', 'parse_flops', 'parse_latency',
+           'LATENCY_METRIC',
            'TABLE_BUFFER', 'read_table_buffer', 'write_budget_table', 'resize_budget_buffers_on_load',
            'set_table_metrics']
 
@@ -99,6 +100,17 @@ def parse_latency(value: Union[int, float, str]) -> float:
 
 def format_flops(flops: float) -> str:
     return f'{flops / 1e9:.3g}G' if flops >= 1e9 else f'{flops / 1e6:.2f}M'
+
+
+def budget_label(flops: float) -> str:
+    """A budget string that `flops` MACs fit in: MMACs rounded up to 2 decimals (e.g. 10,203,656 -> '10.21M')."""
+    return f'{math.ceil(flops / 1e4) / 100:.2f}M'
+
+
+def _listed(values: Sequence, limit: int = 5) -> str:
+    """`values` for an error message: at most `limit` of them, then how many more."""
+    shown = ', '.join(str(v) for v in values[:limit])
+    return f'[{shown}, ... ({len(values) - limit} more)]' if len(values) > limit else f'[{shown}]'
 
 
 @dataclass(frozen=True)
@@ -187,7 +199,7 @@ class BudgetTable(Sequence[BudgetEntry]):
             values = [e.metrics.get(LATENCY_METRIC) for e in self.entries]
             if any(v is None for v in values):
                 raise ValueError(f'this budget table records no predicted latency for entries '
-                                 f'{[i for i, v in enumerate(values) if v is None][:5]}: record it with '
+                                 f'{_listed([i for i, v in enumerate(values) if v is None])}: record it with '
                                  f'timm_pss.latency.record_latency(model, table) for a LatencyTable of your device')
         fitting = [i for i, v in enumerate(values) if v <= limit]
         if not fitting:
@@ -200,6 +212,19 @@ class BudgetTable(Sequence[BudgetEntry]):
         best = max(fitting, key=lambda i: (self.entries[i].metrics.get(SELECTION_METRIC, -math.inf), values[i],
                                            self.entries[i].metrics.get('top1', -math.inf), -i))
         return BudgetChoice(best, self.entries[best], False)
+
+    def serving_budgets(self) -> List[Optional[str]]:
+        """Per entry, a budget string for which `set_budget` serves exactly that entry (its MMACs rounded up, or
+        its exact MACs where rounding up would reach a better entry), or None for an entry that no budget serves
+        (a cheaper entry scores at least as well on held-out data)."""
+        labels: List[Optional[str]] = []
+        for i, e in enumerate(self.entries):
+            if self.choose(e.flops).index != i:
+                labels.append(None)
+                continue
+            label = budget_label(e.flops)
+            labels.append(label if self.choose(label).index == i else str(e.flops))
+        return labels
 
     def to_json(self) -> str:
         doc = {'format': TABLE_FORMAT, 'group_names': list(self.group_names),
@@ -264,7 +289,7 @@ class BudgetTable(Sequence[BudgetEntry]):
         metric_names = sorted({k for e in self.entries for k in e.metrics})
         head = ['#', 'FLOPs', 'res'] + metric_names + ['widths']
         rows = [[str(i), format_flops(e.flops), str(e.subnet.resolution)]
-                + [f'{e.metrics[m]:.4g}' if m in e.metrics else '-' for m in metric_names]
+                + [f'{e.metrics[m]:#.4g}' if m in e.metrics else '-' for m in metric_names]
                 + [' '.join(str(w) for w in e.subnet.widths)] for i, e in enumerate(self.entries)]
         if not rows:
             return 'BudgetTable (empty)'

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .budget_table import BudgetEntry, BudgetTable, write_budget_table
 from .slimmable import SlimBatchNormBase
 from .spaces import Subnet
-from .supernet import SubnetSwitch, find_supernet
+from .supernet import SubnetSwitch, find_supernet, quiet_forwards
 
 __all__ = ['calibrate_bn', 'fill_budget_table']
 
@@ -29,7 +29,8 @@ def calibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 8) -> Su
     """Recompute BN running statistics of the active subnet as the exact average over `num_batches` batches.
 
     `loader` yields input tensors or (input, target) pairs; inputs of any size are resized by the model. The
-    shared running statistics then belong to the active subnet (any active budget entry is released).
+    shared running statistics then belong to the active subnet (any active budget entry is released, and
+    `shared_stats_subnet` says so: eval-mode forwards of this subnet then give no statistics warning).
     Returns the supernet.
     """
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
@@ -47,13 +48,15 @@ def calibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 8) -> Su
             m.momentum = None
             m.train()
         seen = 0
-        for batch in loader:
-            supernet(_inputs(batch).to(device, non_blocking=True))
-            seen += 1
-            if seen >= num_batches:
-                break
+        with quiet_forwards(supernet):
+            for batch in loader:
+                supernet(_inputs(batch).to(device, non_blocking=True))
+                seen += 1
+                if seen >= num_batches:
+                    break
         if seen == 0:
             raise ValueError('the calibration loader gave no batches')
+        supernet.shared_stats_subnet = supernet.active_subnet
     finally:
         for m, momentum, training in saved:
             m.momentum = momentum
@@ -92,6 +95,7 @@ def fill_budget_table(
     stats = {n: (torch.zeros(len(order), m.num_features), torch.ones(len(order), m.num_features)) for n, m in layers}
     shared = {n: {k: v.clone() for k, v in m._buffers.items() if v is not None and not k.startswith('budget_')}
               for n, m in layers}
+    shared_subnet = supernet.shared_stats_subnet
     # also on failure: the shared statistics and the active subnet as they were (on the shared statistics once
     # the new table replaced the old one's entries)
     with supernet.keep_active():
@@ -108,4 +112,5 @@ def fill_budget_table(
             for name, layer in layers:
                 for key, value in shared[name].items():
                     layer._buffers[key].copy_(value)
+            supernet.shared_stats_subnet = shared_subnet
     return table

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .budget_table import budget_label
 from .files import atomic_path, atomic_write, write_text_atomic
 
 __all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'hub_unreachable_reason', 'check_local_dir_weights',
@@ -55,7 +56,7 @@ def missing_weights_error(variant: str, pretrained_cfg: Optional[dict], error: E
         f'No timm_pss weights are published on the Hugging Face Hub yet. To load local weights use '
         f'timm.create_model("{variant}", pretrained=True, '
         f'pretrained_cfg_overlay=dict(file="path/to/model.safetensors"))'
-        f' or timm.create_model("local-dir:path/to/folder").')
+        f' or timm.create_model("local-dir:path/to/folder", pretrained=True).')
 
 
 def hub_unreachable_reason(pretrained_cfg: Optional[dict], cache_dir: Optional[Union[str, Path]] = None
@@ -132,21 +133,19 @@ def load_run(source: Union[str, Path]):
     return model
 
 
-def _budget_label(flops: float) -> str:
-    """A `set_budget` string that an entry of `flops` MACs fits in: MMACs rounded up to 2 decimals."""
-    return f'{math.ceil(flops / 1e4) / 100:.2f}M'
-
-
 def _results_table(model) -> str:
     table = model.budget_table
     names = [m for m in ('top1', 'top5', 'heldout_top1') if any(m in e.metrics for e in table)]
     head = ['budget', 'MFLOPs', 'resolution'] + [{'top1': 'top-1 (%)', 'top5': 'top-5 (%)',
                                                  'heldout_top1': 'held-out top-1 (%)'}[m] for m in names]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for e in table:
-        cells = [f'`{_budget_label(e.flops)}`', f'{e.flops / 1e6:.2f}', str(e.subnet.resolution)]
+    for e, budget in zip(table, table.serving_budgets()):
+        cells = [f'`{budget}`' if budget else 'not served', f'{e.flops / 1e6:.2f}', str(e.subnet.resolution)]
         cells += [f'{e.metrics[m]:.2f}' if m in e.metrics else '-' for m in names]
         lines.append('| ' + ' | '.join(cells) + ' |')
+    if any(b is None for b in table.serving_budgets()):
+        lines.append('\n"not served": no budget selects the entry, a cheaper one scores at least as well on '
+                     'held-out data.')
     if 'top1' not in names:
         lines.append('\nNo validation accuracy was recorded for these entries.')
     return '\n'.join(lines)
@@ -279,7 +278,7 @@ def render_model_card(model, repo_id: str, training_args: Optional[dict] = None,
         warm_start=f'- **Warm-started from:** [{base_model}](https://huggingface.co/{base_model})\n'
                    if base_model else '',
         topk=min(5, model.num_classes),
-        example_budget=_budget_label(example),
+        example_budget=budget_label(example),
         results_table=_results_table(model),
         plot='![accuracy vs FLOPs](accuracy_vs_flops.png)' if has_plot else '',
         training=training,
@@ -332,8 +331,7 @@ def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_i
     out = check_publish_dir(out_dir, force=force)
     run = Path(source)
     run = run.parent if run.is_file() else run
-    model = load_run(run)
-    model.set_subnet(model.space.max_subnet())
+    model = load_run(run)  # on its top entry: config.json's input size is that entry's, as a load will serve
     out.mkdir(parents=True, exist_ok=True)
     save_hub_files(model, out)
     for name, target in _RUN_EXTRAS.items():

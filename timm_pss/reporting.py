@@ -15,8 +15,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 from .files import atomic_path, atomic_write
 from .supernet import find_supernet
 
-__all__ = ['AccuracyCurve', 'plot_accuracy_vs_flops', 'plot_results', 'write_csv', 'write_results',
-           'write_summary_row']
+__all__ = ['AccuracyCurve', 'format_results', 'plot_accuracy_vs_flops', 'plot_results', 'served_curve', 'write_csv',
+           'write_results', 'write_summary_row']
 
 
 def write_csv(path: Path, rows: Sequence[Mapping], columns: Optional[Sequence[str]] = None,
@@ -32,15 +32,17 @@ def write_csv(path: Path, rows: Sequence[Mapping], columns: Optional[Sequence[st
 
 
 def write_results(output_dir: Path, model, space) -> List[OrderedDict]:
-    """`results.csv` and `results.json` in `output_dir`: one row per budget-table entry of `model` (FLOPs,
-    resolution, widths, validation top-1 / top-5, held-out top-1, pool score); returns the rows."""
+    """`results.csv` and `results.json` in `output_dir`: one row per budget-table entry of `model` (FLOPs, the
+    budget string that `set_budget` serves it for, empty where no budget does, resolution, widths, validation
+    top-1 / top-5, held-out top-1, pool score); returns the rows."""
     rows = []
-    for i, entry in enumerate(find_supernet(model).budget_table):
+    table = find_supernet(model).budget_table
+    for i, (entry, budget) in enumerate(zip(table, table.serving_budgets())):
         m = entry.metrics
         rows.append(OrderedDict(
-            entry=i, flops=entry.flops, mflops=round(entry.flops / 1e6, 3), resolution=entry.subnet.resolution,
-            widths=' '.join(map(str, entry.subnet.widths)), top1=m.get('top1'), top5=m.get('top5'),
-            heldout_top1=m.get('heldout_top1'), score=m.get('score')))
+            entry=i, flops=entry.flops, mflops=round(entry.flops / 1e6, 3), budget=budget or '',
+            resolution=entry.subnet.resolution, widths=' '.join(map(str, entry.subnet.widths)), top1=m.get('top1'),
+            top5=m.get('top5'), heldout_top1=m.get('heldout_top1'), score=m.get('score')))
     write_csv(output_dir / 'results.csv', rows)
     with atomic_write(output_dir / 'results.json') as f:
         json.dump({'group_names': list(space.group_names), 'entries': rows}, f, indent=2)
@@ -97,7 +99,56 @@ def plot_accuracy_vs_flops(path: Path, curves: Sequence[AccuracyCurve], title: s
     plt.close(fig)
 
 
-def plot_results(rows: Sequence[Mapping], path: Path, title: str) -> None:
-    """train_pss.py's `accuracy_vs_flops.png`: the budget table's validation top-1 against its FLOPs."""
-    plot_accuracy_vs_flops(path, [AccuracyCurve('budget table (val top-1)', [r['mflops'] for r in rows],
-                                                [r['top1'] for r in rows])], title)
+def format_results(rows: Sequence[Mapping]) -> str:
+    """`write_results` rows as the text table train_pss.py prints: each entry with the budget that serves it."""
+    def number(value, digits=2):
+        return '-' if value is None else f'{value:.{digits}f}'
+
+    head = ['entry', 'set_budget', 'MMACs', 'res', 'top-1', 'top-5', 'held-out top-1', 'widths']
+    body = [[str(r['entry']), r['budget'] or 'not served', f"{r['flops'] / 1e6:.3f}", str(r['resolution']),
+             number(r['top1']), number(r['top5']), number(r['heldout_top1']), r['widths']] for r in rows]
+    sizes = [max(len(row[c]) for row in [head] + body) for c in range(len(head))]
+    lines = ['  '.join(v.rjust(w) if c < len(head) - 1 else v for c, (v, w) in enumerate(zip(row, sizes)))
+             for row in [head] + body]
+    if any(not r['budget'] for r in rows):
+        lines.append('not served: no budget selects the entry; a cheaper one scores at least as well on held-out data')
+    return '\n'.join(lines)
+
+
+def served_curve(rows: Sequence[Mapping], metric: str = 'top1') -> Tuple[List[float], List[float]]:
+    """The step curve that `set_budget` delivers: (MFLOPs, `metric`) at each served entry's FLOPs, held up to
+    the next served entry (then the last entry's FLOPs)."""
+    served = [r for r in rows if r['budget']]
+    x = [r['mflops'] for r in served] + ([max(r['mflops'] for r in rows)] if served else [])
+    y = [r[metric] for r in served] + ([served[-1][metric]] if served else [])
+    return x, y
+
+
+def plot_results(rows: Sequence[Mapping], path: Path, title: str, val_images: Optional[int] = None) -> None:
+    """train_pss.py's `accuracy_vs_flops.png`: the accuracy `set_budget` serves at each budget (a step curve: an
+    entry holds until a better one fits), validation top-1 beside held-out top-1, entries no budget serves faded."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for metric, label, style in (('top1', 'validation top-1', '-'), ('heldout_top1', 'held-out top-1', '--')):
+        if any(r[metric] is None for r in rows):
+            continue
+        x, y = served_curve(rows, metric)
+        line, = ax.step(x, y, style, where='post', label=f'{label} that set_budget serves')
+        ax.plot([r['mflops'] for r in rows if r['budget']], [r[metric] for r in rows if r['budget']], 'o',
+                color=line.get_color())
+        faded = [r for r in rows if not r['budget']]
+        if faded:
+            ax.plot([r['mflops'] for r in faded], [r[metric] for r in faded], 'o', color=line.get_color(), alpha=0.3,
+                    label=f'{label}, entries never served')
+    note = f'\n{val_images} validation images: one image is {100 / val_images:.2f} points' if val_images else ''
+    ax.set_xlabel('budget: MFLOPs (MACs)' + note)
+    ax.set_ylabel('top-1 (%)')
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as temp:
+        fig.savefig(temp, format=path.suffix.lstrip('.') or 'png')
+    plt.close(fig)

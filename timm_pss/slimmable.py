@@ -25,6 +25,7 @@ gradients as the slicing views, but the backward writes each full-size gradient 
 elsewhere) where two chained slice backwards zero-fill and copy it twice (`benchmarks/speed.py --sections train`
 times both against a dense model).
 """
+import copy
 from operator import is_
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -39,11 +40,11 @@ from .spaces import Channels
 __all__ = [
     'SlimmableLayer', 'SlimConv2d', 'SlimBatchNormBase', 'SlimBatchNorm2d', 'SlimBatchNormAct2d', 'SlimLinear',
     'convert_to_slimmable', 'apply_widths', 'slimmable_layers', 'inference_cache_bytes', 'INFERENCE_CACHE_SUBNETS',
-    'cut_weight',
+    'cut_weight', 'is_fx_symbolic_tracing', 'plain_eager',
 ]
 
 # torch >= 2.6 tells fx.symbolic_trace apart from torch.export (whose tracing is_compiling covers)
-_fx_symbolic_tracing = getattr(_fx_trace, 'is_fx_symbolic_tracing', _fx_trace.is_fx_tracing)
+is_fx_symbolic_tracing = getattr(_fx_trace, 'is_fx_symbolic_tracing', _fx_trace.is_fx_tracing)
 _CACHE_ATTR = '_inference_weight_cache'
 _LAST_HIT_ATTR = '_inference_last_hit'  # the cache entry served last, checked first
 _CACHE_ATTRS = (_CACHE_ATTR, _LAST_HIT_ATTR)
@@ -51,9 +52,10 @@ INFERENCE_CACHE_SUBNETS = 4  # width settings each layer's inference cache keeps
 _NO_CACHE: dict = {}  # read-only stand-in for a layer without an inference cache
 
 
-def _plain_eager() -> bool:
-    """Not being traced by FX or compiled: the layer's Python runs as written."""
-    return not (_fx_symbolic_tracing() or torch.compiler.is_compiling())
+def plain_eager() -> bool:
+    """Not being traced (FX, TorchScript's tracer, as the ONNX exporter does) or compiled: a module's Python runs as
+    written."""
+    return not (is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 class _CutWeight(torch.autograd.Function):
@@ -191,6 +193,23 @@ class SlimmableLayer:
         """This layer's parameters and buffers cut to the active channels (for export)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The plain torch / timm layer of the active channels, holding copies of `slice_state()` (for a BN layer,
+        the statistics eval mode uses now: the active budget entry's, or the shared ones).
+
+        timm's `reparameterize_model` (`--reparam` in its scripts) replaces every child that has `fuse()` by its
+        result, which turns a supernet into its active subnet as a static model.
+        """
+        static = self.static_layer()
+        state = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in self.slice_state().items()}
+        static.load_state_dict(state, strict=True, assign=True)
+        return static.train(self.training)
+
+    def static_layer(self) -> nn.Module:
+        """An empty (meta-device) plain layer of the active channels, which `fuse` fills."""
+        raise NotImplementedError
+
 
 class SlimConv2d(SlimmableLayer, nn.Conv2d):
     """nn.Conv2d on the first `active_in` input and `active_out` output channels; depthwise follows its input."""
@@ -206,7 +225,7 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         if not torch.jit.is_scripting():
             # channels_last inputs (and 1x1 maps, contiguous in both layouts) keep the views: their conv kernels
             # then match those of an eager or compiled step on views
-            if (torch.is_grad_enabled() and _plain_eager() and x.is_contiguous()
+            if (torch.is_grad_enabled() and plain_eager() and x.is_contiguous()
                     and not x.is_contiguous(memory_format=torch.channels_last)):
                 cout = self.active_out
                 weight = cut_weight(self.weight, cout, 1 if self.is_depthwise else self.active_in)
@@ -239,6 +258,13 @@ class SlimConv2d(SlimmableLayer, nn.Conv2d):
         if bias is not None:
             state['bias'] = bias
         return state
+
+    def static_layer(self) -> nn.Conv2d:
+        cout = self.active_out
+        return nn.Conv2d(cout if self.is_depthwise else self.active_in, cout, self.kernel_size, self.stride,
+                         self.padding, self.dilation, groups=cout if self.is_depthwise else 1,
+                         bias=self.bias is not None, padding_mode=self.padding_mode, device='meta',
+                         dtype=self.weight.dtype)
 
 
 class SlimBatchNormBase(SlimmableLayer):
@@ -333,6 +359,11 @@ class SlimBatchNormBase(SlimmableLayer):
             state['num_batches_tracked'] = self.num_batches_tracked
         return state
 
+    def _norm_args(self) -> dict:
+        dtype = self.weight.dtype if self.weight is not None else None
+        return dict(num_features=self.active_out, eps=self.eps, momentum=self.momentum, affine=self.affine,
+                    track_running_stats=self.running_mean is not None, device='meta', dtype=dtype)
+
 
 class SlimBatchNorm2d(SlimBatchNormBase, nn.BatchNorm2d):
     """nn.BatchNorm2d on the first `active_out` channels."""
@@ -340,12 +371,20 @@ class SlimBatchNorm2d(SlimBatchNormBase, nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.batch_norm(x)
 
+    def static_layer(self) -> nn.BatchNorm2d:
+        return nn.BatchNorm2d(**self._norm_args())
+
 
 class SlimBatchNormAct2d(SlimBatchNormBase, BatchNormAct2d):
     """timm's BatchNormAct2d (BN + drop + act) on the first `active_out` channels."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.drop(self.batch_norm(x)))
+
+    def static_layer(self) -> BatchNormAct2d:
+        static = BatchNormAct2d(**self._norm_args())
+        static.drop, static.act = copy.deepcopy(self.drop), copy.deepcopy(self.act)
+        return static
 
 
 class SlimLinear(SlimmableLayer, nn.Linear):
@@ -369,6 +408,10 @@ class SlimLinear(SlimmableLayer, nn.Linear):
         if self.bias is not None:
             state['bias'] = self.bias
         return state
+
+    def static_layer(self) -> nn.Linear:
+        return nn.Linear(self.active_in, self.out_features, bias=self.bias is not None, device='meta',
+                         dtype=self.weight.dtype)
 
 
 _SLIM_CLASSES = {

@@ -25,11 +25,16 @@ from .budget_table import (
 )
 from .channel_plan import ChannelPlan
 from .hub import check_local_dir_weights, hub_unreachable_reason, missing_weights_error
-from .slimmable import SlimBatchNormBase, apply_widths, convert_to_slimmable, slimmable_layers
+from .slimmable import (
+    SlimBatchNormBase, apply_widths, convert_to_slimmable, is_fx_symbolic_tracing, slimmable_layers,
+)
 from .spaces import Channels, Subnet
 
-__all__ = ['SubnetSwitch', 'SupernetMixin', 'SupernetFeatures', 'build_supernet', 'find_supernet',
-           'set_input_size_cfg', 'set_budget', 'budget']
+__all__ = ['SubnetSwitch', 'SupernetMixin', 'SupernetFeatures', 'BUDGET_KWARGS', 'build_supernet', 'find_supernet',
+           'set_input_size_cfg', 'set_budget', 'budget', 'quiet_forwards']
+
+# model kwargs of every pss_* entrypoint that choose what a model serves; applied after any weights load
+BUDGET_KWARGS = ('budget', 'latency_ms', 'budget_entry')
 
 
 def set_input_size_cfg(cfg: Optional[Dict[str, Any]], resolution: int, reduction: int = 32) -> None:
@@ -43,6 +48,7 @@ def set_input_size_cfg(cfg: Optional[Dict[str, Any]], resolution: int, reduction
         cfg['pool_size'] = (side, side)
 
 
+_LOUD = {'resize': 0, 'statistics': 0}  # a model outside any quiet_forwards block
 _SWITCH_LOCK_GUARD = threading.Lock()  # makes the lazy creation of each model's switch lock race-free
 
 
@@ -65,13 +71,18 @@ class SubnetSwitch:
     # parse postponed (string) annotations, so the model's own torch annotations must be the ones it finds
     _feature_info_channels = ()  # tuple of Optional[Channels], one per feature_info entry
     # Python-side switching state, not part of a scripted forward
-    __jit_unused_properties__ = ['active_subnet', 'active_budget_index', 'budget_table', 'switch_lock']
+    __jit_unused_properties__ = ['active_subnet', 'active_budget_index', 'budget_table', 'switch_lock', 'is_static']
 
     def _init_switch(self) -> None:
         self._index_layers()
         self.register_buffer(TABLE_BUFFER, None)
         self._register_load_state_dict_pre_hook(resize_budget_buffers_on_load, with_module=True)
+        self.register_load_state_dict_post_hook(serve_default_entry_after_load)
         self._active_budget_index: Optional[int] = None
+        # the subnet the shared BN running statistics belong to (None: none, e.g. after training steps); a new
+        # model's are those of the dense model, i.e. the max subnet
+        self.shared_stats_subnet: Optional[Subnet] = self.space.max_subnet()
+        self._warned: set = set()  # eval-time warnings already given by this model (each is given once)
         # (buffer tensor, its version, decoded table): holds the tensor itself, so a new buffer that reuses a freed
         # one's id (CPython recycles addresses) can never be mistaken for it
         self._table_cache: Tuple[Optional[torch.Tensor], int, Optional[BudgetTable]] = (None, -1, None)
@@ -147,11 +158,27 @@ class SubnetSwitch:
 
     def _index_layers(self) -> None:
         """Remember the slimmable layers (switching then needs no module traversal); redone when layers change."""
-        self._switch_layers = tuple(layer for _, layer in slimmable_layers(self))
+        named = slimmable_layers(self)
+        self._switch_layers = tuple(layer for _, layer in named)
+        self._first_switch_layer = named[0]
         self._switch_norms = tuple(m for m in self._switch_layers if isinstance(m, SlimBatchNormBase))
+
+    @property
+    def is_static(self) -> bool:
+        """Whether timm's `reparameterize_model` (`--reparam`) replaced the slimmable layers by plain ones: the model
+        is then its active subnet as a static model, which runs any input size as it comes and cannot switch."""
+        name, layer = self._first_switch_layer
+        try:
+            return self.get_submodule(name) is not layer
+        except AttributeError:
+            return True
 
     def _activate(self, subnet: Subnet, budget_index: Optional[int]) -> None:
         """`activate` without its checks, for a subnet and index already known to fit (the hot path)."""
+        if self.is_static:
+            raise RuntimeError(f'this model was re-parameterized into the static subnet {self._active_subnet} '
+                               f'(timm reparameterize_model / --reparam) and cannot switch; switch the supernet '
+                               f'before re-parameterizing it')
         apply_widths(self, subnet.widths, self._switch_layers)
         for norm in self._switch_norms:
             norm.select_budget_entry(budget_index)
@@ -200,6 +227,15 @@ class SubnetSwitch:
             self._activate(entry.subnet, index)
         return entry
 
+    def set_top_budget(self) -> BudgetEntry:
+        """Switch to the entry `set_budget` picks with no limit: the most accurate on held-out data (normally the
+        max-FLOPs entry). A model comes up on it whenever weights with a budget table load into it."""
+        with self.switch_lock:
+            table = self.budget_table
+            index, entry, _ = table.choose(max(e.flops for e in table))
+            self._activate(entry.subnet, index)
+        return entry
+
     def set_budget_entry(self, index: int) -> BudgetEntry:
         """Switch to budget-table entry `index` itself (an int; negative counts from the end), with its BN
         statistics (e.g. to measure every entry)."""
@@ -230,11 +266,65 @@ class SubnetSwitch:
                              f'table from timm_pss.latency.build_lut(model, device={here!r})')
 
 
+def serve_default_entry_after_load(module: SubnetSwitch, incompatible_keys) -> None:
+    """load_state_dict post-hook: weights that carry a budget table serve its top entry (`set_top_budget`), never
+    the shared BN statistics, which fit no subnet of a trained supernet; weights without a table run the active
+    subnet on the loaded shared statistics, taken as the max subnet's (those of a dense timm checkpoint)."""
+    if len(module.budget_table):
+        module.shared_stats_subnet = None
+        module.set_top_budget()
+    else:
+        module.shared_stats_subnet = module.space.max_subnet()
+
+
+@contextlib.contextmanager
+def quiet_forwards(model: nn.Module, statistics: bool = True) -> Iterator[None]:
+    """`with quiet_forwards(model):` the forwards inside are the library's own, which resize inputs (training at
+    sampled resolutions, evaluation) and, unless `statistics=False`, run subnets on uncalibrated BN statistics on
+    purpose (calibration, timing): the model's once-per-model warnings about them stay silent. Nests."""
+    supernet = find_supernet(model)
+    kinds = ('resize', 'statistics') if statistics else ('resize',)
+    with supernet.switch_lock:
+        quiet = supernet.__dict__.setdefault('_quiet', {'resize': 0, 'statistics': 0})
+        for kind in kinds:
+            quiet[kind] += 1
+    try:
+        yield
+    finally:
+        with supernet.switch_lock:
+            for kind in kinds:
+                quiet[kind] -= 1
+
+
 @register_notrace_function
 def resize_to_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """`x` resized (bilinear, antialiased) to `resolution` x `resolution` unless it has that size already."""
     if x.shape[-2] != resolution or x.shape[-1] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False, antialias=True)
+    return x
+
+
+def checked_export_input(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The input of an exported supernet forward: fixed at the active resolution, as the graph holds no resize.
+
+    Another size, or a symbolic (dynamic) height or width, is refused: an ONNX graph traced at the active size would
+    run other sizes without resizing them, a silently different model. In a TorchScript-exporter ONNX graph a
+    reshape to that size makes other input sizes fail at run time instead.
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    if torch.jit.is_tracing():  # the TorchScript exporter traces sizes as tensors of the example's values
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)  # constants on purpose: the reshape below
+            height, width = int(height), int(width)
+    dynamic = isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt)
+    if dynamic or (height, width) != (resolution, resolution):
+        shown = 'a dynamic height/width' if dynamic else f'an input of {height}x{width}'
+        raise RuntimeError(f'a supernet exports at its active resolution only ({resolution}x{resolution}, the graph '
+                           f'holds no resize), got {shown}: export at {resolution} px, or export the static subnet '
+                           f'(timm_pss.export_subnet(model), or timm\'s reparameterize_model / --reparam), which takes '
+                           f'any size')
+    if torch.onnx.is_in_onnx_export():
+        x = x.reshape(x.shape[0], x.shape[1], resolution, resolution)
     return x
 
 
@@ -277,9 +367,66 @@ class SupernetMixin(SubnetSwitch):
         self.head_hidden_size = self.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The dense forward at the active resolution: other input sizes are resized (bilinear, antialiased)."""
-        x = resize_to_resolution(x, self._active_resolution)
+        """The dense forward at the active resolution: other input sizes are resized (bilinear, antialiased), with a
+        warning the first time. A re-parameterized (static) model runs its input as it comes."""
+        if torch.jit.is_scripting():
+            x = resize_to_resolution(x, self._active_resolution)
+        else:
+            x = self._input_at_resolution(x)
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.unused
+    def _input_at_resolution(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` as the active subnet takes it; in eager mode also the once-per-model warnings about BN statistics
+        and input sizes. Exports (ONNX, torch.export) hold no resize: they need an input at the active resolution."""
+        if self.is_static:
+            return x
+        resolution = self._active_resolution
+        if is_fx_symbolic_tracing():
+            return resize_to_resolution(x, resolution)
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            return checked_export_input(x, resolution)
+        if torch.compiler.is_compiling():
+            return resize_to_resolution(x, resolution)
+        quiet = self.__dict__.get('_quiet', _LOUD)
+        if self.training:
+            self.__dict__['shared_stats_subnet'] = None  # training steps move the shared running statistics
+        elif (not quiet['statistics'] and self._active_budget_index is None
+              and self.shared_stats_subnet != self._active_subnet):
+            self._warn_uncalibrated()
+        size = (x.shape[-2], x.shape[-1])
+        if size != (resolution, resolution):
+            if not quiet['resize'] and 'resize' not in self._warned:
+                self._warned.add('resize')
+                warnings.warn(f'{self._model_name()}: input {size[0]}x{size[1]} is resized to the active subnet\'s '
+                              f'{resolution}x{resolution} (every forward; this warning is given once). For a subnet '
+                              f'at {size[0]} px create the model with resolution={size[0]} (timm scripts: '
+                              f'--model-kwargs resolution={size[0]}), or feed the size '
+                              f'timm.data.resolve_data_config(model=model) gives', stacklevel=5)
+            x = resize_to_resolution(x, resolution)
+        return x
+
+    def _model_name(self) -> str:
+        return (getattr(self, 'pretrained_cfg', None) or {}).get('architecture') or type(self).__name__
+
+    def _warn_uncalibrated(self) -> None:
+        """Once per model: an eval-mode forward on shared BN statistics that were not calibrated for this subnet."""
+        entries = len(self.budget_table)
+        kind = 'shared' if entries else 'uncalibrated'
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        if entries:
+            message = (f'{self._model_name()}: eval-mode forward on the shared BN statistics, which fit no subnet of '
+                       f'this trained supernet; serve a budget-table entry ({entries}) with model.set_budget(flops) '
+                       f'or model.set_budget_entry(i) (timm scripts: --model-kwargs budget=...), or calibrate this '
+                       f'subnet first with timm_pss.calibrate_bn(model, loader)')
+        else:
+            message = (f'{self._model_name()}: eval-mode forward at {self._active_subnet}, whose BN statistics were '
+                       f'never calibrated (the shared ones belong to '
+                       f'{self.shared_stats_subnet or "no subnet since the last training step"}); call '
+                       f'timm_pss.calibrate_bn(model, loader) first')
+        warnings.warn(message, stacklevel=6)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """timm's reset_classifier; the new classifier is slimmable and sized for the widest subnet."""
@@ -311,8 +458,27 @@ class SupernetFeatures(SubnetSwitch, FeatureListNet):
 
 
 def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cfg: Optional[dict] = None, **kwargs):
-    """timm's `build_model_with_cfg` for supernets: `features_only=True` gives a switchable `SupernetFeatures`,
-    and the pretrained_cfg follows the active subnet from the start."""
+    """timm's `build_model_with_cfg` for supernets, plus the serving kwargs of every `pss_*` entrypoint.
+
+    `budget=` (FLOPs: MACs or a string like "150M"), `latency_ms=` or `budget_entry=` (an index) picks the
+    budget-table entry served once the weights have loaded (at most one of them; without, a model with a table
+    serves its top entry, see `set_top_budget`); they make `--model-kwargs budget=150M` work in timm's scripts.
+    `resolution=R` fixes the space's resolution at R (replacing `resolution_range`), for scripts that feed a given
+    `--img-size`. `features_only=True` gives a switchable `SupernetFeatures`; the pretrained_cfg follows the active
+    subnet from the start.
+    """
+    choice = {k: kwargs.pop(k) for k in BUDGET_KWARGS if kwargs.get(k) is not None}
+    for k in BUDGET_KWARGS:
+        kwargs.pop(k, None)
+    if len(choice) > 1:
+        raise ValueError(f'{variant}: give at most one of budget=, latency_ms=, budget_entry=; got '
+                         f'{", ".join(f"{k}={v!r}" for k, v in choice.items())}')
+    resolution = kwargs.pop('resolution', None)
+    if resolution is not None:
+        if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) or resolution < 1:
+            raise ValueError(f'{variant}: resolution= is an input size in pixels (a positive int), got '
+                             f'{resolution!r}')
+        kwargs['resolution_range'] = (int(resolution), int(resolution), 1)
     feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
     if pretrained:
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
@@ -329,8 +495,20 @@ def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cf
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                      pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
         raise missing_weights_error(variant, cfg, e) from e
+    except ValueError as e:
+        if resolution is None:
+            raise
+        raise ValueError(f'{variant}: resolution={resolution} does not fit these weights ({e}); a trained '
+                         f'supernet\'s budget entries run at their own resolutions: choose one with budget= or '
+                         f'budget_entry= instead') from None
     if isinstance(model, SubnetSwitch):
-        model.set_subnet(model.active_subnet)
+        model.activate(model.active_subnet, model.active_budget_index)
+        if 'budget' in choice:
+            model.set_budget(choice['budget'])
+        elif 'latency_ms' in choice:
+            model.set_budget(latency_ms=choice['latency_ms'])
+        elif 'budget_entry' in choice:
+            model.set_budget_entry(choice['budget_entry'])
     return model
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..files import atomic_write
 from ..spaces import Subnet
-from ..supernet import find_supernet
+from ..supernet import find_supernet, quiet_forwards
 from .pools import average_ranks
 
 __all__ = ['effective_members', 'spearman', 'fixed_batch', 'fresh_scores', 'pool_diagnostics', 'PoolMonitor',
@@ -71,11 +71,11 @@ def fresh_scores(model: nn.Module, subnets: Sequence[Subnet], images: torch.Tens
     device = next(supernet.parameters()).device
     images, labels = images.to(device), labels.to(device)
     buffers = {name: b.detach().clone() for name, b in supernet.named_buffers()}
-    was_training = supernet.training
+    was_training, shared_subnet = supernet.training, supernet.shared_stats_subnet
     scores = []
     devices = [device] if device.type == 'cuda' else []
     try:
-        with torch.random.fork_rng(devices=devices), supernet.keep_active():
+        with torch.random.fork_rng(devices=devices), supernet.keep_active(), quiet_forwards(supernet):
             supernet.train()
             for subnet in subnets:
                 supernet.set_subnet(subnet)
@@ -86,6 +86,7 @@ def fresh_scores(model: nn.Module, subnets: Sequence[Subnet], images: torch.Tens
         for name, b in supernet.named_buffers():
             b.copy_(buffers[name])
         supernet.train(was_training)
+        supernet.shared_stats_subnet = shared_subnet
     return np.asarray(scores, dtype=np.float64)
 
 

@@ -17,7 +17,7 @@ from timm.utils import accuracy
 from ..budget_table import BudgetTable
 from ..calibration import calibrate_bn, fill_budget_table
 from ..spaces import Subnet
-from ..supernet import find_supernet
+from ..supernet import find_supernet, quiet_forwards
 from .samplers import PrioritizedSubnetSampler
 
 __all__ = ['evaluate_accuracy', 'evaluate_subnet', 'finalize_budget_table']
@@ -37,7 +37,8 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable, num_batches: Optional[
         for i, (images, target) in enumerate(loader):
             if num_batches is not None and i >= num_batches:
                 break
-            output = supernet(images.to(device))
+            with quiet_forwards(supernet, statistics=False):  # images of the loader's size, resized by the model
+                output = supernet(images.to(device))
             target = target.to(device)
             k = min(5, output.shape[-1])
             top1, top5 = accuracy(output, target, topk=(1, k))

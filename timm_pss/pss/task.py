@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.task import ClassificationTask
 
-from ..supernet import find_supernet
+from ..supernet import find_supernet, quiet_forwards
 from .pools import Proposal
 from .samplers import Sampler
 
@@ -91,22 +91,23 @@ class PSSTask(ClassificationTask):
         supernet, model, space = self.supernet, self.trainable_module, self.supernet.space
         labels = hard_labels(target) if hard_target is None else hard_target
 
-        supernet.set_subnet(space.max_subnet())
-        output = model(input)
-        loss_max = self.criterion(output, target)
-        teacher = output.detach().float().softmax(dim=-1)
+        with quiet_forwards(supernet, statistics=False):  # every subnet resizes the batch to its resolution
+            supernet.set_subnet(space.max_subnet())
+            output = model(input)
+            loss_max = self.criterion(output, target)
+            teacher = output.detach().float().softmax(dim=-1)
 
-        proposals = [self.sampler.propose() for _ in range(self.num_middle)]
-        distill, scores = [], []
-        for proposal in proposals:
-            supernet.set_subnet(proposal.subnet)
-            logits = model(input)
-            distill.append(inplace_distillation_loss(logits, teacher))
-            scores.append(-F.cross_entropy(logits.detach().float(), labels))
+            proposals = [self.sampler.propose() for _ in range(self.num_middle)]
+            distill, scores = [], []
+            for proposal in proposals:
+                supernet.set_subnet(proposal.subnet)
+                logits = model(input)
+                distill.append(inplace_distillation_loss(logits, teacher))
+                scores.append(-F.cross_entropy(logits.detach().float(), labels))
 
-        supernet.set_subnet(self.sampler.min_subnet())  # the space's min; US-Net's at its fixed resolution
-        distill.append(inplace_distillation_loss(model(input), teacher))
-        supernet.set_subnet(space.max_subnet())
+            supernet.set_subnet(self.sampler.min_subnet())  # the space's min; US-Net's at its fixed resolution
+            distill.append(inplace_distillation_loss(model(input), teacher))
+            supernet.set_subnet(space.max_subnet())
 
         self._check_and_update_pools(proposals, scores, loss_max)
         self.last_proposals = proposals
