@@ -1,7 +1,19 @@
-"""Shared test data: scikit-learn's bundled handwritten digits (real data, no download) as small RGB tensors."""
+"""Shared test data: scikit-learn's bundled handwritten digits (real data, no download) as small RGB tensors.
+
+The suite runs one compute thread per process (this process and the subprocesses it starts): on a busy or shared
+CPU, torch's default of one thread per core spins threads that wait on each other, and a test then takes many
+times as long; one thread keeps each test's cost proportional to its work.
+"""
+import os
+
+for _name in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ.setdefault(_name, '1')
+
 import pytest
 import torch
 import torch.nn.functional as F
+
+torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 
 @pytest.fixture(scope='session')

@@ -132,3 +132,26 @@ def test_convert_refuses_untrusted_pickles_and_wrong_models(tmp_path, capsys):
         convert_main([str(bad), '--model', 'pss_mobilenetv1', '--out', str(tmp_path / 'o2'), '--trust-pickle'])
     err = capsys.readouterr()
     assert 'cannot read subnet' in err.err and 'pwned' not in err.out
+
+
+@pytest.mark.parametrize('held, force', [('args.yaml', True), ('last.pth.tar', True), ('checkpoint-3.pth.tar', True),
+                                         ('notes.txt', False)], ids=['run-args', 'run-last', 'run-ckpt', 'not-empty'])
+def test_convert_never_writes_over_a_run_folder_and_needs_force_for_others(tmp_path, capsys, held, force):
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    s = space.sample(rng=0, flops_range=(300e6, 310e6))
+    _write_reference(tmp_path / 'ref.pth', 'pss_mobilenetv1', {300: [(_cfg(space, s, 300), -0.3)]})
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / held).write_bytes(b'precious')
+    (out / 'model.safetensors').write_bytes(b'a trained run')
+    args = [str(tmp_path / 'ref.pth'), '--model', 'pss_mobilenetv1', '--out', str(out), '--trust-pickle']
+    with pytest.raises(SystemExit) as stop:
+        convert_main(args + (['--force'] if force else []))
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert ('training run folder' if force else 'not empty') in err
+    assert sorted(p.name for p in out.iterdir()) == sorted([held, 'model.safetensors'])
+    assert (out / 'model.safetensors').read_bytes() == b'a trained run'
+    if not force:  # a folder of other files is written with --force
+        assert convert_main(args + ['--force']) == 0
+        assert (out / 'notes.txt').read_bytes() == b'precious' and (out / 'config.json').is_file()

@@ -84,3 +84,35 @@ def test_a_truncated_latency_table_names_the_file(tmp_path):
     path.write_text('{"format": "timm_pss.lat')  # what a kill during a non-atomic save left behind
     with pytest.raises(ValueError, match=f'{path}: latency table is not valid JSON'):
         LatencyTable.load(path)
+
+
+def _special(kind, folder):
+    """A FIFO or a symlink (to a file that must stay untouched) in a temporary folder: never a real device."""
+    path = folder / f'out-{kind}'
+    if kind == 'fifo':
+        os.mkfifo(path)
+    else:
+        (folder / 'precious.txt').write_text('keep me')
+        os.symlink(folder / 'precious.txt', path)
+    return path
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'symlink'])
+def test_only_regular_files_are_ever_replaced(tmp_path, kind):
+    path = _special(kind, tmp_path)
+    with pytest.raises(ValueError, match='writes only new files or over regular files'):
+        write_text_atomic(path, 'new')
+    with pytest.raises(ValueError, match='writes only new files or over regular files'):
+        check_new_file(path, force=True)
+    assert (path.is_fifo() if kind == 'fifo' else path.is_symlink() and path.read_text() == 'keep me')
+    assert _temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'symlink'])
+def test_the_latency_cli_refuses_a_special_output_even_with_force(tmp_path, kind):
+    path = _special(kind, tmp_path)
+    proc = subprocess.run([sys.executable, '-m', 'timm_pss.latency', '--model', 'pss_mobilenetv2', '--output',
+                           str(path), '--force'], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and 'writes only new files or over regular files' in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert (path.is_fifo() if kind == 'fifo' else path.is_symlink() and path.read_text() == 'keep me')

@@ -176,7 +176,7 @@ def test_a_refused_fill_leaves_the_model_as_it_was(x, state_dicts):
     before_outputs = outputs_per_budget(model, x)
     model.set_budget_entry(1)
     nan_images = DataLoader(TensorDataset(torch.full((8, 3, 64, 64), math.nan), torch.zeros(8)), batch_size=8)
-    with pytest.raises(ValueError, match=r'budget_running_(mean|var): entry 0, channel 0 is nan'):
+    with pytest.raises(ValueError, match=r'calibration gave non-finite BN statistics'):
         timm_pss.fill_budget_table(model, [model.space.min_subnet()], nan_images, num_batches=1)
     with pytest.raises(ValueError, match="metric 'top1' is nan; metrics must be finite"):
         timm_pss.fill_budget_table(model, [model.space.min_subnet()], _loader(n=8), num_batches=1,
@@ -184,6 +184,24 @@ def test_a_refused_fill_leaves_the_model_as_it_was(x, state_dicts):
     assert model.active_budget_index == 1
     after_sd = model.state_dict()
     assert list(after_sd) == list(before_sd) and all(torch.equal(after_sd[k], v) for k, v in before_sd.items())
+    assert all(torch.equal(a, b) for a, b in zip(outputs_per_budget(model, x), before_outputs))
+
+
+@pytest.mark.parametrize('value', [math.inf, -math.inf, math.nan], ids=['inf', '-inf', 'nan'])
+def test_calibration_on_non_finite_images_changes_nothing(x, state_dicts, value):
+    model = _loaded(state_dicts[0])
+    model.set_subnet(model.space.min_subnet())
+    timm_pss.calibrate_bn(model, _loader(n=8), num_batches=1)
+    model.set_budget_entry(1)
+    before_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    before_outputs = outputs_per_budget(model, x)
+    model.set_budget_entry(1)
+    bad = [torch.full((8, 3, 64, 64), value)]
+    with pytest.raises(ValueError, match='calibration gave non-finite BN statistics.*left as they were'):
+        timm_pss.calibrate_bn(model, bad, num_batches=1)
+    assert model.active_budget_index == 1 and model.shared_stats_subnet == model.space.min_subnet()
+    after_sd = model.state_dict()
+    assert all(torch.equal(after_sd[k], v) for k, v in before_sd.items())
     assert all(torch.equal(a, b) for a, b in zip(outputs_per_budget(model, x), before_outputs))
 
 

@@ -31,17 +31,21 @@ def calibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 8) -> Su
     `loader` yields input tensors or (input, target) pairs; inputs of any size are resized by the model. The
     shared running statistics then belong to the active subnet (any active budget entry is released, and
     `shared_stats_subnet` says so: eval-mode forwards of this subnet then give no statistics warning).
-    Returns the supernet.
+    Validated before applied: a loader that gives no batch, or statistics that come out non-finite (e.g. images
+    holding inf or NaN), raise ValueError and leave every statistic as it was. Returns the supernet.
     """
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise ValueError(f'num_batches must be a positive integer, got {num_batches!r}')
     supernet = find_supernet(model)
     bns = [m for m in supernet.modules() if isinstance(m, _BatchNorm)]
     saved = [(m, m.momentum, m.training) for m in bns]
-    was_training = supernet.training
+    before = [{k: b.clone() for k, b in m._buffers.items() if b is not None and not k.startswith('budget_')}
+              for m in bns]
+    was_training, shared_subnet, index = supernet.training, supernet.shared_stats_subnet, supernet.active_budget_index
     device = next(supernet.parameters()).device
     supernet.activate(supernet.active_subnet)
     supernet.eval()
+    done = False
     try:
         for m in bns:
             m.reset_running_stats()
@@ -56,11 +60,24 @@ def calibrate_bn(model: nn.Module, loader: Iterable, num_batches: int = 8) -> Su
                     break
         if seen == 0:
             raise ValueError('the calibration loader gave no batches')
+        bad = next((name for name, m in supernet.named_modules() if isinstance(m, _BatchNorm)
+                    and m.running_mean is not None and not (torch.isfinite(m.running_mean).all()
+                                                            and torch.isfinite(m.running_var).all())), None)
+        if bad is not None:
+            raise ValueError(f'calibration gave non-finite BN statistics (first in {bad!r}): the calibration images '
+                             f'hold inf or NaN values, or the model\'s weights do; the statistics are left as they were')
         supernet.shared_stats_subnet = supernet.active_subnet
+        done = True
     finally:
         for m, momentum, training in saved:
             m.momentum = momentum
             m.train(training)
+        if not done:  # validate, then apply: a failed calibration leaves everything as it was
+            for m, buffers in zip(bns, before):
+                for k, b in buffers.items():
+                    m._buffers[k].copy_(b)
+            supernet.shared_stats_subnet = shared_subnet
+            supernet.activate(supernet.active_subnet, index)
         supernet.train(was_training)
     return supernet
 

@@ -114,11 +114,15 @@ def parse_reference_pools(arch_pools: dict, space: SearchSpace) -> Dict[float, L
 
 
 def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', calib_batches: int = 8,
-            batch_size: int = 64, trust_pickle: bool = False) -> Path:
-    """Write the converted Hub folder to `out`; see the module docstring."""
+            batch_size: int = 64, trust_pickle: bool = False, force: bool = False) -> Path:
+    """Write the converted Hub folder to `out`: a new or empty folder, or with `force` one holding other files,
+    never a train_pss.py run folder (whose weights and results would then describe another model); see the
+    module docstring."""
     import timm
-    from .files import write_text_atomic
-    from .hub import save_hub_files
+    from .files import check_output_dir, write_text_atomic
+    from .hub import RUN_MARKERS, save_hub_files
+
+    out = check_output_dir(out, force=force, protected=RUN_MARKERS + ('*.pth.tar',))
 
     if not trust_pickle:
         raise PermissionError('reference checkpoints are pickles and loading one can run code from the file; pass '
@@ -156,17 +160,20 @@ def main(argv=None) -> int:
                                      description=__doc__.split('\n', 1)[0])
     parser.add_argument('checkpoint', type=Path, help='the reference checkpoint (a torch pickle)')
     parser.add_argument('--model', required=True, choices=REFERENCE_MODELS)
-    parser.add_argument('--out', required=True, type=Path, help='output folder (timm Hub layout)')
+    parser.add_argument('--out', required=True, type=Path, help='output folder (timm Hub layout): new or empty, '
+                        'see --force')
     parser.add_argument('--calib-data', default='', metavar='FOLDER',
                         help='image folder (class subfolders) to calibrate BN per budget-table entry')
     parser.add_argument('--calib-batches', type=int, default=8)
     parser.add_argument('-b', '--batch-size', type=int, default=64)
     parser.add_argument('--trust-pickle', action='store_true',
                         help='allow loading the pickle (it can run code): only for a file you trust')
+    parser.add_argument('--force', action='store_true',
+                        help='write into an --out folder that holds other files (never into a training run folder)')
     args = parser.parse_args(argv)
     try:
         out = convert(args.checkpoint, args.model, args.out, args.calib_data, args.calib_batches, args.batch_size,
-                      args.trust_pickle)
+                      args.trust_pickle, args.force)
     except (PermissionError, ValueError, FileNotFoundError) as e:
         parser.exit(2, f'error: {e}\n')
     if args.calib_data:

@@ -9,13 +9,14 @@ the next time something is written into that folder.
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import IO, Iterator, Optional, Sequence, Union
 
 __all__ = ['TEMP_PREFIX', 'atomic_path', 'atomic_write', 'write_text_atomic', 'write_bytes_atomic',
-           'remove_stale_temporaries', 'claim_new_dir', 'check_new_file']
+           'remove_stale_temporaries', 'claim_new_dir', 'check_new_file', 'check_replaceable', 'check_output_dir']
 
 TEMP_PREFIX = '.timm_pss-tmp-'
 PathLike = Union[str, os.PathLike]
@@ -64,15 +65,36 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _kind(mode: int) -> str:
+    return ('a symbolic link' if stat.S_ISLNK(mode) else 'a folder' if stat.S_ISDIR(mode) else
+            'a named pipe (FIFO)' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode) else
+            'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'not a regular file')
+
+
+def check_replaceable(path: PathLike) -> None:
+    """Refuse a path that exists and is not a regular file (a symlink, FIFO, device, socket or folder): writing
+    over it would replace that thing with a file (`os.replace` does not follow links). ValueError saying which."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise ValueError(f'{path} is {_kind(mode)}; timm_pss writes only new files or over regular files: choose '
+                         f'another path')
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path` for a writer that wants a file name (torch.save, savefig, ...).
 
     When the block ends without an exception the temporary is fsynced and renamed to `path`; otherwise it is
     removed and `path` is left exactly as it was. The temporary keeps `path`'s suffix, so writers that pick a
-    format from the extension still work.
+    format from the extension still work. Only a regular file is ever replaced: a `path` that is a symlink, FIFO,
+    device, socket or folder is refused (`check_replaceable`) before anything is written, and again right before
+    the rename.
     """
     target = Path(path)
+    check_replaceable(target)
     folder = target.parent
     remove_stale_temporaries(folder)
     temp = folder / f'{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}'
@@ -80,6 +102,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield temp
         with open(temp, 'rb+') as f:
             os.fsync(f.fileno())
+        check_replaceable(target)  # it may have changed while the content was written
         os.replace(temp, target)
     except BaseException:
         try:
@@ -137,7 +160,8 @@ def claim_new_dir(path: PathLike, max_suffix: int = 1000) -> Path:
 
 def check_new_file(path: PathLike, force: bool = False) -> Path:
     """Check, before any long work, that `path` can be written: its folder exists and is writable, and the file
-    does not exist yet (unless `force`). Raises ValueError saying what is wrong and what to do."""
+    does not exist yet (unless `force`, which replaces a regular file only). Raises ValueError saying what is wrong
+    and what to do."""
     target = Path(path)
     if not str(path) or target.name in ('', '.', '..'):
         raise ValueError(f'{str(path)!r} is not a file name')
@@ -146,8 +170,31 @@ def check_new_file(path: PathLike, force: bool = False) -> Path:
         raise ValueError(f'{target}: the folder {folder} does not exist; create it first or choose another path')
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f'{target}: the folder {folder} is not writable; choose another path')
-    if target.is_dir():
+    if target.is_dir() and not target.is_symlink():
         raise ValueError(f'{target} is a folder; give a file name')
+    check_replaceable(target)
     if target.exists() and not force:
         raise ValueError(f'{target} exists; choose another path or pass --force to replace it')
     return target
+
+
+def check_output_dir(path: PathLike, force: bool = False, protected: Sequence[str] = (),
+                     what: str = 'a training run folder') -> Path:
+    """Check that a command may write its files into the folder `path`: a new or empty folder, or with `force` one
+    holding other files (only regular files are ever replaced, see `atomic_path`), but never a folder holding one
+    of the `protected` names (exact, or `*SUFFIX`; `what` names such a folder). ValueError saying what is wrong."""
+    if not str(path).strip():
+        raise ValueError('the output folder is empty (""); give a new folder')
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'{out} is not a folder; give a new or empty folder')
+    if out.is_dir():
+        names = sorted(p.name for p in out.iterdir())
+        found = [m for m in names if any(m == n or (n.startswith('*') and m.endswith(n[1:])) for n in protected)]
+        if found:
+            raise ValueError(f'{out} is {what} (it holds {found[0]}); writing there would replace its files: give a '
+                             f'new or empty folder')
+        if names and not force:
+            raise ValueError(f'{out} is not empty (it holds {", ".join(names[:3])}{", ..." if len(names) > 3 else ""}); '
+                             f'give a new or empty folder, or --force to replace the files it shares with the output')
+    return out
