@@ -515,3 +515,9 @@ def test_table_text_keeps_decimals_and_long_lists_say_how_many_more():
     assert '90.00' in str(table) and '91.00' in str(table)
     with pytest.raises(ValueError, match=r'entries \[0, 1, 2, 3, 4, \.\.\. \(3 more\)\]'):
         table.select(latency_ms=5)
+
+
+def test_a_json_boolean_metric_is_refused_not_read_as_one():
+    text = _table([(1_000_000, 90.0)]).to_json().replace('"top1": 90.0', '"top1": true')
+    with pytest.raises(ValueError, match='entry 0 is malformed .*true / false are not numbers'):
+        BudgetTable.from_json(text)

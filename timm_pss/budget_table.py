@@ -252,8 +252,9 @@ class BudgetTable(Sequence[BudgetEntry]):
         for i, e in enumerate(raw):
             try:
                 metrics = e.get('metrics', {})
-                if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
-                    raise ValueError('metrics must map names to numbers')
+                if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            for v in metrics.values()):
+                    raise ValueError('metrics must map names to numbers (true / false are not numbers)')
                 flops = e['flops']
                 if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not 0 <= flops < 2 ** 63:
                     raise ValueError(f'"flops" must be a finite number of MACs in [0, 2**63), got {_short(flops)}')
