@@ -1,4 +1,7 @@
-"""Export the active subnet of a supernet as a plain, static timm model (the dense class, narrower layers)."""
+"""Export the active subnet of a supernet as a plain, static timm model (the dense class, narrower layers).
+
+`python -m timm_pss.export RUN --output DIR` exports every budget entry with a manifest: see `timm_pss.deploy`.
+"""
 from __future__ import annotations
 
 import torch
@@ -40,3 +43,10 @@ def export_subnet(model: nn.Module) -> nn.Module:
     set_input_size_cfg(cfg, subnet.resolution)
     exported.pretrained_cfg = exported.default_cfg = cfg
     return exported
+
+
+if __name__ == '__main__':
+    import sys
+
+    from .deploy import main
+    sys.exit(main())
