@@ -118,3 +118,10 @@ def test_bench_latency_quick(tmp_path):
     from timm_pss.latency import LatencyTable
     (path,) = tmp_path.glob('pss_mobilenetv2_cpu_1t_b1.json')
     assert LatencyTable.load(path).model == 'pss_mobilenetv2'
+
+
+def test_deploy_quick(trained_run, capsys):
+    run, _ = trained_run
+    assert import_benchmark('deploy').main([str(run), '--quick']) == 0
+    out = capsys.readouterr().out
+    assert 'ort int8 (ms)' in out and 'int8 / eager' in out and out.count('| 00_') == 2
