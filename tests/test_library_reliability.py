@@ -393,3 +393,16 @@ def test_budget_blocks_are_thread_safe_on_one_shared_model(state_dicts):
         torch.set_num_threads(threads_before)
     assert errors == [] and wrong == []
     assert model.active_subnet == start_subnet and model.active_budget_index is None
+
+
+def test_half_precision_that_would_break_entry_statistics_is_refused(x, state_dicts):
+    model = _loaded(state_dicts[0])
+    norm = next(m for m in model.modules() if isinstance(m, SlimBatchNormBase))
+    norm.budget_running_var[0, 0] = 1e6  # above float16's 65504
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match='would make the per-entry BN statistics .* infinite'):
+        model.half()
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    model.bfloat16()  # bfloat16's range holds them
+    assert torch.isfinite(norm.budget_running_var).all()
