@@ -85,3 +85,16 @@ def test_corrupt_source_is_a_clear_error(tmp_path):
     with pytest.raises(SetupError, match='train-labels-idx1-ubyte.gz is not a readable gzip file'):
         setup_dataset('fashion-mnist', tmp_path / 'data', source)
     assert not (tmp_path / 'data').exists()
+
+
+@pytest.mark.parametrize('content, match', [
+    (b'', 'does not gunzip to an IDX file'),                                  # a 0-byte .gz
+    (gzip.compress(b''), 'does not gunzip to an IDX file'),                   # gzip of nothing
+    (gzip.compress(b'\x00\x00\x08\x01' + (64).to_bytes(4, 'big') + bytes(10)), 'truncated or damaged IDX'),
+], ids=['zero-bytes', 'empty-gzip', 'truncated'])
+def test_empty_or_truncated_sources_are_refused_before_anything_is_written(tmp_path, content, match):
+    source = write_fashion_mnist_gz(tmp_path / 'src')
+    (source / 'train-labels-idx1-ubyte.gz').write_bytes(content)
+    with pytest.raises(SetupError, match=match):
+        setup_dataset('fashion-mnist', tmp_path / 'data', source)
+    assert not (tmp_path / 'data').exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import sys
 import zlib
 from dataclasses import dataclass
@@ -57,6 +58,25 @@ def _gunzipped_chunks(path: Path):
         raise SetupError(f'{path} is not a readable gzip file ({e})') from e
 
 
+def _check_idx(gz_path: Path) -> None:
+    """The gunzipped content must be one whole IDX file: its magic (two zero bytes, type 0x08 unsigned byte, the
+    number of dimensions), a 4-byte size per dimension, then exactly that many bytes of data."""
+    head, total = b'', 0
+    for chunk in _gunzipped_chunks(gz_path):
+        if len(head) < 4 + 4 * 4:
+            head += chunk[:64]
+        total += len(chunk)
+    if len(head) < 4 or head[:3] != b'\x00\x00\x08' or not 1 <= head[3] <= 4 or len(head) < 4 + 4 * head[3]:
+        raise SetupError(f'{gz_path} does not gunzip to an IDX file of unsigned bytes ({total} bytes, header '
+                         f'{head[:4].hex() or "empty"}); reinstall the package or give another --source')
+    ndim = head[3]
+    dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if total != expected or not all(dims):
+        raise SetupError(f'{gz_path} is a truncated or damaged IDX file: its header announces {"x".join(map(str, dims))} '
+                         f'values ({expected} bytes) and it holds {total}')
+
+
 def _same_content(gz_path: Path, existing: Path) -> bool:
     """Whether `existing` holds exactly the gunzipped content of `gz_path` (streamed, any size)."""
     with open(existing, 'rb') as f:
@@ -81,9 +101,8 @@ def setup_dataset(name: str, root: Path, source_dir: Optional[Path] = None) -> L
     if missing:
         raise SetupError(f'{source_dir} lacks {", ".join(missing)}; install them with: '
                          f'apt-get install -y {spec.package}')
-    for f in spec.files:  # every source must gunzip completely before anything is written
-        for _ in _gunzipped_chunks(source_dir / f):
-            pass
+    for f in spec.files:  # every source must gunzip to a whole IDX file before anything is written
+        _check_idx(source_dir / f)
     raw = Path(root) / spec.raw_dir
     pairs = [(source_dir / f, raw / f[:-len('.gz')]) for f in spec.files]
     different = [str(dest) for src, dest in pairs if dest.exists() and not _same_content(src, dest)]
