@@ -391,3 +391,20 @@ def test_python_dash_m_runs_the_package_command_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ''
     assert proc.stderr.strip().splitlines()[-1].startswith('python -m timm_pss.latency: error: --model nope is not')
     assert 'Warning' not in proc.stderr and not (tmp_path / 'lut.json').exists()
+
+
+@pytest.mark.parametrize('bad, expected', [
+    (['--batch-size', '0'], '--batch-size must be a positive integer'),
+    (['--threads', '0'], '--threads must be a positive integer'),
+    (['--num-classes', '0'], '--num-classes must be a positive integer'),
+    (['--device', 'bogus'], "--device 'bogus' is not usable here"),
+    (['--resolutions', '32', '16', '8'], 'resolution range'),
+    (['--width-range', '1.0', '0.5'], 'width'),
+], ids=['batch-size-0', 'threads-0', 'num-classes-0', 'device-bogus', 'reversed-resolutions', 'reversed-widths'])
+def test_cli_refuses_bad_settings_in_one_line(tmp_path, capsys, bad, expected):
+    output = tmp_path / 'lut.json'
+    with pytest.raises(SystemExit) as e:
+        timm_pss.latency.main(['--model', 'pss_mobilenetv1', '--output', str(output), *bad])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not output.exists()

@@ -28,16 +28,32 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--width-range', nargs=2, type=float, default=None, metavar=('LO', 'HI'))
     parser.add_argument('--resolutions', nargs=3, type=int, default=None, metavar=('MIN', 'MAX', 'STEP'))
     args = parser.parse_args(argv)
+
+    def fail(message: str) -> None:
+        parser.exit(2, f'{parser.prog}: error: {message}\n')
+
     if args.model not in timm.list_models('pss_*'):
-        parser.error(f'--model {args.model} is not a timm_pss supernet; use one of {timm.list_models("pss_*")}')
+        fail(f'--model {args.model} is not a timm_pss supernet; use one of {timm.list_models("pss_*")}')
+    for name in ('batch_size', 'threads', 'num_classes'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f'--{name.replace("_", "-")} must be a positive integer, got {value}')
+    try:
+        import torch
+        torch.empty(0, device=args.device)
+    except (RuntimeError, ValueError) as e:
+        fail(f'--device {args.device!r} is not usable here ({str(e).splitlines()[0]}); e.g. cpu or cuda:0')
     try:  # before minutes of measuring, not after
         check_new_file(args.output, force=args.force)
     except ValueError as e:
-        parser.exit(2, f'{parser.prog}: error: --output {e}\n')
+        fail(f'--output {e}')
     kwargs = {k: v for k, v in (('num_classes', args.num_classes), ('width_range', args.width_range),
                                 ('resolution_range', args.resolutions)) if v is not None}
-    model = timm.create_model(args.model, **kwargs).to(args.device).eval()
-    table = build_lut(model, device=args.device, batch_size=args.batch_size, threads=args.threads, progress=True)
+    try:
+        model = timm.create_model(args.model, **kwargs).to(args.device).eval()
+        table = build_lut(model, device=args.device, batch_size=args.batch_size, threads=args.threads, progress=True)
+    except ValueError as e:  # a space the kwargs cannot make (reversed ranges, ...), settings build_lut refuses
+        fail(str(e).splitlines()[0])
     table.save(args.output)
     print(f'{table}\nwrote {args.output}')
 
