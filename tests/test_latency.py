@@ -408,3 +408,10 @@ def test_cli_refuses_bad_settings_in_one_line(tmp_path, capsys, bad, expected):
     err = capsys.readouterr().err
     assert e.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not output.exists()
+
+
+def test_a_deeply_nested_table_file_is_a_value_error_naming_it(tmp_path):
+    path = tmp_path / 'deep.json'
+    path.write_text('[' * 100_000 + ']' * 100_000)
+    with pytest.raises(ValueError, match='deep.json: latency table: JSON nested too deeply'):
+        LatencyTable.load(path)

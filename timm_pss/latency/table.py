@@ -252,6 +252,8 @@ class LatencyTable:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f'latency table is not valid JSON: {e}') from e
+        except RecursionError:
+            raise ValueError('latency table: JSON nested too deeply (a table is an object a few levels deep)') from None
         return cls.from_dict(d)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
