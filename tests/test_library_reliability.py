@@ -406,3 +406,12 @@ def test_half_precision_that_would_break_entry_statistics_is_refused(x, state_di
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
     model.bfloat16()  # bfloat16's range holds them
     assert torch.isfinite(norm.budget_running_var).all()
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['float16', 'bfloat16'])
+def test_low_precision_inputs_of_another_size_are_resized(dtype):
+    from timm_pss.supernet import resize_to_resolution
+    x = torch.rand(2, 3, 40, 40)
+    y = resize_to_resolution(x.to(dtype), 24)
+    assert y.dtype == dtype and y.shape == (2, 3, 24, 24)
+    torch.testing.assert_close(y.float(), resize_to_resolution(x, 24), atol=1e-2, rtol=1e-2)

@@ -315,9 +315,15 @@ def quiet_forwards(model: nn.Module, statistics: bool = True) -> Iterator[None]:
 
 @register_notrace_function
 def resize_to_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """`x` resized (bilinear, antialiased) to `resolution` x `resolution` unless it has that size already."""
+    """`x` resized (bilinear, antialiased) to `resolution` x `resolution` unless it has that size already.
+
+    torch's antialiased resize has no float16 / bfloat16 CPU kernel: such inputs are resized in float32 and cast
+    back."""
     if x.shape[-2] != resolution or x.shape[-1] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False, antialias=True)
+        low_cpu = x.device.type == 'cpu' and x.dtype in (torch.float16, torch.bfloat16)
+        y = F.interpolate(x.float() if low_cpu else x, size=(resolution, resolution), mode='bilinear',
+                          align_corners=False, antialias=True)
+        x = y.to(x.dtype) if low_cpu else y
     return x
 
 
