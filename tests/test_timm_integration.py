@@ -133,7 +133,10 @@ def test_an_uncalibrated_subnet_warns_once_and_calibration_silences_it(digits, s
     with torch.no_grad():
         model(x16)  # strict_warnings: calibrated, silent
     model.train()
-    model(x16)  # a training step moves the shared statistics
+    model(x16)  # a training step of the same subnet keeps them its own (as timm's train.py at one subnet does)
+    assert model.shared_stats_subnet == model.active_subnet
+    model.set_subnet(model.space.max_subnet())
+    model(x)  # one of another subnet mixes them: they belong to no subnet any more
     assert model.shared_stats_subnet is None
 
 

@@ -79,8 +79,8 @@ class SubnetSwitch:
         self._register_load_state_dict_pre_hook(resize_budget_buffers_on_load, with_module=True)
         self.register_load_state_dict_post_hook(serve_default_entry_after_load)
         self._active_budget_index: Optional[int] = None
-        # the subnet the shared BN running statistics belong to (None: none, e.g. after training steps); a new
-        # model's are those of the dense model, i.e. the max subnet
+        # the subnet the shared BN running statistics belong to (None: none, e.g. after training steps of several
+        # subnets); a new model's are those of the dense model, i.e. the max subnet
         self.shared_stats_subnet: Optional[Subnet] = self.space.max_subnet()
         self._warned: set = set()  # eval-time warnings already given by this model (each is given once)
         # (buffer tensor, its version, decoded table): holds the tensor itself, so a new buffer that reuses a freed
@@ -412,8 +412,9 @@ class SupernetMixin(SubnetSwitch):
         if torch.compiler.is_compiling():
             return resize_to_resolution(x, resolution)
         quiet = self.__dict__.get('_quiet', _LOUD)
-        if self.training:
-            self.__dict__['shared_stats_subnet'] = None  # training steps move the shared running statistics
+        if self.training:  # a training step moves the shared statistics towards this subnet's: another's mix
+            if self.shared_stats_subnet != self._active_subnet:
+                self.__dict__['shared_stats_subnet'] = None
         elif (not quiet['statistics'] and self._active_budget_index is None
               and self.shared_stats_subnet != self._active_subnet):
             self._warn_uncalibrated()
