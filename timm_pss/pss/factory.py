@@ -44,17 +44,15 @@ def build_sampler(
 ) -> Sampler:
     """The `kind` sampler over each cost kind ('flops', 'latency'): one sampler, or one per cost kind (seeds
     `seed`, `seed + 1`, ...) behind a `MultiCostSampler`. `latency_table` predicts the latency costs;
-    `flops_range` / `latency_range` are the (lo, hi, step) bucket centres of each; other keyword arguments go to
-    every sampler (`create_sampler`)."""
-    for cost_kind in cost_kinds:  # all checked before any sampler is built (each takes a while)
-        if cost_kind not in COST_KINDS:
-            raise ValueError(f'unknown cost kind {cost_kind!r}; choose from {", ".join(COST_KINDS)}')
-        if cost_kind == 'latency' and latency_table is None:
-            raise ValueError('latency buckets need a latency table (timm_pss.latency.build_lut)')
+    `budget_range` (FLOPs, as --pss-budget-range) / `latency_range` (ms) are the (lo, hi, step) bucket centres of
+    each; other keyword arguments go to every sampler (`create_sampler`). The settings are checked
+    (`check_sampler_settings`) before any sampler is built (each takes a while)."""
+    check_sampler_settings(kind, tuple(cost_kinds), has_latency_table=latency_table is not None,
+                           **{key: kwargs[key] for key in ABLATION_DEFAULTS if key in kwargs})
     samplers = []
     for i, cost_kind in enumerate(cost_kinds):
         cost = FlopsCost(space) if cost_kind == 'flops' else LatencyCost(space, latency_table)
-        budget_range = flops_range if cost_kind == 'flops' else latency_range
-        samplers.append(create_sampler(kind, space, budget_range=budget_range, seed=seed + i, cost=cost, **kwargs))
+        cost_range = budget_range if cost_kind == 'flops' else latency_range
+        samplers.append(create_sampler(kind, space, budget_range=cost_range, seed=seed + i, cost=cost, **kwargs))
     return samplers[0] if len(samplers) == 1 else MultiCostSampler(samplers, seed=seed)
 

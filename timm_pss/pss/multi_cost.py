@@ -10,7 +10,7 @@ from ..costs import SubnetCost
 from ..spaces import RngLike, Subnet
 from .options import MULTI_METRIC_SAMPLERS, check_sampler_settings
 from .pools import Proposal, SubnetPool, bucket_distribution
-from .samplers import InBucketUniformSampler, PrioritizedSubnetSampler, _Config
+from .samplers import PrioritizedSubnetSampler, _Config
 
 __all__ = ['MultiCostSampler']
 

@@ -1,8 +1,5 @@
 """The run's data: the train / calibration / held-out / validation datasets (the embedded digits or timm's),
 their classes, channels and normalisation, and timm's loaders over them."""
-import argparse
-
-import torch
 from timm.data import create_dataset, create_loader
 from timm.data.loader import PrefetchLoader
 
