@@ -21,6 +21,7 @@ from timm_pss.pss import (
     pool_diagnostics, priority_values, sampler_kwargs, spearman,
 )
 from timm_pss.pss.diagnostics import DIAGNOSTICS_COLUMNS
+from timm_pss.pss.options import check_sampler_settings
 from timm_pss.pss.pools import average_ranks, global_width_subnets
 from timm_pss.train.args import parse_args
 
@@ -184,7 +185,7 @@ def test_usnet_sampler_trains_one_width_level_at_the_max_resolution(digits):
     state = json.loads(json.dumps(sampler.state_dict()))
     with pytest.raises(ValueError, match="saved by a 'usnet' sampler; this run uses 'global_width'"):
         create_sampler('global_width', space, num_pools=5, pool_size=8).load_state_dict(state)
-    with pytest.raises(ValueError, match='priority change\\(s\\) how buckets and pool members are drawn; kind usnet draws neither'):
+    with pytest.raises(ValueError, match=r'priority change\(s\) how buckets and pool members are drawn; kind usnet'):
         create_sampler('usnet', space, num_pools=5, priority='zscore')
     # in the training step every subnet of the sandwich is at the max resolution
     model = _tiny_supernet()
@@ -345,3 +346,32 @@ def test_train_pss_options_reach_the_sampler_and_bad_combinations_exit_2():
         with pytest.raises(SystemExit) as exit_info:
             parse_args(bad)
         assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize('settings, library, command_line', [
+    (dict(kind='usnet', cost_kinds=('flops', 'latency'), has_latency_table=True), 'kind usnet keeps pools for one '
+     'metric only; drop the other cost_kinds', '--pss-sampler usnet keeps pools for one metric only; drop the other '
+     '--pss-metrics'),
+    (dict(kind='global_width', shuffle_scores=True, priority='rank'), 'priority, shuffle_scores change(s) how',
+     '--pss-priority, --pss-shuffle-scores change(s) how buckets and pool members are drawn; --pss-sampler '
+     'global_width draws neither'),
+    (dict(cost_kinds=('flops', 'flops')), "cost_kinds lists a metric twice: ['flops', 'flops']",
+     "--pss-metrics lists a metric twice: ['flops', 'flops']"),
+    (dict(cost_kinds=('latency',)), 'cost_kinds latency needs latency_table (build one with '
+     'timm_pss.latency.build_lut)', '--pss-metrics latency needs --pss-latency-table JSON (build one with python -m '
+     'timm_pss.latency'),
+])
+def test_one_rule_refuses_a_sampler_setting_in_keyword_and_option_names(settings, library, command_line, capsys):
+    """check_sampler_settings states each rule once: library callers (build_sampler, the samplers) read it in
+    keyword names, parse_args in option names with exit code 2."""
+    with pytest.raises(ValueError) as error:
+        check_sampler_settings(**settings)
+    assert library in str(error.value)
+    options = dict(kind='--pss-sampler', cost_kinds='--pss-metrics', priority='--pss-priority')
+    argv = [v for key, value in settings.items() if key in options
+            for v in [options[key], *([value] if isinstance(value, str) else value)]]
+    argv += ['--pss-shuffle-scores'] * settings.get('shuffle_scores', False)
+    argv += ['--pss-latency-table', 'lut.json'] * settings.get('has_latency_table', False)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and command_line in capsys.readouterr().err

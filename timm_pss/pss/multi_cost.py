@@ -30,7 +30,7 @@ class MultiCostSampler:
         # it draws the buckets itself and lets a sampler propose in one: samplers that draw buckets and pool members
         if not all(isinstance(s, PrioritizedSubnetSampler) and s.kind in MULTI_METRIC_SAMPLERS for s in samplers):
             raise ValueError('several metrics at once work with the prioritized and uniform samplers only')
-        check_sampler_settings(samplers[0].kind, [s.cost.kind for s in samplers])
+        check_sampler_settings(samplers[0].kind, [s.cost.kind for s in samplers], has_latency_table=True)
         self.samplers = list(samplers)
         self.space = samplers[0].space
         self.rng = np.random.default_rng(seed)

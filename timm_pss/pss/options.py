@@ -15,14 +15,21 @@ from ..budget_table import parse_flops
 from ..costs import COST_KINDS
 from .pools import BUCKET_WEIGHTS, PRIORITIES
 
-__all__ = ['SAMPLERS', 'KEYWORD_NAMES', 'OPTION_NAMES', 'add_pss_args', 'check_pss_args', 'check_sampler_settings',
-           'sampler_kwargs']
+__all__ = ['SAMPLERS', 'KEYWORD_NAMES', 'OPTION_NAMES', 'PSS_RESUME_SETTINGS', 'add_pss_args', 'check_pss_args',
+           'check_sampler_settings', 'sampler_kwargs']
 
 SAMPLERS = ('prioritized', 'uniform', 'global_width', 'usnet')
 # the samplers whose pools follow one cost kind each, so several of them can run side by side (MultiCostSampler)
 MULTI_METRIC_SAMPLERS = ('prioritized', 'uniform')
 # the pool-draw ablations and their reference values: only samplers that draw buckets and pool members take others
 ABLATION_DEFAULTS = dict(bucket_weights='uniform', priority='raw', shuffle_scores=False)
+
+# the --pss-* settings (argument names) a resumed run must share with the run it continues: the space and pools depend
+# on them, and so does how middle subnets are drawn (the prioritized and in-bucket uniform samplers save the same
+# state, so continuing one as the other would mix two methods in one run without a word)
+PSS_RESUME_SETTINGS = ('pss_resolutions', 'pss_width_range', 'pss_num_pools', 'pss_pool_size', 'pss_budget_range',
+                       'pss_latency_range', 'pss_metrics', 'pss_sampler', 'pss_bucket_weights', 'pss_priority',
+                       'pss_shuffle_scores', 'pss_refresh_scores')
 
 # what the rules' messages call each setting: the library's keyword arguments, or the command line's options
 KEYWORD_NAMES = dict(kind='kind', cost_kinds='cost_kinds', latency_table='latency_table',
@@ -37,7 +44,7 @@ OPTION_NAMES = dict(kind='--pss-sampler', cost_kinds='--pss-metrics', latency_ta
 def check_sampler_settings(
         kind: str = 'prioritized',
         cost_kinds: Sequence[str] = ('flops',),
-        has_latency_table: bool = True,
+        has_latency_table: bool = False,
         bucket_weights: str = 'uniform',
         priority: str = 'raw',
         shuffle_scores: bool = False,

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Optional, Sequence, Tuple
 
 import torch
 import yaml
@@ -268,7 +269,7 @@ def add_misc_args(parser: argparse.ArgumentParser) -> None:
                        help='set by the launcher under distributed training')
 
 
-def options_given(argv) -> set:
+def options_given(argv: Sequence[str]) -> set:
     """The option names (dests) that `argv` itself sets, whatever their defaults."""
     parser = build_parser(add_help=False)
     for action in parser._actions:
@@ -282,7 +283,7 @@ def dataset_named(known: argparse.Namespace, config: dict) -> bool:
     return bool(known.data_dir or known.dataset or config.get('data_dir') or config.get('dataset'))
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
     """(args, args.yaml text): timm's precedence, command line over -c/--config over defaults, where the defaults
     are the embedded digits settings (EMBEDDED_DEFAULTS) when no dataset is named anywhere."""
     argv = sys.argv[1:] if argv is None else list(argv)

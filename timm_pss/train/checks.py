@@ -19,6 +19,7 @@ from timm.utils import load_checkpoint_metadata
 
 from timm_pss.budget_table import format_flops, parse_flops
 from timm_pss.latency import LatencyTable
+from timm_pss.pss.options import PSS_RESUME_SETTINGS
 
 from .args import plain_args
 
@@ -39,12 +40,8 @@ class TrainingFailed(CommandError):
     """A run that cannot go on (e.g. diverged weights): exit code 1."""
 
 
-# PSS settings a resumed run must share with the run it continues (its pools and space depend on them)
-RESUME_SETTINGS = ('model', 'model_kwargs', 'num_classes', 'in_chans', 'pss_resolutions', 'pss_width_range',
-                   'pss_num_pools', 'pss_pool_size', 'pss_budget_range', 'pss_latency_range', 'pss_metrics',
-                   # how middle subnets are drawn: the prioritized and in-bucket uniform samplers save the same
-                   # state, so continuing one as the other would mix two methods in one run without a word
-                   'pss_sampler', 'pss_bucket_weights', 'pss_priority', 'pss_shuffle_scores', 'pss_refresh_scores')
+# settings a resumed run must share with the run it continues (its model, space and pools depend on them)
+RESUME_SETTINGS = ('model', 'model_kwargs', 'num_classes', 'in_chans') + PSS_RESUME_SETTINGS
 # settings a run may leave unset, to be inferred from its data: compared once the data has filled them in
 INFERRED_SETTINGS = ('num_classes', 'in_chans')
 
