@@ -568,7 +568,7 @@ def test_pool_monitor_batch_is_normalised_like_the_prefetcher_delivers():
         args.distributed, args.prefetcher = False, prefetcher
         datasets = resolve_data_properties(args, create_datasets(args))
         config = dict(input_size=(args.in_chans, 24, 24), interpolation='bilinear', mean=(0.5,) * args.in_chans,
-                      std=(0.25,) * args.in_chans, crop_pct=1.0)
+                      std=(0.25,) * args.in_chans, crop_pct=1.0, crop_mode='center')
         calib_loader = create_loaders(args, config, datasets, False, torch.device('cpu'))[1]
         assert isinstance(calib_loader, PrefetchLoader) == prefetcher
         batches.append(monitor_batch(calib_loader, 8, seed=0))
