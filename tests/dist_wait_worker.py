@@ -6,20 +6,18 @@ Run as `torchrun --nproc_per_node=2 tests/dist_wait_worker.py wait_group|default
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import torch.distributed as dist
 from torch.distributed.distributed_c10d import _set_pg_timeout
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_pss  # noqa: E402
+from timm_pss.train.run import create_wait_group
 
 
 def main(mode: str) -> None:
     # Set-up with a long timeout, so that ranks starting seconds apart on a busy machine still meet; then the
     # default group's timeout drops to 2 s (standing in for NCCL's 10 minutes) for the part under test.
     dist.init_process_group('gloo', timeout=timedelta(minutes=10))
-    group = train_pss.create_wait_group() if mode == 'wait_group' else None
+    group = create_wait_group() if mode == 'wait_group' else None
     dist.barrier()
     _set_pg_timeout(timedelta(seconds=2))
     if dist.get_rank() == 0:

@@ -1,7 +1,4 @@
 """What train_pss.py reads from a dataset: its number of classes, its channels and pixel statistics."""
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,8 +9,9 @@ from timm.data import create_dataset
 from support import write_fashion_mnist_gz
 from timm_pss.data import DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics
 from timm_pss.dataset_setup import setup_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from timm_pss.train.args import parse_args
+from timm_pss.train.checks import UsageError
+from timm_pss.train.data import resolve_data_properties
 
 
 class UnlabelledImages(torch.utils.data.Dataset):
@@ -72,23 +70,17 @@ def test_image_mode_dataset_replicates_grayscale_before_the_transform(fashion_ro
     assert torch.equal(image[0], image[2]) and image_statistics(rgb)[0] == 3
 
 
-def test_resolve_data_properties_exits_2_when_classes_cannot_be_told(capsys):
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_pss
-    finally:
-        sys.path.remove(str(ROOT))
-    args, _ = train_pss.parse_args(['--dataset', 'custom', '--data-dir', '/data'])
+def test_resolve_data_properties_exits_2_when_classes_cannot_be_told():
+    args, _ = parse_args(['--dataset', 'custom', '--data-dir', '/data'])
     data = UnlabelledImages([Image.fromarray(np.full((4, 4), v, np.uint8), mode='L') for v in (0, 255)])
-    with pytest.raises(SystemExit) as exit_info:
-        train_pss.resolve_data_properties(args, (data, data, data, data))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and '--num-classes' in err[0]
+    with pytest.raises(UsageError) as error:
+        resolve_data_properties(args, (data, data, data, data))
+    assert error.value.exit_code == 2
+    lines = str(error.value).splitlines()
+    assert len(lines) == 1 and '--num-classes' in lines[0]
     args.num_classes, args.mean = 5, [0.1, 0.2, 0.3]
-    with pytest.raises(SystemExit):
-        train_pss.resolve_data_properties(args, (data, data, data, data))
-    assert '--mean has 3 values' in capsys.readouterr().err
+    with pytest.raises(UsageError, match='--mean has 3 values'):
+        resolve_data_properties(args, (data, data, data, data))
     args.mean = None
-    train_pss.resolve_data_properties(args, (data, data, data, data))
+    resolve_data_properties(args, (data, data, data, data))
     assert args.in_chans == 1 and args.mean == [0.5] and args.std == [0.5]

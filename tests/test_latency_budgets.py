@@ -18,6 +18,7 @@ from timm_pss.budget_table import set_table_metrics
 from timm_pss.costs import FlopsCost, LatencyCost
 from timm_pss.latency import build_lut, record_latency
 from timm_pss.pss import MultiCostSampler, PrioritizedSubnetSampler, create_sampler
+from timm_pss.train.checks import UsageError, read_latency_table
 from support import SUBPROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def test_several_metrics_at_once(model, lut):
     with pytest.raises(ValueError, match='pool scores must be finite'):
         other.load_state_dict(bad)
     assert json.dumps(other.state_dict()) == before  # and the FLOPs sampler was not loaded either
-    with pytest.raises(ValueError, match='one sampler per metric'):
+    with pytest.raises(ValueError, match='lists a metric twice'):
         MultiCostSampler([sampler.samplers[0], sampler.samplers[0]])
     with pytest.raises(ValueError, match='prioritized and uniform samplers only'):
         MultiCostSampler([create_sampler('global_width', model.space, num_pools=3)])
@@ -230,23 +231,18 @@ def test_train_pss_with_flops_and_latency_pools(model, lut, tmp_path):
     assert proc.returncode == 2 and '--pss-metrics latency needs --pss-latency-table' in proc.stderr
 
 
-def test_train_pss_stops_with_one_line_on_a_bad_latency_table(model, lut, tmp_path, capsys):
+def test_train_pss_stops_with_one_line_on_a_bad_latency_table(model, lut, tmp_path):
     """A missing, broken or foreign --pss-latency-table stops before training with exit 2 and names the file."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_pss
-    finally:
-        sys.path.remove(str(ROOT))
     broken = tmp_path / 'broken.json'
     broken.write_text('{"format": "timm_pss.latency_table/1", "model"')  # cut off mid-write
     for path, reason in ((tmp_path / 'missing.json', 'No such file'), (broken, 'broken.json'),
                          (tmp_path, 'Is a directory')):
-        with pytest.raises(SystemExit) as e:
-            train_pss.read_latency_table(str(path))
-        assert e.value.code == 2 and reason in capsys.readouterr().err
+        with pytest.raises(UsageError) as e:
+            read_latency_table(str(path))
+        assert e.value.exit_code == 2 and reason in str(e.value)
     lut.save(tmp_path / 'lut.json')
-    assert train_pss.read_latency_table(str(tmp_path / 'lut.json'), model).model == lut.model
+    assert read_latency_table(str(tmp_path / 'lut.json'), model).model == lut.model
     other = timm.create_model('pss_mobilenetv2', num_classes=10, resolution_range=(16, 24, 8))
-    with pytest.raises(SystemExit) as e:
-        train_pss.read_latency_table(str(tmp_path / 'lut.json'), other)
-    assert e.value.code == 2 and 'does not fit' in capsys.readouterr().err
+    with pytest.raises(UsageError) as e:
+        read_latency_table(str(tmp_path / 'lut.json'), other)
+    assert e.value.exit_code == 2 and 'does not fit' in str(e.value)

@@ -5,8 +5,6 @@ import csv
 import json
 import math
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +21,9 @@ from timm_pss.pss import (
     pool_diagnostics, priority_values, sampler_kwargs, spearman,
 )
 from timm_pss.pss.diagnostics import DIAGNOSTICS_COLUMNS
+from timm_pss.pss.options import check_sampler_settings
 from timm_pss.pss.pools import average_ranks, global_width_subnets
-
-ROOT = Path(__file__).resolve().parents[1]
+from timm_pss.train.args import parse_args
 
 
 def _space(**kw):
@@ -187,7 +185,7 @@ def test_usnet_sampler_trains_one_width_level_at_the_max_resolution(digits):
     state = json.loads(json.dumps(sampler.state_dict()))
     with pytest.raises(ValueError, match="saved by a 'usnet' sampler; this run uses 'global_width'"):
         create_sampler('global_width', space, num_pools=5, pool_size=8).load_state_dict(state)
-    with pytest.raises(ValueError, match='draws no buckets'):
+    with pytest.raises(ValueError, match=r'priority change\(s\) how buckets and pool members are drawn; kind usnet'):
         create_sampler('usnet', space, num_pools=5, priority='zscore')
     # in the training step every subnet of the sandwich is at the max resolution
     model = _tiny_supernet()
@@ -331,25 +329,49 @@ def test_fixed_batch_depends_on_the_seed_only():
 # the command line
 
 def test_train_pss_options_reach_the_sampler_and_bad_combinations_exit_2():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_pss
-    finally:
-        sys.path.remove(str(ROOT))
     space = _space()
-    args, _ = train_pss.parse_args(['--pss-priority', 'zscore', '--pss-shuffle-scores', '--pss-bucket-weights',
+    args, _ = parse_args(['--pss-priority', 'zscore', '--pss-shuffle-scores', '--pss-bucket-weights',
                                     'global_width', '--pss-refresh-scores', '--pss-num-pools', '5'])
     sampler = build_sampler(space, **sampler_kwargs(args))
     assert (sampler.config.priority, sampler.config.shuffle_scores, sampler.config.bucket_weights) == (
         'zscore', True, 'global_width') and args.pss_refresh_scores and not args.pss_no_diagnostics
-    args, _ = train_pss.parse_args(['--pss-sampler', 'usnet', '--pss-num-pools', '5'])
+    args, _ = parse_args(['--pss-sampler', 'usnet', '--pss-num-pools', '5'])
     assert isinstance(build_sampler(space, **sampler_kwargs(args)), USNetSampler)
-    default, _ = train_pss.parse_args([])
+    default, _ = parse_args([])
     assert (default.pss_priority, default.pss_bucket_weights, default.pss_shuffle_scores,
             default.pss_refresh_scores) == ('raw', 'uniform', False, False)
     for bad in (['--pss-sampler', 'usnet', '--pss-priority', 'rank'],
                 ['--pss-sampler', 'global_width', '--pss-shuffle-scores'],
                 ['--pss-priority', 'softmax']):
         with pytest.raises(SystemExit) as exit_info:
-            train_pss.parse_args(bad)
+            parse_args(bad)
         assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize('settings, library, command_line', [
+    (dict(kind='usnet', cost_kinds=('flops', 'latency'), has_latency_table=True), 'kind usnet keeps pools for one '
+     'metric only; drop the other cost_kinds', '--pss-sampler usnet keeps pools for one metric only; drop the other '
+     '--pss-metrics'),
+    (dict(kind='global_width', shuffle_scores=True, priority='rank'), 'priority, shuffle_scores change(s) how',
+     '--pss-priority, --pss-shuffle-scores change(s) how buckets and pool members are drawn; --pss-sampler '
+     'global_width draws neither'),
+    (dict(cost_kinds=('flops', 'flops')), "cost_kinds lists a metric twice: ['flops', 'flops']",
+     "--pss-metrics lists a metric twice: ['flops', 'flops']"),
+    (dict(cost_kinds=('latency',)), 'cost_kinds latency needs latency_table (build one with '
+     'timm_pss.latency.build_lut)', '--pss-metrics latency needs --pss-latency-table JSON (build one with python -m '
+     'timm_pss.latency'),
+])
+def test_one_rule_refuses_a_sampler_setting_in_keyword_and_option_names(settings, library, command_line, capsys):
+    """check_sampler_settings states each rule once: library callers (build_sampler, the samplers) read it in
+    keyword names, parse_args in option names with exit code 2."""
+    with pytest.raises(ValueError) as error:
+        check_sampler_settings(**settings)
+    assert library in str(error.value)
+    options = dict(kind='--pss-sampler', cost_kinds='--pss-metrics', priority='--pss-priority')
+    argv = [v for key, value in settings.items() if key in options
+            for v in [options[key], *([value] if isinstance(value, str) else value)]]
+    argv += ['--pss-shuffle-scores'] * settings.get('shuffle_scores', False)
+    argv += ['--pss-latency-table', 'lut.json'] * settings.get('has_latency_table', False)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and command_line in capsys.readouterr().err

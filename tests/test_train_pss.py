@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,13 @@ from timm.utils import load_checkpoint_metadata
 
 import timm_pss  # noqa: F401
 from support import SUBPROCESS_TIMEOUT
+from timm_pss.reporting import write_summary_row
+from timm_pss.train import main
+from timm_pss.train.args import EMBEDDED_DEFAULTS, build_parser, parse_args
+from timm_pss.train.checks import UsageError, check_run_args, eval_metric_names
+from timm_pss.train.data import create_datasets, create_loaders, monitor_batch, resolve_data_properties
+from timm_pss.train.optimizer import create_optimizer, depthwise_weight_names, lr_base_scale, scaled_lr
+from timm_pss.train.run import claim_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'pss_mobilenetv1', '-b', '128', '--pss-num-pools', '3', '--pss-pool-size', '2', '--pss-top-k',
@@ -150,35 +158,30 @@ def test_torchrun_two_processes(tmp_path):
 
 
 def test_config_file_sets_defaults_and_rejects_unknown_pss_keys(tmp_path):
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_pss
-    finally:
-        sys.path.remove(str(ROOT))
     config = tmp_path / 'c.yaml'
     config.write_text('epochs: 7\npss_budget_range: [110M, 570M, 10M]\npss_pool_size: 9\n')
-    args, _ = train_pss.parse_args(['-c', str(config), '--pss-pool-size', '5'])
+    args, _ = parse_args(['-c', str(config), '--pss-pool-size', '5'])
     assert args.epochs == 7 and args.pss_pool_size == 5 and args.pss_budget_range == [110e6, 570e6, 10e6]
-    embedded, _ = train_pss.parse_args([])
-    assert embedded.epochs == train_pss.EMBEDDED_DEFAULTS['epochs']
+    embedded, _ = parse_args([])
+    assert embedded.epochs == EMBEDDED_DEFAULTS['epochs']
     recipe = str(ROOT / 'recipes/pss_mobilenetv1_imagenet.yaml')
-    imagenet, _ = train_pss.parse_args(['--data-dir', '/data', '-c', recipe])
+    imagenet, _ = parse_args(['--data-dir', '/data', '-c', recipe])
     assert imagenet.epochs == 250 and imagenet.pss_budget_range == [110e6, 570e6, 10e6] and not imagenet.pss_wd_depthwise
     config.write_text('pss_pool_sise: 7\n')  # a misspelt --pss-* key is an error (other unknown keys: a warning)
     with pytest.raises(SystemExit):
-        train_pss.parse_args(['-c', str(config)])
+        parse_args(['-c', str(config)])
     with pytest.raises(SystemExit):
-        train_pss.parse_args(['--pss-finalize-only'])
+        parse_args(['--pss-finalize-only'])
 
 
-def test_rejects_a_model_that_is_not_a_supernet(train_pss, tmp_path):
+def test_rejects_a_model_that_is_not_a_supernet(tmp_path):
     with pytest.raises(SystemExit) as e:
-        _main(train_pss, ['--model', 'resnet18', '--epochs', '1', '--output', str(tmp_path / 'out')])
+        _main(['--model', 'resnet18', '--epochs', '1', '--output', str(tmp_path / 'out')])
     assert e.value.code != 0 and 'not a timm_pss supernet' in str(e.value.code)
     assert not (tmp_path / 'out').exists()
 
 
-def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(train_pss, tmp_path, capsys):
+def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(tmp_path, capsys):
     """--data-dir with class folders goes through timm's create_dataset; the timm recipe options work together."""
     from timm_pss.data import DigitsDataset
     for split, folder in (('train', 'train'), ('val', 'validation')):
@@ -187,7 +190,7 @@ def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(train_pss, tm
                 break
             (tmp_path / 'data' / folder / f'c{label}').mkdir(parents=True, exist_ok=True)
             image.save(tmp_path / 'data' / folder / f'c{label}' / f'{i}.png')
-    log = _run_here(train_pss, capsys, '--data-dir', str(tmp_path / 'data'), '--num-classes', '10', '--epochs', '1',
+    log = _run_here(capsys, '--data-dir', str(tmp_path / 'data'), '--num-classes', '10', '--epochs', '1',
                     '-b', '16', '--grad-accum-steps', '2', '--mixup', '0.2', '--cutmix', '0.5', '--model-ema',
                     '--model-ema-decay', '0.9', '--amp', '--workers', '0', '--output', str(tmp_path),
                     '--experiment', 'folder')
@@ -197,8 +200,8 @@ def test_imagenet_style_folder_with_mixup_ema_amp_and_accumulation(train_pss, tm
 
 
 @pytest.mark.parametrize('model_name', ['pss_mobilenetv2', 'pss_resnet50'])
-def test_other_models_train_on_the_embedded_default(train_pss, tmp_path, capsys, model_name):
-    log = _run_here(train_pss, capsys, '--model', model_name, '--epochs', '1', '--pss-top-k', '1', '--output',
+def test_other_models_train_on_the_embedded_default(tmp_path, capsys, model_name):
+    log = _run_here(capsys, '--model', model_name, '--epochs', '1', '--pss-top-k', '1', '--output',
                     str(tmp_path), '--experiment', 'run')
     assert f'{model_name}: budget table with validation accuracy' in log
     rows = _rows(tmp_path / 'run')
@@ -207,42 +210,32 @@ def test_other_models_train_on_the_embedded_default(train_pss, tmp_path, capsys,
 
 # nothing lost, nothing silent: checks that stop before training, with one line and exit code 2
 
-@pytest.fixture(scope='module')
-def train_pss():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_pss
-    finally:
-        sys.path.remove(str(ROOT))
-    return train_pss
-
-
-def _main(train_pss, argv):
-    """train_pss.main(argv) in this process, leaving the root logger as it was (main adds a console handler)."""
+def _main(argv):
+    """main(argv) in this process, leaving the root logger as it was (main adds a console handler)."""
     import logging
     handlers, level = logging.root.handlers[:], logging.root.level
     try:
-        return train_pss.main(argv)
+        return main(argv)
     finally:
         logging.root.handlers[:] = handlers
         logging.root.setLevel(level)
 
 
-def _run_here(train_pss, capsys, *args):
+def _run_here(capsys, *args):
     """What `_run` does, in this process: a run whose checks are about its outputs, not about the process (no
     interpreter and torch start-up per run); returns its log (stdout + stderr)."""
-    _main(train_pss, TINY + list(args))
+    _main(TINY + list(args))
     out, err = capsys.readouterr()
     return out + err
 
 
-def _usage_error(train_pss, argv, capsys):
-    """Run train_pss.main(argv) in-process; it must stop with exit code 2 and one error line, no traceback."""
+def _usage_error(argv, capsys):
+    """Run main(argv) in-process; it must stop with exit code 2 and one error line, no traceback."""
     import logging
     handlers = logging.root.handlers[:]
     try:
         with pytest.raises(SystemExit) as e:
-            train_pss.main(argv)
+            main(argv)
     finally:  # main's logging handlers write to this test's captured stderr: drop them with it
         logging.root.handlers[:] = handlers
     err = capsys.readouterr().err
@@ -251,10 +244,10 @@ def _usage_error(train_pss, argv, capsys):
     return errors[0]
 
 
-def _checkpoint(train_pss, folder, argv, payload=None, **changes):
+def _checkpoint(folder, argv, payload=None, **changes):
     """A real train_pss.py-style checkpoint (torch.save) whose args are parse_args(argv) with `changes`."""
     import torch
-    args = yaml.safe_load(yaml.safe_dump(vars(train_pss.parse_args(argv)[0])))
+    args = yaml.safe_load(yaml.safe_dump(vars(parse_args(argv)[0])))
     args.update(changes)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(payload or {'epoch': 0, 'version': 2, 'arch': args['model'], 'state_dict': {}, 'args': args},
@@ -277,7 +270,7 @@ def _image_folders(root, classes, empty=()):
 
 @pytest.mark.parametrize('case', ['data_dir', 'epochs', 'batch', 'empty_class', 'resume_empty', 'resume_model',
                                   'resume_pools', 'resume_unsafe'])
-def test_usage_errors_stop_before_training(train_pss, tmp_path, capsys, case):
+def test_usage_errors_stop_before_training(tmp_path, capsys, case):
     import fractions
     out = ['--output', str(tmp_path / 'out'), '--epochs', '1']
     base = TINY + out
@@ -294,14 +287,14 @@ def test_usage_errors_stop_before_training(train_pss, tmp_path, capsys, case):
     if case == 'empty_class':
         _image_folders(tmp_path / 'data', ['c0', 'c1', 'c2'], empty=['c1'])
     (tmp_path / 'empty').mkdir()
-    _checkpoint(train_pss, tmp_path / 'v2', base, model='pss_mobilenetv2')
-    _checkpoint(train_pss, tmp_path / 'pools5', base, pss_num_pools=5)
-    _checkpoint(train_pss, tmp_path / 'unsafe', base, payload={'state_dict': {}, 'args': fractions.Fraction(1, 3)})
-    assert expected in _usage_error(train_pss, argv, capsys)
+    _checkpoint(tmp_path / 'v2', base, model='pss_mobilenetv2')
+    _checkpoint(tmp_path / 'pools5', base, pss_num_pools=5)
+    _checkpoint(tmp_path / 'unsafe', base, payload={'state_dict': {}, 'args': fractions.Fraction(1, 3)})
+    assert expected in _usage_error(argv, capsys)
     assert not (tmp_path / 'out').exists()  # nothing was created
 
 
-def test_read_only_output_stops_before_training(train_pss, tmp_path, monkeypatch, capsys):
+def test_read_only_output_stops_before_training(tmp_path, monkeypatch, capsys):
     """A --output that cannot be written (injected: mkdir raises EACCES there) is one line, before any epoch."""
     real_mkdir = os.mkdir
     readonly = tmp_path / 'readonly'
@@ -313,46 +306,45 @@ def test_read_only_output_stops_before_training(train_pss, tmp_path, monkeypatch
         return real_mkdir(path, *args, **kwargs)
 
     monkeypatch.setattr(os, 'mkdir', mkdir)
-    line = _usage_error(train_pss, TINY + ['--epochs', '1', '--output', str(readonly), '--experiment', 'x'], capsys)
+    line = _usage_error(TINY + ['--epochs', '1', '--output', str(readonly), '--experiment', 'x'], capsys)
     assert 'Permission denied' in line and 'writable --output' in line
 
 
-def test_full_disk_stops_before_training(train_pss, tmp_path, monkeypatch, capsys):
+def test_full_disk_stops_before_training(tmp_path, monkeypatch, capsys):
     """Free space far below a run's checkpoints (injected disk_usage) is refused, naming both numbers."""
-    monkeypatch.setattr(train_pss.shutil, 'disk_usage', lambda path: shutil_usage(total=2**30, used=2**30 - 5 * 2**20,
-                                                                                  free=5 * 2**20))
-    line = _usage_error(train_pss, TINY + ['--epochs', '1', '--output', str(tmp_path / 'out')], capsys)
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: shutil_usage(total=2**30, used=2**30 - 5 * 2**20,
+                                                                        free=5 * 2**20))
+    line = _usage_error(TINY + ['--epochs', '1', '--output', str(tmp_path / 'out')], capsys)
     assert '5.0 MiB free' in line and 'needs about' in line and '--checkpoint-hist' in line
     assert not (tmp_path / 'out').exists()
 
 
 def shutil_usage(total, used, free):
-    import shutil
     return shutil._ntuple_diskusage(total, used, free)
 
 
-def test_runs_never_share_a_folder(train_pss, tmp_path):
+def test_runs_never_share_a_folder(tmp_path):
     """A second run with the same --output/--experiment gets NAME-1 (the first run's files stay), concurrent runs
     get distinct folders, and only --resume continues an existing one."""
-    args = train_pss.parse_args(TINY + ['--output', str(tmp_path), '--experiment', 'conc'])[0]
-    first = train_pss.claim_output_dir(args)
+    args = parse_args(TINY + ['--output', str(tmp_path), '--experiment', 'conc'])[0]
+    first = claim_output_dir(args)
     (first / 'args.yaml').write_text('first run')
-    assert train_pss.claim_output_dir(args) == tmp_path / 'conc-1'
+    assert claim_output_dir(args) == tmp_path / 'conc-1'
     assert (first / 'args.yaml').read_text() == 'first run'
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(4) as pool:
-        claimed = list(pool.map(lambda _: train_pss.claim_output_dir(args), range(8)))
+        claimed = list(pool.map(lambda _: claim_output_dir(args), range(8)))
     assert len(set(claimed)) == 8
     checkpoint = first / 'last.pth.tar'
-    assert train_pss.claim_output_dir(args, resume_path=checkpoint) == first  # --resume continues its own folder
-    fork = train_pss.parse_args(TINY + ['--output', str(tmp_path), '--experiment', 'fork'])[0]
-    assert train_pss.claim_output_dir(fork, resume_path=checkpoint) == tmp_path / 'fork'
+    assert claim_output_dir(args, resume_path=checkpoint) == first  # --resume continues its own folder
+    fork = parse_args(TINY + ['--output', str(tmp_path), '--experiment', 'fork'])[0]
+    assert claim_output_dir(fork, resume_path=checkpoint) == tmp_path / 'fork'
 
 
-def test_summary_rows_are_rewritten_atomically(train_pss, tmp_path, monkeypatch):
+def test_summary_rows_are_rewritten_atomically(tmp_path, monkeypatch):
     path = tmp_path / 'summary.csv'
     for epoch in range(3):
-        train_pss.write_summary_row(path, epoch, {'loss': 1.0 / (epoch + 1)}, {'top1': 10.0 * epoch}, lr=0.1)
+        write_summary_row(path, epoch, {'loss': 1.0 / (epoch + 1)}, {'top1': 10.0 * epoch}, lr=0.1)
     before = path.read_bytes()
     real_writerow = csv.DictWriter.writerow
 
@@ -363,22 +355,22 @@ def test_summary_rows_are_rewritten_atomically(train_pss, tmp_path, monkeypatch)
 
     monkeypatch.setattr(csv.DictWriter, 'writerow', fail_on_new_row)
     with pytest.raises(OSError):
-        train_pss.write_summary_row(path, 3, {'loss': 0.2}, {'top1': 40.0}, lr=0.1)
+        write_summary_row(path, 3, {'loss': 0.2}, {'top1': 40.0}, lr=0.1)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ['summary.csv']
     monkeypatch.undo()
     # a resumed run rewrites the killed epoch's row instead of appending a second one
-    train_pss.write_summary_row(path, 1, {'loss': 0.7}, {'top1': 15.0}, lr=0.1)
+    write_summary_row(path, 1, {'loss': 0.7}, {'top1': 15.0}, lr=0.1)
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert [(r['epoch'], r['eval_top1']) for r in rows] == [('0', '0.0'), ('1', '15.0')]
 
 
-def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(train_pss, tmp_path, capsys):
+def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(tmp_path, capsys):
     """--dataset torch/fashion_mnist: 10 classes from the dataset, in_chans=1 normalised by the data's own mean/std."""
     from support import write_fashion_mnist_gz
     from timm_pss.dataset_setup import setup_dataset
     setup_dataset('fashion-mnist', tmp_path / 'data', write_fashion_mnist_gz(tmp_path / 'src'))
-    log = _run_here(train_pss, capsys, '--dataset', 'torch/fashion_mnist', '--data-dir', str(tmp_path / 'data'),
+    log = _run_here(capsys, '--dataset', 'torch/fashion_mnist', '--data-dir', str(tmp_path / 'data'),
                     '--epochs', '1', '-b', '16', '--workers', '0', '--scale', '0.5', '1', '--hflip', '0.5',
                     '--output', str(tmp_path), '--experiment', 'fashion')
     assert 'budget table with validation accuracy' in log
@@ -395,12 +387,12 @@ def test_torchvision_grayscale_dataset_infers_classes_and_one_channel(train_pss,
 
 # parity with timm's train.py: its args.yaml as -c, embedded defaults, --help
 
-def test_timm_args_yaml_is_accepted_with_a_warning_for_unused_keys(train_pss, caplog):
+def test_timm_args_yaml_is_accepted_with_a_warning_for_unused_keys(caplog):
     """tests/data/timm_args.yaml is what timm's train.py writes (every option of its parser, here for --data-dir
     /data/imagenet): it is read, our keys apply, the others are named in one warning."""
     timm_args = str(ROOT / 'tests/data/timm_args.yaml')
     with caplog.at_level('INFO', logger='train_pss'):
-        args, _ = train_pss.parse_args(['-c', timm_args, '--epochs', '3'])
+        args, _ = parse_args(['-c', timm_args, '--epochs', '3'])
     assert args.data_dir == '/data/imagenet' and args.epochs == 3 and args.batch_size == 128
     assert args.hflip == 0.5 and args.scale == [0.08, 1.0]  # a named dataset: timm's defaults, not the digits'
     warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
@@ -408,16 +400,16 @@ def test_timm_args_yaml_is_accepted_with_a_warning_for_unused_keys(train_pss, ca
     assert not any('embedded digits' in r.getMessage() for r in caplog.records)
 
 
-def test_embedded_defaults_apply_only_when_no_dataset_is_named(train_pss, tmp_path, caplog):
+def test_embedded_defaults_apply_only_when_no_dataset_is_named(tmp_path, caplog):
     config = tmp_path / 'c.yaml'
     config.write_text('data_dir: /data/imagenet\n')
-    args, _ = train_pss.parse_args(['-c', str(config)])  # data_dir in the YAML: timm's defaults, not the digits'
+    args, _ = parse_args(['-c', str(config)])  # data_dir in the YAML: timm's defaults, not the digits'
     assert (args.batch_size, args.lr, args.hflip, args.pss_num_pools) == (128, None, 0.5, 40)
     config.write_text('data: /data/imagenet\n')  # timm's old positional dataset path
-    assert train_pss.parse_args(['-c', str(config)])[0].data_dir == '/data/imagenet'
+    assert parse_args(['-c', str(config)])[0].data_dir == '/data/imagenet'
     config.write_text('epochs: 3\n')
     with caplog.at_level('INFO', logger='train_pss'):
-        args, _ = train_pss.parse_args(['-c', str(config), '-b', '16'])
+        args, _ = parse_args(['-c', str(config), '-b', '16'])
     assert (args.epochs, args.batch_size, args.lr, args.hflip) == (3, 16, 0.1, 0.0)
     shown = [r.getMessage() for r in caplog.records if 'embedded digits' in r.getMessage()]
     assert len(shown) == 1 and 'lr=0.1' in shown[0] and ' epochs=' not in shown[0] and 'batch_size' not in shown[0]
@@ -431,15 +423,15 @@ def test_embedded_defaults_apply_only_when_no_dataset_is_named(train_pss, tmp_pa
     ('amp: yes please\n', 'is not true or false'),
     ('- a list\n', 'not a mapping'),
 ])
-def test_config_values_are_converted_and_checked(train_pss, tmp_path, capsys, text, expected):
+def test_config_values_are_converted_and_checked(tmp_path, capsys, text, expected):
     config = tmp_path / 'c.yaml'
     config.write_text(text)
     with pytest.raises(SystemExit) as e:
-        train_pss.parse_args(['-c', str(config)])
+        parse_args(['-c', str(config)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and expected in err, err
     config.write_text('lr: 1e-3\nepochs: "7"\npss_budget_range: [110M, 5.7e8, 10M]\n')  # YAML strings convert
-    args, _ = train_pss.parse_args(['-c', str(config)])
+    args, _ = parse_args(['-c', str(config)])
     assert (args.lr, args.epochs, args.pss_budget_range) == (1e-3, 7, [110e6, 570e6, 10e6])
 
 
@@ -449,17 +441,17 @@ def _help_default(text: str, option: str) -> str:
     return block[block.index('(default: ') + len('(default: '):block.index(')', block.index('(default: '))]
 
 
-def test_help_gives_every_option_one_line_and_the_defaults_that_apply(train_pss, capsys):
-    parser = train_pss.build_parser()
+def test_help_gives_every_option_one_line_and_the_defaults_that_apply(capsys):
+    parser = build_parser()
     options = [a for a in parser._actions if a.option_strings and a.dest != 'help']
     missing = [a.option_strings[-1] for a in options if not a.help or '\n' in a.help]
     assert not missing, f'options without a one-line help: {missing}'
     for argv, batch, epochs, hflip in (([], 64, 25, 0.0), (['--data-dir', '/data/imagenet'], 128, 300, 0.5)):
         with pytest.raises(SystemExit) as e:
-            train_pss.parse_args(argv + ['--help'])
+            parse_args(argv + ['--help'])
         text = capsys.readouterr().out
         assert e.value.code == 0
-        args, _ = train_pss.parse_args(argv)
+        args, _ = parse_args(argv)
         assert (args.batch_size, args.epochs, args.hflip) == (batch, epochs, hflip)
         assert _help_default(text, '--batch-size N') == str(args.batch_size)
         assert _help_default(text, '--epochs N') == str(args.epochs)
@@ -467,34 +459,34 @@ def test_help_gives_every_option_one_line_and_the_defaults_that_apply(train_pss,
         assert _help_default(text, '--checkpoint-hist N') == str(args.checkpoint_hist)
 
 
-def test_lr_base_scale_follows_the_optimizer_as_in_timm(train_pss):
-    assert [train_pss.lr_base_scale(o) for o in ('sgd', 'momentum', 'adamw', 'AdaBelief', 'lamb', 'nadam')] == \
+def test_lr_base_scale_follows_the_optimizer_as_in_timm():
+    assert [lr_base_scale(o) for o in ('sgd', 'momentum', 'adamw', 'AdaBelief', 'lamb', 'nadam')] == \
         ['linear', 'linear', 'sqrt', 'sqrt', 'sqrt', 'sqrt']
-    assert train_pss.scaled_lr(0.1, 1024, 256, 'linear') == pytest.approx(0.4)
-    assert train_pss.scaled_lr(0.1, 1024, 256, 'sqrt') == pytest.approx(0.2)
-    args, _ = train_pss.parse_args(['--data-dir', '/data'])
+    assert scaled_lr(0.1, 1024, 256, 'linear') == pytest.approx(0.4)
+    assert scaled_lr(0.1, 1024, 256, 'sqrt') == pytest.approx(0.2)
+    args, _ = parse_args(['--data-dir', '/data'])
     assert args.checkpoint_hist == 10 and args.lr_base_scale == ''
 
 
-def test_layer_decay_is_kept_without_depthwise_weight_decay(train_pss):
+def test_layer_decay_is_kept_without_depthwise_weight_decay():
     """The recipes' pss_wd_depthwise: false used to build its own groups and drop --layer-decay."""
     model = timm.create_model('pss_mobilenetv2', num_classes=10)
-    args, _ = train_pss.parse_args(['--data-dir', '/data', '--no-pss-wd-depthwise', '--layer-decay', '0.5',
+    args, _ = parse_args(['--data-dir', '/data', '--no-pss-wd-depthwise', '--layer-decay', '0.5',
                                     '--lr', '0.1', '--weight-decay', '1e-4'])
-    optimizer = train_pss.create_optimizer(model, args)
+    optimizer = create_optimizer(model, args)
     groups = optimizer.param_groups
     assert len({g['lr_scale'] for g in groups}) > 2  # layer-wise scales
     decayed = {id(p) for g in groups if g['weight_decay'] > 0 for p in g['params']}
     depthwise = dict(model.named_parameters())
-    names = train_pss.depthwise_weight_names(model)
+    names = depthwise_weight_names(model)
     assert names and not decayed & {id(depthwise[n]) for n in names}
     assert id(model.conv_stem.weight) in decayed and id(model.bn1.weight) not in decayed
     assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
 
 
-def test_grayscale_stem_is_not_taken_for_a_depthwise_conv(train_pss):
+def test_grayscale_stem_is_not_taken_for_a_depthwise_conv():
     model = timm.create_model('pss_mobilenetv1', num_classes=10, in_chans=1)
-    assert 'conv_stem.weight' not in train_pss.depthwise_weight_names(model)
+    assert 'conv_stem.weight' not in depthwise_weight_names(model)
 
 
 @pytest.mark.parametrize('extra, expected', [
@@ -502,9 +494,9 @@ def test_grayscale_stem_is_not_taken_for_a_depthwise_conv(train_pss):
     (['--img-size', '64'], '--img-size 64: a supernet trains each subnet at its own resolution (16..24 px'),
     (['--input-size', '3', '32', '32'], '--input-size 3 32 32: a supernet'),
 ])
-def test_timm_options_with_another_meaning_are_refused(train_pss, tmp_path, capsys, extra, expected):
+def test_timm_options_with_another_meaning_are_refused(tmp_path, capsys, extra, expected):
     argv = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1'] + extra
-    assert expected in _usage_error(train_pss, argv, capsys)
+    assert expected in _usage_error(argv, capsys)
     assert not (tmp_path / 'out').exists()
 
 
@@ -515,25 +507,25 @@ def test_timm_options_with_another_meaning_are_refused(train_pss, tmp_path, caps
     (['--drop-connect', '0.1', '--drop-path', '0.1'], '--drop-connect is the deprecated name of --drop-path'),
     (['--log-wandb'], '--log-wandb needs the wandb package'),
 ])
-def test_timm_options_that_cannot_work_are_refused_in_one_line(train_pss, tmp_path, capsys, monkeypatch, extra,
+def test_timm_options_that_cannot_work_are_refused_in_one_line(tmp_path, capsys, monkeypatch, extra,
                                                                 expected):
     monkeypatch.setitem(sys.modules, 'wandb', None)  # wandb absent (importing it fails), installed or not
     argv = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1'] + extra
-    assert expected in _usage_error(train_pss, argv, capsys)
+    assert expected in _usage_error(argv, capsys)
     assert not (tmp_path / 'out').exists()
 
 
-def test_drop_connect_is_drop_path(train_pss):
-    assert train_pss.parse_args(['--drop-connect', '0.1'])[0].drop_path == 0.1
+def test_drop_connect_is_drop_path():
+    assert parse_args(['--drop-connect', '0.1'])[0].drop_path == 0.1
 
 
-def test_eval_metric_names_a_recorded_metric(train_pss):
-    args, _ = train_pss.parse_args(['--pss-eval-budgets', '300M', '--eval-metric', 'top1@300M'])
-    train_pss.check_run_args(args)
-    assert args.eval_metric == 'top1@300.00M' and args.eval_metric in train_pss.eval_metric_names(args)
+def test_eval_metric_names_a_recorded_metric():
+    args, _ = parse_args(['--pss-eval-budgets', '300M', '--eval-metric', 'top1@300M'])
+    check_run_args(args)
+    assert args.eval_metric == 'top1@300.00M' and args.eval_metric in eval_metric_names(args)
 
 
-def test_channels_last_and_torch_compile_follow_the_subnet_switching(train_pss):
+def test_channels_last_and_torch_compile_follow_the_subnet_switching():
     """A compiled channels_last PSS step (max, a pooled middle, min subnet) gives the eager channels_last step's
     loss and gradients; each new subnet is a new graph, a subnet seen before reuses its graph. Backend 'eager' runs
     dynamo's capture and guards (what recompiles) without inductor's code generation, to stay fast on a CPU."""
@@ -565,21 +557,21 @@ def test_channels_last_and_torch_compile_follow_the_subnet_switching(train_pss):
     assert counters['stats']['unique_graphs'] - graphs <= 1  # at most the newly drawn middle subnet
 
 
-def test_pool_monitor_batch_is_normalised_like_the_prefetcher_delivers(train_pss):
+def test_pool_monitor_batch_is_normalised_like_the_prefetcher_delivers():
     """timm's prefetcher leaves uint8 images in the dataset and normalises on the device: the pool monitor's fixed
     batch must match what the plain loader gives (here on the CPU, where PrefetchLoader also runs)."""
     import torch
     from timm.data.loader import PrefetchLoader
     batches = []
     for prefetcher in (False, True):
-        args, _ = train_pss.parse_args(TINY)
+        args, _ = parse_args(TINY)
         args.distributed, args.prefetcher = False, prefetcher
-        datasets = train_pss.resolve_data_properties(args, train_pss.create_datasets(args))
+        datasets = resolve_data_properties(args, create_datasets(args))
         config = dict(input_size=(args.in_chans, 24, 24), interpolation='bilinear', mean=(0.5,) * args.in_chans,
-                      std=(0.25,) * args.in_chans, crop_pct=1.0)
-        calib_loader = train_pss.create_loaders(args, config, datasets, False, torch.device('cpu'))[1]
+                      std=(0.25,) * args.in_chans, crop_pct=1.0, crop_mode='center')
+        calib_loader = create_loaders(args, config, datasets, False, torch.device('cpu'))[1]
         assert isinstance(calib_loader, PrefetchLoader) == prefetcher
-        batches.append(train_pss.monitor_batch(calib_loader, 8, seed=0))
+        batches.append(monitor_batch(calib_loader, 8, seed=0))
     (plain, labels), (prefetched, labels_p) = batches
     assert prefetched.dtype == plain.dtype == torch.float32 and torch.equal(labels, labels_p)
     assert torch.allclose(plain, prefetched, atol=1e-5)
@@ -602,27 +594,27 @@ def test_other_ranks_outwait_rank0_beyond_the_default_timeout(tmp_path, mode, wa
 @pytest.mark.parametrize('change, saved', [(['--pss-sampler', 'uniform'], {}),
                                            ([], {'pss_priority': 'zscore'}),
                                            (['--pss-shuffle-scores'], {})])
-def test_resume_refuses_another_way_of_drawing_subnets(train_pss, tmp_path, capsys, change, saved):
+def test_resume_refuses_another_way_of_drawing_subnets(tmp_path, change, saved):
     """A prioritized run continued as in-bucket uniform (both save the same sampler state) would silently mix
     two methods in one run."""
     base = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1']
-    folder = _checkpoint(train_pss, tmp_path / 'run', base, **saved)
-    args, _ = train_pss.parse_args(base + change + ['--resume', str(folder)])
-    with pytest.raises(SystemExit) as e:
-        train_pss.check_run_args(args)
-    assert e.value.code == 2
+    folder = _checkpoint(tmp_path / 'run', base, **saved)
+    args, _ = parse_args(base + change + ['--resume', str(folder)])
+    with pytest.raises(UsageError) as e:
+        check_run_args(args)
+    assert e.value.exit_code == 2
     option = '--' + (next(iter(saved)) if saved else change[0][2:]).replace('_', '-')
-    assert option in capsys.readouterr().err
+    assert option in str(e.value)
     same = base + [f'--pss-priority={value}' for value in saved.values()]  # the saved run's own settings
-    train_pss.check_run_args(train_pss.parse_args(same + ['--resume', str(folder)])[0])  # accepted
+    check_run_args(parse_args(same + ['--resume', str(folder)])[0])  # accepted
 
 
-def test_resume_accepts_the_class_count_the_run_inferred(train_pss, tmp_path):
+def test_resume_accepts_the_class_count_the_run_inferred(tmp_path):
     """The saved run inferred --num-classes 10 from the data; resuming it without --num-classes infers it again."""
     base = TINY + ['--output', str(tmp_path / 'out'), '--epochs', '1']
-    folder = _checkpoint(train_pss, tmp_path / 'run', base, num_classes=10)
-    args, _ = train_pss.parse_args(base + ['--resume', str(folder)])
-    train_pss.check_run_args(args)  # no SystemExit
-    args, _ = train_pss.parse_args(base + ['--resume', str(folder), '--num-classes', '5'])
-    with pytest.raises(SystemExit):
-        train_pss.check_run_args(args)
+    folder = _checkpoint(tmp_path / 'run', base, num_classes=10)
+    args, _ = parse_args(base + ['--resume', str(folder)])
+    check_run_args(args)  # no UsageError
+    args, _ = parse_args(base + ['--resume', str(folder), '--num-classes', '5'])
+    with pytest.raises(UsageError, match='--num-classes'):
+        check_run_args(args)

@@ -1,8 +1,9 @@
 """Prioritized Subnet Sampling: pools, samplers and schedules, the training step, diagnostics, and finalisation into a budget table."""
 from .diagnostics import PoolMonitor, effective_members, fixed_batch, fresh_scores, pool_diagnostics, spearman
 from .finalize import evaluate_accuracy, evaluate_subnet, finalize_budget_table
-from .factory import SAMPLERS, build_sampler, create_sampler, sampler_kwargs
+from .factory import SAMPLERS, build_sampler, create_sampler
 from .multi_cost import MultiCostSampler
+from .options import add_pss_args, check_pss_args, check_sampler_settings, sampler_kwargs
 from .pools import (
     BUCKET_WEIGHTS, PRIORITIES, Proposal, SubnetPool, bucket_targets, draw_probabilities, exponential_schedule,
     global_width_bucket_weights, priority_values,
@@ -16,7 +17,7 @@ from .task import (
 )
 
 __all__ = [
-    'TrainingDiverged',
+    'TrainingDiverged', 'add_pss_args', 'check_pss_args', 'check_sampler_settings',
     'BUCKET_WEIGHTS', 'PRIORITIES', 'SAMPLERS', 'bucket_targets', 'build_sampler', 'create_sampler',
     'draw_probabilities', 'InBucketUniformSampler', 'Sampler', 'sampler_kwargs', 'SpaceUniformSampler',
     'effective_members', 'evaluate_accuracy', 'evaluate_subnet', 'exponential_schedule', 'finalize_budget_table',

@@ -12,6 +12,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..spaces import RngLike, SearchSpace, Subnet
+from .options import ABLATION_DEFAULTS, check_sampler_settings
 from .pools import Proposal, SubnetPool, global_width_subnets
 from .samplers import PrioritizedSubnetSampler
 
@@ -29,11 +30,7 @@ class GlobalWidthSampler(PrioritizedSubnetSampler):
     kind = 'global_width'
 
     def __init__(self, space: SearchSpace, **kwargs):
-        defaults = dict(priority='raw', shuffle_scores=False, bucket_weights='uniform')
-        ablations = {k: kwargs[k] for k in defaults if k in kwargs and kwargs[k] != defaults[k]}
-        if ablations:
-            raise ValueError(f'the {self.kind} sampler draws no buckets and nothing from its pools, so {ablations} '
-                             f'cannot apply; use them with the prioritized or uniform sampler')
+        check_sampler_settings(self.kind, **{key: kwargs[key] for key in ABLATION_DEFAULTS if key in kwargs})
         super().__init__(space, **kwargs)
 
     def propose(self) -> Proposal:

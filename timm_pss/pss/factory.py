@@ -1,18 +1,16 @@
 """Samplers by name: `create_sampler` (the --pss-sampler values) and `build_sampler` (one per cost kind)."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional, Sequence, Tuple
 
-from ..costs import COST_KINDS, FlopsCost, LatencyCost
+from ..costs import FlopsCost, LatencyCost
 from ..spaces import SearchSpace
 from .multi_cost import MultiCostSampler
 from .baselines import GlobalWidthSampler, USNetSampler
+from .options import ABLATION_DEFAULTS, SAMPLERS, check_sampler_settings
 from .samplers import InBucketUniformSampler, PrioritizedSubnetSampler, Sampler
 
-__all__ = ['SAMPLERS', 'create_sampler', 'build_sampler', 'sampler_kwargs']
-
-SAMPLERS = ('prioritized', 'uniform', 'global_width', 'usnet')
+__all__ = ['SAMPLERS', 'create_sampler', 'build_sampler']
 
 
 def create_sampler(kind: str, space: SearchSpace, **kwargs) -> PrioritizedSubnetSampler:
@@ -39,33 +37,22 @@ def build_sampler(
         kind: str = 'prioritized',
         cost_kinds: Sequence[str] = ('flops',),
         latency_table=None,
-        flops_range: Optional[Tuple[float, float, float]] = None,
+        budget_range: Optional[Tuple[float, float, float]] = None,
         latency_range: Optional[Tuple[float, float, float]] = None,
         seed: int = 0,
         **kwargs,
 ) -> Sampler:
     """The `kind` sampler over each cost kind ('flops', 'latency'): one sampler, or one per cost kind (seeds
     `seed`, `seed + 1`, ...) behind a `MultiCostSampler`. `latency_table` predicts the latency costs;
-    `flops_range` / `latency_range` are the (lo, hi, step) bucket centres of each; other keyword arguments go to
-    every sampler (`create_sampler`)."""
-    for cost_kind in cost_kinds:  # all checked before any sampler is built (each takes a while)
-        if cost_kind not in COST_KINDS:
-            raise ValueError(f'unknown cost kind {cost_kind!r}; choose from {", ".join(COST_KINDS)}')
-        if cost_kind == 'latency' and latency_table is None:
-            raise ValueError('latency buckets need a latency table (timm_pss.latency.build_lut)')
+    `budget_range` (FLOPs, as --pss-budget-range) / `latency_range` (ms) are the (lo, hi, step) bucket centres of
+    each; other keyword arguments go to every sampler (`create_sampler`). The settings are checked
+    (`check_sampler_settings`) before any sampler is built (each takes a while)."""
+    check_sampler_settings(kind, tuple(cost_kinds), has_latency_table=latency_table is not None,
+                           **{key: kwargs[key] for key in ABLATION_DEFAULTS if key in kwargs})
     samplers = []
     for i, cost_kind in enumerate(cost_kinds):
         cost = FlopsCost(space) if cost_kind == 'flops' else LatencyCost(space, latency_table)
-        budget_range = flops_range if cost_kind == 'flops' else latency_range
-        samplers.append(create_sampler(kind, space, budget_range=budget_range, seed=seed + i, cost=cost, **kwargs))
+        cost_range = budget_range if cost_kind == 'flops' else latency_range
+        samplers.append(create_sampler(kind, space, budget_range=cost_range, seed=seed + i, cost=cost, **kwargs))
     return samplers[0] if len(samplers) == 1 else MultiCostSampler(samplers, seed=seed)
 
-
-def sampler_kwargs(args: argparse.Namespace) -> dict:
-    """`build_sampler`'s keyword arguments from train_pss.py's --pss-* options (as timm's `scheduler_kwargs`)."""
-    return dict(
-        kind=args.pss_sampler, cost_kinds=tuple(args.pss_metrics), flops_range=args.pss_budget_range,
-        latency_range=args.pss_latency_range, num_pools=args.pss_num_pools, pool_size=args.pss_pool_size,
-        momentum=args.pss_momentum, p_random=tuple(args.pss_p_random), temperature=tuple(args.pss_temperature),
-        seed=args.seed, priority=args.pss_priority, shuffle_scores=args.pss_shuffle_scores,
-        bucket_weights=args.pss_bucket_weights)

@@ -8,8 +8,9 @@ import numpy as np
 
 from ..costs import SubnetCost
 from ..spaces import RngLike, Subnet
+from .options import MULTI_METRIC_SAMPLERS, check_sampler_settings
 from .pools import Proposal, SubnetPool, bucket_distribution
-from .samplers import InBucketUniformSampler, PrioritizedSubnetSampler, _Config
+from .samplers import PrioritizedSubnetSampler, _Config
 
 __all__ = ['MultiCostSampler']
 
@@ -26,11 +27,10 @@ class MultiCostSampler:
     def __init__(self, samplers: Sequence[PrioritizedSubnetSampler], seed: RngLike = 0):
         if not samplers:
             raise ValueError('MultiCostSampler needs at least one sampler')
-        if any(type(s) not in (PrioritizedSubnetSampler, InBucketUniformSampler) for s in samplers):
+        # it draws the buckets itself and lets a sampler propose in one: samplers that draw buckets and pool members
+        if not all(isinstance(s, PrioritizedSubnetSampler) and s.kind in MULTI_METRIC_SAMPLERS for s in samplers):
             raise ValueError('several metrics at once work with the prioritized and uniform samplers only')
-        cost_kinds = [s.cost.kind for s in samplers]
-        if len(set(cost_kinds)) != len(cost_kinds):
-            raise ValueError(f'one sampler per metric, got {cost_kinds}')
+        check_sampler_settings(samplers[0].kind, [s.cost.kind for s in samplers], has_latency_table=True)
         self.samplers = list(samplers)
         self.space = samplers[0].space
         self.rng = np.random.default_rng(seed)
