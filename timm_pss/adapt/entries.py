@@ -1,0 +1,145 @@
+"""What the controller switches between: an ordered set of servable entries behind a small interface.
+
+`ServingEntries` is that interface: `infos` (one `EntryInfo` per entry: name, FLOPs, validation accuracy,
+predicted latency, input resolution), a `lock` held from a switch through the call it serves, `activate(i)`,
+`example(i)` (an input of the entry's shape, for measuring) and `__call__(x)` (run the active entry).
+`SupernetEntries` implements it for a trained supernet and its budget table (one shared model, switched with
+`set_budget_entry` under the model's `switch_lock`). A set of exported static models (one inference session
+per entry) implements it the same way with `activate` choosing the session.
+
+`ladder` orders the entries fastest first and drops those that cannot be worth serving (slower and no more
+accurate than a faster one); `measure_latency` times every entry here and now.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, List, Optional, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from ..budget_table import LATENCY_METRIC
+from ..supernet import find_supernet
+
+__all__ = ['ACCURACY_METRIC', 'EntryInfo', 'ServingEntries', 'SupernetEntries', 'ladder', 'measure_latency']
+
+ACCURACY_METRIC = 'top1'  # the budget-table metric read as an entry's accuracy: validation top-1 (%)
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One servable entry as the controller sees it; None where unknown."""
+    name: str
+    flops: Optional[float] = None
+    accuracy: Optional[float] = None  # validation top-1 (%)
+    latency_ms: Optional[float] = None  # predicted (or measured) on the device it is served on
+    resolution: Optional[int] = None  # input side the entry runs at
+
+
+class ServingEntries(Protocol):
+    """The interface the controller needs from what it serves (see the module docstring)."""
+    infos: Sequence[EntryInfo]
+    lock: ContextManager
+
+    def activate(self, index: int) -> None: ...
+
+    def example(self, index: int) -> Any: ...
+
+    def __call__(self, x: Any) -> Any: ...
+
+
+class SupernetEntries:
+    """The budget-table entries of a trained supernet (or anything wrapping one) as `ServingEntries`.
+
+    Accuracy is each entry's `top1` metric (validation top-1, recorded by train_pss.py), latency its predicted
+    `latency_ms` (`timm_pss.latency.record_latency`) when the table has one for the device the model is on. The
+    lock is the model's `switch_lock`, the one `timm_pss.budget(...)` holds, so the controller and `with budget()`
+    blocks on the same model never interleave. Calls run under `torch.inference_mode`.
+    """
+
+    def __init__(self, model: nn.Module, accuracy_metric: str = ACCURACY_METRIC):
+        self.model = model
+        self.supernet = find_supernet(model)
+        table = self.supernet.budget_table
+        if not len(table):
+            raise RuntimeError('this model has no budget table to adapt over: load a trained run '
+                               '(timm.create_model("local-dir:RUN", pretrained=True)) or build one with '
+                               'timm_pss.fill_budget_table(model, subnets, loader)')
+        recorded = table.info.get('latency_device')
+        device = next(self.supernet.parameters()).device
+        if recorded is not None and recorded.split(':')[0] != device.type:
+            raise ValueError(f'this budget table\'s latencies were predicted for {recorded}, the model is on '
+                             f'{device.type}: record latencies for this device (timm_pss.latency.record_latency) or '
+                             f'measure them (timm_pss.adapt.measure_latency)')
+        self.table = table
+        self.device = device
+        self.in_chans = int((getattr(self.supernet, 'pretrained_cfg', None) or {}).get('input_size', (3,))[0])
+        self.infos = [EntryInfo(name=f'#{i}', flops=float(e.flops), accuracy=e.metrics.get(accuracy_metric),
+                                latency_ms=e.metrics.get(LATENCY_METRIC), resolution=e.subnet.resolution)
+                      for i, e in enumerate(table)]
+        self.lock = self.supernet.switch_lock
+
+    def activate(self, index: int) -> None:
+        self.supernet.set_budget_entry(index)
+
+    def example(self, index: int) -> torch.Tensor:
+        """A batch of one zero image at entry `index`'s resolution, on the model's device."""
+        side = self.infos[index].resolution
+        return torch.zeros(1, self.in_chans, side, side, device=self.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(x)
+
+
+def ladder(infos: Sequence[EntryInfo], latency_ms: Optional[Sequence[float]] = None) -> List[int]:
+    """Entry indices fastest first, keeping only entries more accurate than every faster one kept.
+
+    Speed is `latency_ms` (given, e.g. measured) or the entries' own latencies when every entry has one, else
+    FLOPs; ties break by FLOPs then index. Without an accuracy for every entry, all entries stay.
+    """
+    if not infos:
+        raise ValueError('no entries to serve')
+    speed = latency_ms if latency_ms is not None else [i.latency_ms for i in infos]
+    if len(speed) != len(infos):
+        raise ValueError(f'{len(speed)} latencies for {len(infos)} entries')
+    if any(v is None for v in speed):
+        if any(i.flops is None for i in infos):
+            raise ValueError('every entry needs a latency or FLOPs to order the ladder by')
+        speed = [i.flops for i in infos]
+    order = sorted(range(len(infos)), key=lambda i: (speed[i], infos[i].flops or 0.0, i))
+    if any(i.accuracy is None for i in infos):
+        return order
+    kept: List[int] = []
+    for i in order:
+        if not kept or infos[i].accuracy > infos[kept[-1]].accuracy:
+            kept.append(i)
+    return kept
+
+
+def measure_latency(entries: ServingEntries, repeats: int = 10, warmup: int = 2,
+                    clock: Callable[[], float] = time.perf_counter) -> List[float]:
+    """Each entry's median latency (ms) of `entries(entries.example(i))` here and now, after `warmup` calls.
+
+    Holds the entries' lock throughout; afterwards the entry that was active is NOT restored (the caller
+    activates the one it serves next).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f'repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}')
+    out = []
+    with entries.lock:
+        for index in range(len(entries.infos)):
+            entries.activate(index)
+            x = entries.example(index)
+            for _ in range(warmup):
+                entries(x)
+            times = []
+            for _ in range(repeats):
+                start = clock()
+                entries(x)
+                times.append((clock() - start) * 1e3)
+            out.append(statistics.median(times))
+    return out
+
