@@ -1,0 +1,298 @@
+"""Run-time adaptation: the latency controller (timm_pss.adapt) against every fixed budget-table entry, on this
+machine, while a load schedule of the benchmark's own changes how fast it is.
+
+    python benchmarks/adapt.py RUN                        # RUN: a train_pss.py run folder
+    python benchmarks/adapt.py RUN --output benchmarks/results/adapt.txt --plot benchmarks/results/adapt.png
+
+What it does:
+
+1. Loads RUN (`timm.create_model('local-dir:RUN', pretrained=True)`, then `set_budget_entry(-1)`), one torch
+   thread, and makes `--requests` requests per phase from the digits images (the data the embedded runs train on),
+   each resized in advance to every entry's resolution (a request is served at the active entry's resolution, so
+   no call pays for a resize).
+2. Measures every entry's median latency here, before any load (`timm_pss.adapt.measure_latency`); the target is
+   `--target-ms` (default: `--target-factor` x the measured latency of the most accurate entry), as the
+   `--percentile` of recent calls; a call over the target is a deadline miss.
+3. For the controller and then each fixed entry, in that order, `--rounds` times (the order reversed every other
+   round, so a drift of the machine's speed falls on both sides), a client sends the requests back to back at batch
+   1 through the phases `idle`, `1 busy`, `2 busy`, `idle`: during a busy phase that many processes of the
+   benchmark's own spin on the CPU (each stops itself after `--max-busy-s` at the latest, and is stopped at the end
+   of its phase, also on error or Ctrl-C). Phases are counted in requests, so every policy meets each phase for the
+   same number of requests.
+4. Reports per policy: deadline-miss rate (overall and per phase), mean served accuracy (the validation top-1 of the
+   entry that served each request, from the table), p50 / p99, switches and their cost; and plots the controller's
+   latency over time with the phases and the active entry (`--plot`).
+
+Goal (issue 28), the exit status: the controller's miss rate <= `--max-miss` (5 %) over the whole schedule, and its
+mean served accuracy at least that of the best fixed entry whose miss rate is also <= `--max-miss`.
+"""
+import one_thread  # noqa: F401  (first: one thread for BLAS and OpenMP before numpy and torch load)
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+
+import timm_pss  # noqa: F401  (registers the models)
+from harness import format_table, machine_lines, yes_no
+from timm_pss.adapt import (AdaptiveServer, ControlSettings, LatencyTarget, SupernetEntries, measure_latency,
+                            serving_report)
+from timm_pss.files import check_new_file, write_text_atomic
+
+PHASES = (('idle', 0), ('1 busy', 1), ('2 busy', 2), ('idle', 0))
+
+
+def spin(until: float) -> None:
+    """A background load: keep one CPU busy until `until` (time.time()), then stop on its own."""
+    while time.time() < until:
+        pass
+
+
+class BusyLoad:
+    """`with BusyLoad(n, max_s):` n spinning processes for the block (each also stops by itself after max_s)."""
+
+    def __init__(self, processes: int, max_s: float):
+        self.processes, self.max_s, self.running = processes, max_s, []
+
+    def __enter__(self):
+        context = multiprocessing.get_context('fork')
+        try:
+            for _ in range(self.processes):
+                p = context.Process(target=spin, args=(time.time() + self.max_s,), daemon=True)
+                p.start()
+                self.running.append(p)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.running:
+            p.terminate()
+        for p in self.running:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        self.running = []
+
+
+def digits_requests(count: int, resolutions: Sequence[int], mean, std, seed: int) -> List[Dict[int, torch.Tensor]]:
+    """`count` digits images (batch 1, RGB, normalised) resized to each resolution, in a fixed random order."""
+    from sklearn.datasets import load_digits
+    images = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1).repeat(1, 3, 1, 1) / 16.0
+    order = np.random.default_rng(seed).integers(0, len(images), count)
+    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    out = []
+    for i in order:
+        x = images[i:i + 1]
+        out.append({r: ((F.interpolate(x, size=(r, r), mode='bilinear', align_corners=False) - mean) / std)
+                    for r in resolutions})
+    return out
+
+
+def run_schedule(serve, requests, per_phase: int, max_busy_s: float) -> List[float]:
+    """Send every request through `serve(request)` back to back across the phases; per-call latencies (ms) come
+    from `serve` itself. Returns the phase of each call."""
+    phases = []
+    for number, (_, busy) in enumerate(PHASES):
+        with BusyLoad(busy, max_busy_s):
+            for request in requests[number * per_phase:(number + 1) * per_phase]:
+                serve(request)
+                phases.append(number)
+    return phases
+
+
+def serve_adaptive(entries, target, settings, latency_ms, requests, args):
+    """The controller over the schedule: (latencies, entries, switch times, call end times)."""
+    server = AdaptiveServer(entries, target, settings, latency_ms=latency_ms, history=len(requests))
+    run_schedule(lambda r: server.serve(lambda res: r[res]), requests, args.requests, args.max_busy_s)
+    end_s, latency, served, switch = zip(*server.history())
+    return list(latency), list(served), [s for s in switch if s is not None], list(end_s)
+
+
+def serve_fixed(entries, index, requests, args):
+    """Entry `index` alone over the schedule, timed exactly as the server times a call (arrival to output)."""
+    latency = []
+    resolution = entries.infos[index].resolution
+    with entries.lock:
+        entries.activate(index)
+
+    def serve(request):
+        arrived = time.perf_counter()
+        with entries.lock:
+            entries(request[resolution])
+        latency.append((time.perf_counter() - arrived) * 1e3)
+    run_schedule(serve, requests, args.requests, args.max_busy_s)
+    return latency, [index] * len(latency), [], None
+
+
+def plot(path: Path, latency, served, end_s, phases, per_phase, target_ms, infos, title):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    t = np.asarray(end_s) - end_s[0]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    colors = ('white', '#fde0c5', '#f7a35c', 'white')
+    for number, (name, _) in enumerate(PHASES):
+        lo, hi = t[number * per_phase], t[min((number + 1) * per_phase, len(t)) - 1]
+        ax.axvspan(lo, hi, color=colors[number], alpha=0.6, lw=0)
+        ax.text((lo + hi) / 2, 0.98, name, transform=ax.get_xaxis_transform(), ha='center', va='top', fontsize=9)
+    ax.scatter(t, latency, s=3, color='tab:blue', label='latency of each call (ms)')
+    ax.axhline(target_ms, color='tab:red', lw=1, ls='--', label=f'target {target_ms:.3g} ms')
+    ax.set_xlabel('time (s)')
+    ax.set_ylabel('latency (ms)')
+    ax.set_ylim(0, max(np.percentile(latency, 99.5) * 1.2, target_ms * 1.5))
+    ax2 = ax.twinx()
+    ax2.step(t, served, where='post', color='black', lw=1.2, label='active entry')
+    ax2.set_ylabel('active budget-table entry')
+    ax2.set_yticks(sorted(set(served)))
+    ax2.set_yticklabels([f'{infos[i].name} ({infos[i].accuracy:.1f} %)' for i in sorted(set(served))], fontsize=8)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc='upper right', fontsize=8, bbox_to_anchor=(1, 0.9))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp.png')
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('run', type=Path, help='a train_pss.py run folder (model.safetensors + config.json)')
+    parser.add_argument('--requests', type=int, default=300, help='requests per phase')
+    parser.add_argument('--rounds', type=int, default=2, help='passes over all policies (order reversed each time)')
+    parser.add_argument('--target-ms', type=float, help='latency target (ms); default --target-factor x the '
+                                                        'measured latency of the most accurate entry')
+    parser.add_argument('--target-factor', type=float, default=1.5)
+    parser.add_argument('--percentile', type=float, default=95.0, help='the percentile the target holds for')
+    parser.add_argument('--max-miss', type=float, default=0.05, help='the goal\'s deadline-miss rate')
+    parser.add_argument('--max-busy-s', type=float, default=120.0, help='a load process stops itself after this')
+    parser.add_argument('--seed', type=int, default=0, help='order of the request images')
+    parser.add_argument('--output', type=Path, help='also write the report here (refused if it exists)')
+    parser.add_argument('--plot', type=Path, help='write the controller\'s latency-over-time plot here (PNG)')
+    parser.add_argument('--force', action='store_true', help='let --output / --plot replace existing files')
+    args = parser.parse_args(argv)
+    for name in ('requests', 'rounds', 'target_factor', 'max_busy_s'):
+        if getattr(args, name) <= 0:
+            parser.error(f'--{name.replace("_", "-")} must be positive')
+    if args.target_ms is not None and args.target_ms <= 0:
+        parser.error('--target-ms must be positive')
+    if not (args.run / 'config.json').is_file():
+        parser.error(f'{args.run}: not a run folder (no config.json); give a train_pss.py output folder')
+    for path in (args.output, args.plot):
+        if path is not None:
+            try:
+                check_new_file(path, force=args.force)
+            except ValueError as e:
+                parser.error(str(e))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    model = timm.create_model(f'local-dir:{args.run}', pretrained=True).eval()
+    model.set_budget_entry(-1)
+    entries = SupernetEntries(model)
+    infos = entries.infos
+    if any(i.accuracy is None for i in infos):
+        print(f'{args.run}: the budget table has no validation top-1 for some entries', file=sys.stderr)
+        return 2
+    cfg = model.pretrained_cfg
+    requests = digits_requests(args.requests * len(PHASES), sorted({i.resolution for i in infos}),
+                               cfg.get('mean', (0.5,) * 3), cfg.get('std', (0.5,) * 3), args.seed)
+    load_before = os.getloadavg()
+    measured = measure_latency(entries, repeats=30, warmup=5)
+    best = max(range(len(infos)), key=lambda i: (infos[i].accuracy, -measured[i]))
+    target_ms = args.target_ms or args.target_factor * measured[best]
+    target = LatencyTarget(ms=target_ms, percentile=args.percentile)
+    settings = ControlSettings()
+
+    policies = ['adaptive'] + [f'fixed {info.name}' for info in infos]
+    pooled = {p: ([], [], [], []) for p in policies}  # latency, served, switch ms, phase
+    trace = None
+    started = time.time()
+    for round_number in range(args.rounds):
+        order = policies if round_number % 2 == 0 else policies[::-1]
+        for policy in order:
+            if policy == 'adaptive':
+                latency, served, switch, end_s = serve_adaptive(entries, target, settings, measured, requests, args)
+                if trace is None:
+                    trace = (latency, served, end_s)
+            else:
+                latency, served, switch, _ = serve_fixed(entries, policies.index(policy) - 1, requests, args)
+            phase = np.repeat(np.arange(len(PHASES)), args.requests)
+            for store, values in zip(pooled[policy], (latency, served, switch, phase)):
+                store.extend(values)
+    elapsed = time.time() - started
+
+    lines = [machine_lines('Run-time adaptation: latency controller vs fixed budget-table entries'), '',
+             f'- run: {args.run} ({model.default_cfg.get("architecture", type(model).__name__)}, '
+             f'{len(infos)} entries), 1 torch thread, batch 1, requests at each entry\'s own resolution',
+             f'- load average (1, 5, 15 min) before: {", ".join(f"{v:.2f}" for v in load_before)}; '
+             f'after: {", ".join(f"{v:.2f}" for v in os.getloadavg())}',
+             f'- schedule: {" -> ".join(name for name, _ in PHASES)}, {args.requests} requests each, back to back; '
+             f'{args.rounds} rounds of every policy (order reversed each round), {elapsed:.0f} s in all',
+             f'- target: {target} ({"given" if args.target_ms else f"{args.target_factor:g} x the measured latency of the most accurate entry, {infos[best].name}"}); '
+             f'controller settings: {settings}', '',
+             'Entries (measured median latency here, idle, before the schedule):', '',
+             format_table(['entry', 'MFLOPs', 'res', 'val top-1 (%)', 'measured (ms)'],
+                          [[i.name, f'{i.flops / 1e6:.2f}', str(i.resolution), f'{i.accuracy:.2f}', f'{m:.3f}']
+                           for i, m in zip(infos, measured)]), '']
+    rows, reports = [], {}
+    for policy in policies:
+        latency, served, switch, phase = pooled[policy]
+        report = serving_report(latency, served, infos, target.miss_ms, switch)
+        reports[policy] = report
+        phase = np.asarray(phase)
+        per_phase = [float((np.asarray(latency)[phase == k] > target.miss_ms).mean()) for k in range(len(PHASES))]
+        rows.append([policy, f'{report.miss_rate:.1%}', ' / '.join(f'{m:.0%}' for m in per_phase),
+                     f'{report.mean_accuracy:.2f}', f'{report.p50_ms:.2f}', f'{report.p99_ms:.2f}',
+                     str(report.switches), '-' if not report.switches else f'{report.switch_ms:.3f}'])
+    lines += [f'Per policy, pooled over the rounds ({args.rounds * args.requests * len(PHASES)} requests each):', '',
+              format_table(['policy', 'miss rate', 'misses per phase', 'mean served top-1 (%)', 'p50 (ms)',
+                            'p99 (ms)', 'switches', 'switch (ms)'], rows), '']
+    adaptive = reports['adaptive']
+    lines.append('Controller, time per entry: ' + ', '.join(
+        f'{name} {n / adaptive.calls:.0%} of calls, {adaptive.seconds_per_entry[name]:.2f} s'
+        for name, n in adaptive.calls_per_entry.items()))
+    fitting = [p for p in policies[1:] if reports[p].miss_rate <= args.max_miss]
+    ok_miss = adaptive.miss_rate <= args.max_miss
+    if fitting:
+        best_fixed = max(fitting, key=lambda p: reports[p].mean_accuracy)
+        gain = adaptive.mean_accuracy - reports[best_fixed].mean_accuracy
+        ok_acc = gain >= 0
+        lines.append(f'Best fixed entry with misses <= {args.max_miss:.0%}: {best_fixed} '
+                     f'({reports[best_fixed].mean_accuracy:.2f} %, {reports[best_fixed].miss_rate:.1%} missed); '
+                     f'the controller: {adaptive.mean_accuracy:.2f} % ({gain:+.2f} points), '
+                     f'{adaptive.miss_rate:.1%} missed')
+    else:
+        ok_acc = True
+        lines.append(f'No fixed entry keeps its misses <= {args.max_miss:.0%} on this schedule')
+    lines += ['', f'Goal: controller misses <= {args.max_miss:.0%}: {yes_no(ok_miss)}; mean served accuracy >= the '
+                  f'best fixed entry within that miss rate: {yes_no(ok_acc)}']
+    text = '\n'.join(lines) + '\n'
+    print(text, end='')
+    if args.output is not None:
+        write_text_atomic(args.output, text)
+    if args.plot is not None:
+        latency, served, end_s = trace
+        plot(args.plot, latency, served, end_s, None, args.requests, target_ms, infos,
+             f'Controller ({target}) on {args.run.name}: latency per call, phases, active entry (round 1)')
+    return 0 if ok_miss and ok_acc else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
