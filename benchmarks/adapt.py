@@ -135,7 +135,7 @@ def serve_fixed(entries, index, requests, args):
     return latency, [index] * len(latency), [], None
 
 
-def plot(path: Path, latency, served, end_s, phases, per_phase, target_ms, infos, title):
+def plot(path: Path, latency, served, end_s, per_phase, target_ms, infos, title):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     requests = digits_requests(args.requests * len(PHASES), sorted({i.resolution for i in infos}),
                                cfg.get('mean', (0.5,) * 3), cfg.get('std', (0.5,) * 3), args.seed)
     load_before = os.getloadavg()
-    measured = measure_latency(entries, repeats=30, warmup=5)
+    measured = measure_latency(entries, repeats=30, warmup=2)
     best = max(range(len(infos)), key=lambda i: (infos[i].accuracy, -measured[i]))
     target_ms = args.target_ms or args.target_factor * measured[best]
     target = LatencyTarget(ms=target_ms, percentile=args.percentile)
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
              f'- load average (1, 5, 15 min) before: {", ".join(f"{v:.2f}" for v in load_before)}; '
              f'after: {", ".join(f"{v:.2f}" for v in os.getloadavg())}',
              f'- schedule: {" -> ".join(name for name, _ in PHASES)}, {args.requests} requests each, back to back; '
-             f'{args.rounds} rounds of every policy (order reversed each round), {elapsed:.0f} s in all',
+             f'{args.rounds} round(s) of every policy (order reversed each round), {elapsed:.0f} s in all',
              f'- target: {target} ({"given" if args.target_ms else f"{args.target_factor:g} x the measured latency of the most accurate entry, {infos[best].name}"}); '
              f'controller settings: {settings}', '',
              'Entries (measured median latency here, idle, before the schedule):', '',
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
         write_text_atomic(args.output, text)
     if args.plot is not None:
         latency, served, end_s = trace
-        plot(args.plot, latency, served, end_s, None, args.requests, target_ms, infos,
+        plot(args.plot, latency, served, end_s, args.requests, target_ms, infos,
              f'Controller ({target}) on {args.run.name}: latency per call, phases, active entry (round 1)')
     return 0 if ok_miss and ok_acc else 1
 

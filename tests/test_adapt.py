@@ -132,6 +132,10 @@ def test_window_percentile_and_ladder():
     assert ladder(infos) == [0, 2, 3]
     assert ladder(infos, latency_ms=[1.0, 0.5, 3.0, 4.0]) == [1, 0, 2, 3]  # measured speed orders it
     assert ladder([EntryInfo('a', flops=2), EntryInfo('b', flops=1)]) == [1, 0]  # no accuracies: all, by FLOPs
+    # held-out accuracy (selection) decides which entries stay, not the validation accuracy that is reported
+    held_out = [EntryInfo('a', flops=1, accuracy=50, selection=60), EntryInfo('b', flops=2, accuracy=55, selection=59),
+                EntryInfo('c', flops=3, accuracy=54, selection=61)]
+    assert ladder(held_out) == [0, 2]
 
 
 @pytest.mark.parametrize('make, match', [

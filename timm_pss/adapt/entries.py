@@ -23,9 +23,10 @@ from torch import nn
 from ..budget_table import LATENCY_METRIC
 from ..supernet import find_supernet
 
-__all__ = ['ACCURACY_METRIC', 'EntryInfo', 'ServingEntries', 'SupernetEntries', 'ladder', 'measure_latency']
+__all__ = ['ACCURACY_METRIC', 'SELECTION_METRIC', 'EntryInfo', 'ServingEntries', 'SupernetEntries', 'ladder', 'measure_latency']
 
 ACCURACY_METRIC = 'top1'  # the budget-table metric read as an entry's accuracy: validation top-1 (%)
+SELECTION_METRIC = 'heldout_top1'  # the one the ladder keeps entries by (as set_budget does): not the validation
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class EntryInfo:
     accuracy: Optional[float] = None  # validation top-1 (%)
     latency_ms: Optional[float] = None  # predicted (or measured) on the device it is served on
     resolution: Optional[int] = None  # input side the entry runs at
+    selection: Optional[float] = None  # what the ladder compares entries by, if not `accuracy` (held-out top-1)
 
 
 class ServingEntries(Protocol):
@@ -53,7 +55,9 @@ class ServingEntries(Protocol):
 class SupernetEntries:
     """The budget-table entries of a trained supernet (or anything wrapping one) as `ServingEntries`.
 
-    Accuracy is each entry's `top1` metric (validation top-1, recorded by train_pss.py), latency its predicted
+    Accuracy is each entry's `top1` metric (validation top-1, recorded by train_pss.py); the ladder keeps entries
+    by `heldout_top1` (accuracy on held-out training data) where the table has it, so which entries are served is
+    not chosen on the validation split that the reported accuracy comes from. Latency is the predicted
     `latency_ms` (`timm_pss.latency.record_latency`) when the table has one for the device the model is on. The
     lock is the model's `switch_lock`, the one `timm_pss.budget(...)` holds, so the controller and `with budget()`
     blocks on the same model never interleave. Calls run under `torch.inference_mode`.
@@ -77,7 +81,8 @@ class SupernetEntries:
         self.device = device
         self.in_chans = int((getattr(self.supernet, 'pretrained_cfg', None) or {}).get('input_size', (3,))[0])
         self.infos = [EntryInfo(name=f'#{i}', flops=float(e.flops), accuracy=e.metrics.get(accuracy_metric),
-                                latency_ms=e.metrics.get(LATENCY_METRIC), resolution=e.subnet.resolution)
+                                latency_ms=e.metrics.get(LATENCY_METRIC), resolution=e.subnet.resolution,
+                                selection=e.metrics.get(SELECTION_METRIC))
                       for i, e in enumerate(table)]
         self.lock = self.supernet.switch_lock
 
@@ -95,10 +100,11 @@ class SupernetEntries:
 
 
 def ladder(infos: Sequence[EntryInfo], latency_ms: Optional[Sequence[float]] = None) -> List[int]:
-    """Entry indices fastest first, keeping only entries more accurate than every faster one kept.
+    """Entry indices fastest first, keeping only entries better than every faster one kept.
 
     Speed is `latency_ms` (given, e.g. measured) or the entries' own latencies when every entry has one, else
-    FLOPs; ties break by FLOPs then index. Without an accuracy for every entry, all entries stay.
+    FLOPs; ties break by FLOPs then index. Better: a higher `selection` when every entry has one, else a higher
+    `accuracy`; without either for every entry, all entries stay.
     """
     if not infos:
         raise ValueError('no entries to serve')
@@ -110,36 +116,40 @@ def ladder(infos: Sequence[EntryInfo], latency_ms: Optional[Sequence[float]] = N
             raise ValueError('every entry needs a latency or FLOPs to order the ladder by')
         speed = [i.flops for i in infos]
     order = sorted(range(len(infos)), key=lambda i: (speed[i], infos[i].flops or 0.0, i))
-    if any(i.accuracy is None for i in infos):
+    if all(i.selection is not None for i in infos):
+        quality = [i.selection for i in infos]
+    elif all(i.accuracy is not None for i in infos):
+        quality = [i.accuracy for i in infos]
+    else:
         return order
     kept: List[int] = []
     for i in order:
-        if not kept or infos[i].accuracy > infos[kept[-1]].accuracy:
+        if not kept or quality[i] > quality[kept[-1]]:
             kept.append(i)
     return kept
 
 
-def measure_latency(entries: ServingEntries, repeats: int = 10, warmup: int = 2,
+def measure_latency(entries: ServingEntries, repeats: int = 10, warmup: int = 1,
                     clock: Callable[[], float] = time.perf_counter) -> List[float]:
-    """Each entry's median latency (ms) of `entries(entries.example(i))` here and now, after `warmup` calls.
+    """Each entry's median latency (ms) of `entries(entries.example(i))` here and now.
 
-    Holds the entries' lock throughout; afterwards the entry that was active is NOT restored (the caller
+    Interleaved, so a change of the machine's speed meanwhile falls on every entry alike: `repeats` rounds, each
+    activating every entry in turn, running `warmup` untimed calls (the first call after a switch may be slower)
+    and timing one. Holds the entries' lock throughout; the entry active afterwards is the last one (the caller
     activates the one it serves next).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f'repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}')
-    out = []
+    count = len(entries.infos)
+    times: List[List[float]] = [[] for _ in range(count)]
     with entries.lock:
-        for index in range(len(entries.infos)):
-            entries.activate(index)
-            x = entries.example(index)
-            for _ in range(warmup):
-                entries(x)
-            times = []
-            for _ in range(repeats):
+        examples = [entries.example(i) for i in range(count)]
+        for _ in range(repeats):
+            for index in range(count):
+                entries.activate(index)
+                for _ in range(warmup):
+                    entries(examples[index])
                 start = clock()
-                entries(x)
-                times.append((clock() - start) * 1e3)
-            out.append(statistics.median(times))
-    return out
-
+                entries(examples[index])
+                times[index].append((clock() - start) * 1e3)
+    return [statistics.median(t) for t in times]

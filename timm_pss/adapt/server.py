@@ -7,6 +7,7 @@ controller, and switch if it says so (the switch's own time is recorded). `repor
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -111,7 +112,7 @@ class AdaptiveServer:
             if len(latency_ms) != len(infos) or not all(math.isfinite(v) and v > 0 for v in latency_ms):
                 raise ValueError(f'latency_ms must be one positive finite latency per entry ({len(infos)}), got '
                                  f'{list(latency_ms)}')
-            infos = [EntryInfo(i.name, i.flops, i.accuracy, float(v), i.resolution) for i, v in zip(infos, latency_ms)]
+            infos = [dataclasses.replace(i, latency_ms=float(v)) for i, v in zip(infos, latency_ms)]
         self.entries, self.target, self.settings, self.clock = entries, target, settings, clock
         self.infos = infos
         self.rungs = ladder(infos)
