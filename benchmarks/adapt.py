@@ -24,7 +24,8 @@ What it does:
    latency over time with the phases and the active entry (`--plot`).
 
 Goal (issue 28), the exit status: the controller's miss rate <= `--max-miss` (5 %) over the whole schedule, and its
-mean served accuracy at least that of the best fixed entry whose miss rate is also <= `--max-miss`.
+mean served accuracy at least that of the best fixed entry whose miss rate is also <= `--max-miss` (always 0 with
+`--quick`, a smoke test).
 """
 import one_thread  # noqa: F401  (first: one thread for BLAS and OpenMP before numpy and torch load)
 
@@ -183,7 +184,11 @@ def parse_args(argv=None):
     parser.add_argument('--output', type=Path, help='also write the report here (refused if it exists)')
     parser.add_argument('--plot', type=Path, help='write the controller\'s latency-over-time plot here (PNG)')
     parser.add_argument('--force', action='store_true', help='let --output / --plot replace existing files')
+    parser.add_argument('--quick', action='store_true', help='a smoke test: 20 requests per phase, 1 round, 3 '
+                                                             'measuring rounds; the exit status ignores the goal')
     args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.rounds = min(args.requests, 20), 1
     for name in ('requests', 'rounds', 'target_factor', 'max_busy_s'):
         if getattr(args, name) <= 0:
             parser.error(f'--{name.replace("_", "-")} must be positive')
@@ -214,7 +219,7 @@ def main(argv=None) -> int:
     requests = digits_requests(args.requests * len(PHASES), sorted({i.resolution for i in infos}),
                                cfg.get('mean', (0.5,) * 3), cfg.get('std', (0.5,) * 3), args.seed)
     load_before = os.getloadavg()
-    measured = measure_latency(entries, repeats=30, warmup=2)
+    measured = measure_latency(entries, repeats=3 if args.quick else 30, warmup=2)
     best = max(range(len(infos)), key=lambda i: (infos[i].accuracy, -measured[i]))
     target_ms = args.target_ms or args.target_factor * measured[best]
     target = LatencyTarget(ms=target_ms, percentile=args.percentile)
@@ -281,7 +286,7 @@ def main(argv=None) -> int:
     else:
         ok_acc = True
         lines.append(f'No fixed entry keeps its misses <= {args.max_miss:.0%} on this schedule')
-    lines += ['', f'Goal: controller misses <= {args.max_miss:.0%}: {yes_no(ok_miss)}; mean served accuracy >= the '
+    lines += ['', f'Goal{" (not checked with --quick)" if args.quick else ""}: controller misses <= {args.max_miss:.0%}: {yes_no(ok_miss)}; mean served accuracy >= the '
                   f'best fixed entry within that miss rate: {yes_no(ok_acc)}']
     text = '\n'.join(lines) + '\n'
     print(text, end='')
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
         latency, served, end_s = trace
         plot(args.plot, latency, served, end_s, args.requests, target_ms, infos,
              f'Controller ({target}) on {args.run.name}: latency per call, phases, active entry (round 1)')
-    return 0 if ok_miss and ok_acc else 1
+    return 0 if args.quick or (ok_miss and ok_acc) else 1
 
 
 if __name__ == '__main__':

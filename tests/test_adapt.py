@@ -283,3 +283,28 @@ def test_threads_sharing_one_model_each_run_on_the_entry_chosen_for_them(model):
         for x, call in calls:
             model.set_budget_entry(call.entry)
             torch.testing.assert_close(call.output, model(x), rtol=0, atol=0)
+
+
+def test_benchmark_quick_runs_end_to_end(model, tmp_path, capsys):
+    """benchmarks/adapt.py's main on a saved run folder with its smoke-test settings: the report and the plot; an
+    existing --output is refused before any work."""
+    from timm.models import save_for_hf
+
+    from support import import_benchmark
+    run = tmp_path / 'run'
+    save_for_hf(model, str(run), model_args=TINY, safe_serialization=True)
+    out, png = tmp_path / 'adapt.txt', tmp_path / 'adapt.png'
+    bench = import_benchmark('adapt')
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main([str(run), '--quick', '--requests', '5', '--output', str(out), '--plot', str(png),
+                           '--target-ms', '1000']) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert '| adaptive |' in text and '| fixed #3 |' in text and 'Goal (not checked with --quick)' in text
+    assert png.stat().st_size > 0
+    with pytest.raises(SystemExit):
+        bench.parse_args([str(run), '--output', str(out)])
+    assert 'exists; choose another path or pass --force' in capsys.readouterr().err
