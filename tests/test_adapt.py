@@ -86,24 +86,23 @@ def test_hysteresis_band_holds_still():
 
 
 def test_noisy_timings_do_not_make_it_oscillate():
-    rng = np.random.default_rng(0)
+    rng, calls = np.random.default_rng(0), 10000
     target, settings = LatencyTarget(ms=10, percentile=95), ControlSettings()
     # rung 1 serves ~5 ms with heavy-tailed noise (its p95 well under 10 ms), rung 2 ~2x that: never tried
     c = LatencyController([1, 2, 4], target, settings, start=1)
-    assert drive(c, 5.0 * rng.lognormal(0, 0.25, 20000)) == []
+    assert drive(c, 5.0 * rng.lognormal(0, 0.25, calls)) == []
     # a rung whose cost ratio says it fits but whose calls then miss: tried again ever more rarely (doubling bar)
-    c = LatencyController([1, 1.2, 4], target, settings, start=0)
-    switches = []
-    for n in range(1, 20001):
-        ms = (6.0 if c.rung == 0 else 12.0) * rng.lognormal(0, 0.1)
-        if c.observe(ms, n * 1e-3) is not None:
-            switches.append(n)
-    assert 2 <= len(switches) <= 2 * (2 + math.ceil(math.log2(settings.max_backoff_calls / settings.backoff_calls))
-                                      + 20000 // settings.max_backoff_calls)
+
+    def switches(settings):
+        c, n_switches = LatencyController([1, 1.2, 4], target, settings, start=0), 0
+        for n in range(1, calls + 1):
+            n_switches += c.observe((5.0 if c.rung == 0 else 12.0) * rng.lognormal(0, 0.1), n * 1e-3) is not None
+        return n_switches
+    backing_off = switches(settings)
+    assert 2 <= backing_off <= 2 * (2 + math.ceil(math.log2(settings.max_backoff_calls / settings.backoff_calls))
+                                    + calls // settings.max_backoff_calls)
     # without the backoff it would retry after every dwell: many times more switches
-    c = LatencyController([1, 1.2, 4], target, ControlSettings(backoff_calls=1, max_backoff_calls=1), start=0)
-    flapping = drive(c, [6.0 if i % 40 < 20 else 12.0 for i in range(20000)])
-    assert len(flapping) > 10 * len(switches)
+    assert switches(ControlSettings(backoff_calls=1, max_backoff_calls=1)) > 10 * backing_off
 
 
 def test_minimum_dwell_in_calls_and_seconds():
@@ -171,7 +170,7 @@ def test_server_follows_the_load_on_a_real_model(model):
     try:
         assert server.entry == 1  # predicted 4 ms: the highest within (1 - 0.2) * 7 ms
         x = torch.randn(1, 3, 24, 24)
-        phases = [(1.0, 100), (3.0, 200), (1.0, 300)]
+        phases = [(1.0, 60), (3.0, 150), (1.0, 100)]
         served = []
         for factor, calls in phases:
             load[0] = factor
@@ -186,7 +185,7 @@ def test_server_follows_the_load_on_a_real_model(model):
     report = server.report()
     entries = [c.entry for phase in served for c in phase]
     latencies = [c.latency_ms for phase in served for c in phase]
-    assert report.calls == 600 and report.switches == sum(c.switched_to is not None for p in served for c in p) >= 2
+    assert report.calls == 310 and report.switches == sum(c.switched_to is not None for p in served for c in p) >= 2
     assert report.mean_accuracy == pytest.approx(np.mean([TOP1[e] for e in entries]))
     assert report.miss_rate == pytest.approx(np.mean(np.array(latencies) > 7.0))
     assert report.p99_ms == pytest.approx(np.percentile(latencies, 99))
