@@ -144,7 +144,7 @@ def plot(path: Path, latency, served, end_s, per_phase, target_ms, infos, title)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     colors = ('white', '#fde0c5', '#f7a35c', 'white')
     for number, (name, _) in enumerate(PHASES):
-        lo, hi = t[number * per_phase], t[min((number + 1) * per_phase, len(t)) - 1]
+        lo, hi = t[number * per_phase], t[min((number + 1) * per_phase, len(t) - 1)]
         ax.axvspan(lo, hi, color=colors[number], alpha=0.6, lw=0)
         ax.text((lo + hi) / 2, 0.98, name, transform=ax.get_xaxis_transform(), ha='center', va='top', fontsize=9)
     ax.scatter(t, latency, s=3, color='tab:blue', label='latency of each call (ms)')

@@ -199,8 +199,9 @@ def test_served_output_is_the_entry_s_own_and_the_input_matches_its_resolution(m
     assert server.entry == 3 and server.resolution == model.budget_table[3].subnet.resolution
     x = torch.randn(1, 3, 24, 24)
     seen = []
+    model.set_budget_entry(0)  # someone else switches the shared model: the next call goes back to entry 3
     call = server.serve(lambda r: seen.append(r) or x)
-    assert seen == [24]
+    assert seen == [24] and call.entry == 3 and model.active_budget_index == 3
     model.set_budget_entry(3)
     with torch.no_grad():
         torch.testing.assert_close(call.output, model(x), rtol=0, atol=0)

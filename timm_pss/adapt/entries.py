@@ -1,7 +1,8 @@
 """What the controller switches between: an ordered set of servable entries behind a small interface.
 
 `ServingEntries` is that interface: `infos` (one `EntryInfo` per entry: name, FLOPs, validation accuracy,
-predicted latency, input resolution), a `lock` held from a switch through the call it serves, `activate(i)`,
+predicted latency, input resolution), a `lock` held from a switch through the call it serves, `active` (the
+entry in use), `activate(i)`,
 `example(i)` (an input of the entry's shape, for measuring) and `__call__(x)` (run the active entry).
 `SupernetEntries` implements it for a trained supernet and its budget table (one shared model, switched with
 `set_budget_entry` under the model's `switch_lock`). A set of exported static models (one inference session
@@ -45,6 +46,9 @@ class ServingEntries(Protocol):
     infos: Sequence[EntryInfo]
     lock: ContextManager
 
+    @property
+    def active(self) -> Optional[int]: ...
+
     def activate(self, index: int) -> None: ...
 
     def example(self, index: int) -> Any: ...
@@ -85,6 +89,11 @@ class SupernetEntries:
                                 selection=e.metrics.get(SELECTION_METRIC))
                       for i, e in enumerate(table)]
         self.lock = self.supernet.switch_lock
+
+    @property
+    def active(self) -> Optional[int]:
+        """The entry whose subnet and BN statistics are in use (None: none, e.g. after a bare set_subnet)."""
+        return self.supernet.active_budget_index
 
     def activate(self, index: int) -> None:
         self.supernet.set_budget_entry(index)

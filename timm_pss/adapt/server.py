@@ -95,7 +95,8 @@ class AdaptiveServer:
     `server(x)` returns the output; `server.serve(x)` a `ServedCall` (output, entry, latency, switch). `x` may be a
     callable taking the active entry's input resolution and returning the input, called under the lock (so the
     input matches the entry that runs it; its time counts in the latency). `report()` covers the last `history`
-    calls. When the target is missed on the fastest entry (the load is too high for any), a RuntimeWarning is
+    calls. If something else switched the entries between two calls (e.g. a bare `model.set_budget` elsewhere), the
+    next call first switches back to the controller's entry. When the target is missed on the fastest entry (the load is too high for any), a RuntimeWarning is
     issued once and the report's miss rate shows it; the controller keeps serving the fastest entry.
     """
 
@@ -137,6 +138,8 @@ class AdaptiveServer:
         arrived = self.clock()
         with self.entries.lock:
             entry = self.entry
+            if self.entries.active != entry:  # switched by someone else since the last call (a bare set_budget)
+                self.entries.activate(entry)
             inputs = x(self.infos[entry].resolution) if callable(x) else x
             output = self.entries(inputs)
             done = self.clock()
