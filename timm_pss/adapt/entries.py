@@ -24,7 +24,8 @@ from torch import nn
 from ..budget_table import LATENCY_METRIC
 from ..supernet import find_supernet
 
-__all__ = ['ACCURACY_METRIC', 'SELECTION_METRIC', 'EntryInfo', 'ServingEntries', 'SupernetEntries', 'ladder', 'measure_latency']
+__all__ = ['ACCURACY_METRIC', 'SELECTION_METRIC', 'EntryInfo', 'ServingEntries', 'SupernetEntries', 'ladder',
+           'measure_latency']
 
 ACCURACY_METRIC = 'top1'  # the budget-table metric read as an entry's accuracy: validation top-1 (%)
 SELECTION_METRIC = 'heldout_top1'  # the one the ladder keeps entries by (as set_budget does): not the validation

@@ -96,8 +96,9 @@ class AdaptiveServer:
     callable taking the active entry's input resolution and returning the input, called under the lock (so the
     input matches the entry that runs it; its time counts in the latency). `report()` covers the last `history`
     calls. If something else switched the entries between two calls (e.g. a bare `model.set_budget` elsewhere), the
-    next call first switches back to the controller's entry. When the target is missed on the fastest entry (the load is too high for any), a RuntimeWarning is
-    issued once and the report's miss rate shows it; the controller keeps serving the fastest entry.
+    next call first switches back to the controller's entry. When the target is missed on the fastest entry (the
+    load is too high for any), a RuntimeWarning is issued once and the report's miss rate shows it; the controller
+    keeps serving the fastest entry.
     """
 
     def __init__(self, entries: ServingEntries, target: LatencyTarget, settings: ControlSettings = ControlSettings(),
@@ -155,8 +156,9 @@ class AdaptiveServer:
             warn = self.controller.over_target_at_fastest and not self._warned
             self._warned = self._warned or bool(warn)
         if warn:
-            warnings.warn(f'latency target {self.target} missed on the fastest entry ({self.infos[self.rungs[0]].name}):'
-                          f' the load is too high for any entry; serving the fastest', RuntimeWarning, stacklevel=2)
+            fastest = self.infos[self.rungs[0]].name
+            warnings.warn(f'latency target {self.target} missed on the fastest entry ({fastest}): the load is too '
+                          f'high for any entry; serving the fastest', RuntimeWarning, stacklevel=2)
         return ServedCall(output, entry, latency, switched)
 
     def __call__(self, x: Any) -> Any:
