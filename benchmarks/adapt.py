@@ -13,12 +13,13 @@ What it does:
 2. Measures every entry's median latency here, before any load (`timm_pss.adapt.measure_latency`); the target is
    `--target-ms` (default: `--target-factor` x the measured latency of the most accurate entry), as the
    `--percentile` of recent calls; a call over the target is a deadline miss.
-3. For the controller and then each fixed entry, in that order, `--rounds` times (the order reversed every other
-   round, so a drift of the machine's speed falls on both sides), a client sends the requests back to back at batch
-   1 through the phases `idle`, `1 busy`, `2 busy`, `idle`: during a busy phase that many processes of the
-   benchmark's own spin on the CPU (each stops itself after `--max-busy-s` at the latest, and is stopped at the end
-   of its phase, also on error or Ctrl-C). Phases are counted in requests, so every policy meets each phase for the
-   same number of requests.
+3. The controller and each fixed entry (the policies) serve the same requests, back to back at batch 1, through the
+   phases `idle`, `1 busy`, `2 busy`, `idle`: during a busy phase that many processes of the benchmark's own spin
+   on the CPU (each stops itself after `--max-busy-s` at the latest, and is stopped at the end of its phase, also
+   on error or Ctrl-C). Phases are counted in requests, and within a phase the policies take turns in blocks of
+   `--block` requests (the order rotating), so a change in the machine's speed (other work on a shared machine)
+   falls on all policies alike. Each block starts with the shared model put on the policy's entry and one untimed
+   call (the benchmark's switch, not the policy's); the controller keeps its state across blocks.
 4. Reports per policy: deadline-miss rate (overall and per phase), mean served accuracy (the validation top-1 of the
    entry that served each request, from the table), p50 / p99, switches and their cost; and plots the controller's
    latency over time with the phases and the active entry (`--plot`).
@@ -100,56 +101,72 @@ def digits_requests(count: int, resolutions: Sequence[int], mean, std, seed: int
     return out
 
 
-def run_schedule(serve, requests, per_phase: int, max_busy_s: float) -> List[float]:
-    """Send every request through `serve(request)` back to back across the phases; per-call latencies (ms) come
-    from `serve` itself. Returns the phase of each call."""
-    phases = []
+class Policy:
+    """One contender: the controller (`server` given) or one fixed entry. It serves the requests of its blocks and
+    keeps what happened: latency (ms), entry and phase of each call, and its switch times (ms)."""
+
+    def __init__(self, name: str, entries, fixed: int = None, server: AdaptiveServer = None):
+        self.name, self.entries, self.fixed, self.server = name, entries, fixed, server
+        self.latency, self.served, self.phase, self.switch_ms = [], [], [], []
+
+    def begin_block(self, warm_request) -> None:
+        """Put the shared model on this policy's entry and run one untimed call there: the first call after a
+        switch may be slower, and that switch is the benchmark's (its interleaving), not the policy's."""
+        entry = self.fixed if self.server is None else self.server.entry
+        with self.entries.lock:
+            self.entries.activate(entry)
+            self.entries(warm_request[self.entries.infos[entry].resolution])
+
+    def serve(self, request, phase: int) -> None:
+        if self.server is not None:
+            call = self.server.serve(lambda resolution: request[resolution])
+            latency, entry = call.latency_ms, call.entry
+            if call.switched_to is not None:
+                self.switch_ms.append(self.server.history()[-1][3])
+        else:  # timed exactly as the server times a call: arrival to output, the lock included
+            arrived = time.perf_counter()
+            with self.entries.lock:
+                self.entries(request[self.entries.infos[self.fixed].resolution])
+            latency, entry = (time.perf_counter() - arrived) * 1e3, self.fixed
+        self.latency.append(latency)
+        self.served.append(entry)
+        self.phase.append(phase)
+
+
+def run_schedule(policies: Sequence[Policy], requests, per_phase: int, block: int, max_busy_s: float) -> None:
+    """Every policy serves every request across the phases, back to back, interleaved in blocks of `block`
+    requests (the policies' order rotating from block to block), so a change in the machine's speed during a phase
+    falls on all of them alike; each phase's load runs for the whole phase."""
+    turn = 0
     for number, (_, busy) in enumerate(PHASES):
+        phase_requests = requests[number * per_phase:(number + 1) * per_phase]
         with BusyLoad(busy, max_busy_s):
-            for request in requests[number * per_phase:(number + 1) * per_phase]:
-                serve(request)
-                phases.append(number)
-    return phases
+            for first in range(0, per_phase, block):
+                chunk = phase_requests[first:first + block]
+                for k in range(len(policies)):
+                    policy = policies[(turn + k) % len(policies)]
+                    policy.begin_block(chunk[0])
+                    for request in chunk:
+                        policy.serve(request, number)
+                turn += 1
 
 
-def serve_adaptive(entries, target, settings, latency_ms, requests, args):
-    """The controller over the schedule: (latencies, entries, switch times, call end times)."""
-    server = AdaptiveServer(entries, target, settings, latency_ms=latency_ms, history=len(requests))
-    run_schedule(lambda r: server.serve(lambda res: r[res]), requests, args.requests, args.max_busy_s)
-    end_s, latency, served, switch = zip(*server.history())
-    return list(latency), list(served), [s for s in switch if s is not None], list(end_s)
-
-
-def serve_fixed(entries, index, requests, args):
-    """Entry `index` alone over the schedule, timed exactly as the server times a call (arrival to output)."""
-    latency = []
-    resolution = entries.infos[index].resolution
-    with entries.lock:
-        entries.activate(index)
-
-    def serve(request):
-        arrived = time.perf_counter()
-        with entries.lock:
-            entries(request[resolution])
-        latency.append((time.perf_counter() - arrived) * 1e3)
-    run_schedule(serve, requests, args.requests, args.max_busy_s)
-    return latency, [index] * len(latency), [], None
-
-
-def plot(path: Path, latency, served, end_s, per_phase, target_ms, infos, title):
+def plot(path: Path, latency, served, phase, target_ms, infos, title):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    t = np.asarray(end_s) - end_s[0]
+    t = np.arange(len(latency))  # the controller's requests in order (the other policies' blocks in between)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     colors = ('white', '#fde0c5', '#f7a35c', 'white')
     for number, (name, _) in enumerate(PHASES):
-        lo, hi = t[number * per_phase], t[min((number + 1) * per_phase, len(t) - 1)]
+        inside = np.flatnonzero(np.asarray(phase) == number)
+        later = np.flatnonzero(np.asarray(phase) > number)
+        lo, hi = t[inside[0]] - 0.5, (t[later[0]] if len(later) else t[-1]) - 0.5
         ax.axvspan(lo, hi, color=colors[number], alpha=0.6, lw=0)
         ax.text((lo + hi) / 2, 0.98, name, transform=ax.get_xaxis_transform(), ha='center', va='top', fontsize=9)
     ax.scatter(t, latency, s=3, color='tab:blue', label='latency of each call (ms)')
     ax.axhline(target_ms, color='tab:red', lw=1, ls='--', label=f'target {target_ms:.3g} ms')
-    ax.set_xlabel('time (s)')
+    ax.set_xlabel('request (the controller\'s own, in order; the fixed entries\' blocks interleaved)')
     ax.set_ylabel('latency (ms)')
     ax.set_ylim(0, max(np.percentile(latency, 99.5) * 1.2, target_ms * 1.5))
     ax2 = ax.twinx()
@@ -173,7 +190,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('run', type=Path, help='a train_pss.py run folder (model.safetensors + config.json)')
     parser.add_argument('--requests', type=int, default=300, help='requests per phase')
-    parser.add_argument('--rounds', type=int, default=2, help='passes over all policies (order reversed each time)')
+    parser.add_argument('--block', type=int, default=25, help='requests a policy serves before the next one\'s turn')
     parser.add_argument('--target-ms', type=float, help='latency target (ms); default --target-factor x the '
                                                         'measured latency of the most accurate entry')
     parser.add_argument('--target-factor', type=float, default=3.0)
@@ -184,12 +201,12 @@ def parse_args(argv=None):
     parser.add_argument('--output', type=Path, help='also write the report here (refused if it exists)')
     parser.add_argument('--plot', type=Path, help='write the controller\'s latency-over-time plot here (PNG)')
     parser.add_argument('--force', action='store_true', help='let --output / --plot replace existing files')
-    parser.add_argument('--quick', action='store_true', help='a smoke test: 20 requests per phase, 1 round, 3 '
+    parser.add_argument('--quick', action='store_true', help='a smoke test: at most 20 requests per phase, 3 '
                                                              'measuring rounds; the exit status ignores the goal')
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.rounds = min(args.requests, 20), 1
-    for name in ('requests', 'rounds', 'target_factor', 'max_busy_s'):
+        args.requests = min(args.requests, 20)
+    for name in ('requests', 'block', 'target_factor', 'max_busy_s'):
         if getattr(args, name) <= 0:
             parser.error(f'--{name.replace("_", "-")} must be positive')
     if args.target_ms is not None and args.target_ms <= 0:
@@ -227,22 +244,11 @@ def main(argv=None) -> int:
                                                     f'accurate entry, {infos[best].name}')
     settings = ControlSettings()
 
-    policies = ['adaptive'] + [f'fixed {info.name}' for info in infos]
-    pooled = {p: ([], [], [], []) for p in policies}  # latency, served, switch ms, phase
-    trace = None
+    server = AdaptiveServer(entries, target, settings, latency_ms=measured, history=len(requests))
+    policies = [Policy('adaptive', entries, server=server)] + [
+        Policy(f'fixed {info.name}', entries, fixed=i) for i, info in enumerate(infos)]
     started = time.time()
-    for round_number in range(args.rounds):
-        order = policies if round_number % 2 == 0 else policies[::-1]
-        for policy in order:
-            if policy == 'adaptive':
-                latency, served, switch, end_s = serve_adaptive(entries, target, settings, measured, requests, args)
-                if trace is None:
-                    trace = (latency, served, end_s)
-            else:
-                latency, served, switch, _ = serve_fixed(entries, policies.index(policy) - 1, requests, args)
-            phase = np.repeat(np.arange(len(PHASES)), args.requests)
-            for store, values in zip(pooled[policy], (latency, served, switch, phase)):
-                store.extend(values)
+    run_schedule(policies, requests, args.requests, args.block, args.max_busy_s)
     elapsed = time.time() - started
 
     lines = [machine_lines('Run-time adaptation: latency controller vs fixed budget-table entries'), '',
@@ -250,8 +256,8 @@ def main(argv=None) -> int:
              f'{len(infos)} entries), 1 torch thread, batch 1, requests at each entry\'s own resolution',
              f'- load average (1, 5, 15 min) before: {", ".join(f"{v:.2f}" for v in load_before)}; '
              f'after: {", ".join(f"{v:.2f}" for v in os.getloadavg())}',
-             f'- schedule: {" -> ".join(name for name, _ in PHASES)}, {args.requests} requests each, back to back; '
-             f'{args.rounds} round(s) of every policy (order reversed each round), {elapsed:.0f} s in all',
+             f'- schedule: {" -> ".join(name for name, _ in PHASES)}, {args.requests} requests each, back to back, '
+             f'every policy in turn in blocks of {args.block} requests (rotating order), {elapsed:.0f} s in all',
              f'- target: {target} ({target_origin}); controller settings: {settings}', '',
              'Entries (median latency measured here before the schedule, without the benchmark\'s own load):', '',
              format_table(['entry', 'MFLOPs', 'res', 'val top-1 (%)', 'measured (ms)'],
@@ -259,26 +265,23 @@ def main(argv=None) -> int:
                            for i, m in zip(infos, measured)]), '']
     rows, reports = [], {}
     for policy in policies:
-        latency, served, switch, phase = pooled[policy]
-        report = serving_report(latency, served, infos, target.miss_ms, switch)
-        reports[policy] = report
-        phase = np.asarray(phase)
-        lat = np.asarray(latency)
+        report = serving_report(policy.latency, policy.served, infos, target.miss_ms, policy.switch_ms)
+        reports[policy.name] = report
+        phase, lat = np.asarray(policy.phase), np.asarray(policy.latency)
         per_phase = [float((lat[phase == k] > target.miss_ms).mean()) for k in range(len(PHASES))]
         p95_phase = [float(np.percentile(lat[phase == k], 95)) for k in range(len(PHASES))]
-        rows.append([policy, f'{report.miss_rate:.1%}', ' / '.join(f'{m:.0%}' for m in per_phase),
+        rows.append([policy.name, f'{report.miss_rate:.1%}', ' / '.join(f'{m:.0%}' for m in per_phase),
                      ' / '.join(f'{v:.1f}' for v in p95_phase),
                      f'{report.mean_accuracy:.2f}', f'{report.p50_ms:.2f}', f'{report.p99_ms:.2f}',
                      str(report.switches), '-' if not report.switches else f'{report.switch_ms:.3f}'])
-    lines += [f'Per policy, pooled over the rounds ({args.rounds * args.requests * len(PHASES)} requests each):', '',
+    lines += [f'Per policy ({len(requests)} requests each):', '',
               format_table(['policy', 'miss rate', 'misses per phase', 'p95 per phase (ms)', 'mean served top-1 (%)',
-                            'p50 (ms)',
-                            'p99 (ms)', 'switches', 'switch (ms)'], rows), '']
+                            'p50 (ms)', 'p99 (ms)', 'switches', 'switch (ms)'], rows), '']
     adaptive = reports['adaptive']
     lines.append('Controller, time per entry: ' + ', '.join(
         f'{name} {n / adaptive.calls:.0%} of calls, {adaptive.seconds_per_entry[name]:.2f} s'
         for name, n in adaptive.calls_per_entry.items()))
-    fitting = [p for p in policies[1:] if reports[p].miss_rate <= args.max_miss]
+    fitting = [p.name for p in policies[1:] if reports[p.name].miss_rate <= args.max_miss]
     ok_miss = adaptive.miss_rate <= args.max_miss
     if fitting:
         best_fixed = max(fitting, key=lambda p: reports[p].mean_accuracy)
@@ -299,9 +302,9 @@ def main(argv=None) -> int:
     if args.output is not None:
         write_text_atomic(args.output, text)
     if args.plot is not None:
-        latency, served, end_s = trace
-        plot(args.plot, latency, served, end_s, args.requests, target_ms, infos,
-             f'Controller ({target}) on {args.run.name}: latency per call, phases, active entry (round 1)')
+        ctl = policies[0]
+        plot(args.plot, ctl.latency, ctl.served, ctl.phase, target_ms, infos,
+             f'Controller ({target}) on {args.run.name}: latency per call, phases, active entry')
     return 0 if args.quick or (ok_miss and ok_acc) else 1
 
 

@@ -65,11 +65,17 @@ def drive(controller, latencies, start_s=0.0, step_s=0.001):
 # ---------------------------------------------------------------------------------------------- decision logic
 
 def test_steps_down_when_the_window_misses_and_lands_where_the_estimate_fits():
-    c = LatencyController([1, 2, 4], LatencyTarget(ms=10), ControlSettings(window=50, dwell_calls=20), start=2)
-    # p95 15 ms at rung 2: rung 1's estimate 7.5 ms fits (1 - 0.2) * 10, so one rung down, at the end of the dwell
-    assert drive(c, [15.0] * 20) == [(20, 1)]
-    c = LatencyController([1, 2, 4], LatencyTarget(ms=10), ControlSettings(dwell_calls=20), start=2)
-    assert drive(c, [40.0] * 20) == [(20, 0)]  # far over: straight to the rung whose estimate fits (or the fastest)
+    settings = ControlSettings(window=50, dwell_calls=20)
+    c = LatencyController([1, 2, 4], LatencyTarget(ms=10), settings, start=2)
+    # p95 10.5 ms at rung 2 (one call in ten over): rung 1's estimate 5.25 ms fits (1 - 0.2) * 10, so one rung
+    # down, at the end of the dwell
+    assert drive(c, ([9.0] * 9 + [15.0]) * 2) == [(20, 1)]
+    c = LatencyController([1, 2, 4], LatencyTarget(ms=10), settings, start=2)
+    # far over: straight to the rung whose estimate fits (or the fastest); and a window that already holds more
+    # misses than a full one may (2 of 50 for p95) steps down at once, before the dwell is over
+    assert drive(c, [40.0] * 20) == [(3, 0)]
+    c = LatencyController([1, 2, 4], LatencyTarget(ms=10), settings, start=2)
+    assert drive(c, [15.0] * 3) == [(3, 1)]
 
 
 def test_steps_up_only_with_headroom_one_rung_at_a_time():
@@ -106,10 +112,12 @@ def test_noisy_timings_do_not_make_it_oscillate():
 
 
 def test_minimum_dwell_in_calls_and_seconds():
-    c = LatencyController([1, 2], LatencyTarget(ms=10), ControlSettings(dwell_calls=5, dwell_s=1.0), start=1)
-    # 5 calls a second apart at 1 ms steps: none before a second has passed since the start
-    assert drive(c, [50.0] * 999, step_s=0.001) == []
-    assert c.observe(50.0, 1.0) == 0
+    c = LatencyController([1, 2], LatencyTarget(ms=10), ControlSettings(dwell_calls=5, dwell_s=1.0), start=0)
+    # calls 1 ms apart with ample headroom: no step up before a second has passed since the start
+    assert drive(c, [1.0] * 999, step_s=0.001) == []
+    assert c.observe(1.0, 1.0) == 1
+    c = LatencyController([1, 2], LatencyTarget(ms=10), ControlSettings(dwell_calls=5), start=0)
+    assert drive(c, [1.0] * 5) == [(5, 1)]  # and none before dwell_calls calls
 
 
 def test_starts_from_the_predicted_latency():

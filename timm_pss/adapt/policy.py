@@ -2,7 +2,9 @@
 ladder (the servable entries, fastest first) serves the next call.
 
 Rules (`LatencyController.observe`), evaluated after every call once the current rung has served `dwell_calls`
-calls and `dwell_s` seconds (its dwell), on the window of its last `window` latencies:
+calls and `dwell_s` seconds (its dwell), on the window of its last `window` latencies; and at once, dwell or not,
+when the window already holds more calls over the target than a full window may (5 % of 50 for p95: 2), since no
+later call can bring its percentile back under the target:
 
 - down: the window's `percentile` is over the target: go to the highest lower rung whose estimated percentile
   (the window's, times the rungs' cost ratio) is within `(1 - headroom)` of the target, at least one rung; the
@@ -135,6 +137,8 @@ class LatencyController:
         self.barred_until = [0] * len(costs)  # call count from which each rung may be entered again
         self.failures = [0] * len(costs)  # quick repeat failures of each rung, for the doubling backoff
         self.over_target_at_fastest = 0  # calls judged over the target while already on the fastest rung
+        # calls over the target a full window may hold with its percentile still within it
+        self.allowed_over = math.floor((1 - target.percentile / 100) * settings.window + 1e-9)
 
     def estimate(self, rung: int, percentile_ms: float) -> float:
         """The current window's percentile scaled to `rung` by the cost ratio."""
@@ -145,11 +149,13 @@ class LatencyController:
         self.calls += 1
         self.window.append(float(latency_ms))
         dwelt = self.calls - self.entered_call
-        if dwelt < self.settings.dwell_calls or now_s - self.entered_s < self.settings.dwell_s:
+        over = sum(v > self.target.ms for v in self.window)
+        failed = over > self.allowed_over  # no later call can bring this window's percentile back under the target
+        if not failed and (dwelt < self.settings.dwell_calls or now_s - self.entered_s < self.settings.dwell_s):
             return None
         p = window_percentile(self.window, self.target.percentile)
         limit = (1 - self.settings.headroom) * self.target.ms
-        if p > self.target.ms:
+        if failed or p > self.target.ms:
             if self.rung == 0:
                 self.over_target_at_fastest += 1
                 return None
