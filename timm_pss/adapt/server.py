@@ -52,9 +52,10 @@ class AdaptReport:
     def __str__(self) -> str:
         acc = 'unknown' if self.mean_accuracy is None else f'{self.mean_accuracy:.2f} %'
         share = ', '.join(f'{name} {n / self.calls:.0%}' for name, n in self.calls_per_entry.items())
+        switches = f'{self.switches} switches ({self.switch_ms:.3g} ms each)' if self.switches else 'no switches'
         return (f'{self.calls} calls: p50 {self.p50_ms:.3g} ms, p95 {self.p95_ms:.3g} ms, p99 {self.p99_ms:.3g} ms; '
-                f'{self.miss_rate:.1%} over {self.deadline_ms:g} ms; {self.switches} switches '
-                f'({self.switch_ms:.3g} ms each); mean served accuracy {acc}; calls per entry: {share}')
+                f'{self.miss_rate:.1%} over {self.deadline_ms:g} ms; {switches}; mean served accuracy {acc}; '
+                f'calls per entry: {share}')
 
 
 def serving_report(latency_ms: Sequence[float], entries: Sequence[int], infos: Sequence[EntryInfo],
