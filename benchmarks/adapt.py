@@ -244,7 +244,11 @@ def main(argv=None) -> int:
                                                     f'accurate entry, {infos[best].name}')
     settings = ControlSettings()
 
-    server = AdaptiveServer(entries, target, settings, latency_ms=measured, history=len(requests))
+    try:
+        server = AdaptiveServer(entries, target, settings, latency_ms=measured, history=len(requests))
+    except ValueError as e:  # a target below the fastest entry's measured latency
+        print(f'benchmarks/adapt.py: {e}', file=sys.stderr)
+        return 2
     policies = [Policy('adaptive', entries, server=server)] + [
         Policy(f'fixed {info.name}', entries, fixed=i) for i, info in enumerate(infos)]
     started = time.time()

@@ -316,3 +316,8 @@ def test_benchmark_quick_runs_end_to_end(model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args([str(run), '--output', str(out)])
     assert 'exists; choose another path or pass --force' in capsys.readouterr().err
+    try:
+        assert bench.main([str(run), '--quick', '--target-ms', '0.001']) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert 'latency target 0.001 ms is below the fastest entry' in capsys.readouterr().err
