@@ -3,8 +3,8 @@ ladder (the servable entries, fastest first) serves the next call.
 
 Rules (`LatencyController.observe`), evaluated after every call once the current rung has served `dwell_calls`
 calls and `dwell_s` seconds (its dwell), on the window of its last `window` latencies; and at once, dwell or not,
-when the window already holds more calls over the target than a full window may (5 % of 50 for p95: 2), since no
-later call can bring its percentile back under the target:
+when the window already holds more calls over the target than the percentile allows in a full window (more than
+5 % of 50 for p95: a third), since the rung is then missing the target whatever the next calls take:
 
 - down: the window's `percentile` is over the target: go to the highest lower rung whose estimated percentile
   (the window's, times the rungs' cost ratio) is within `(1 - headroom)` of the target, at least one rung; the
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 from collections import deque
+from dataclasses import dataclass
 from typing import Deque, Optional, Sequence
 
 import numpy as np
@@ -137,7 +137,7 @@ class LatencyController:
         self.barred_until = [0] * len(costs)  # call count from which each rung may be entered again
         self.failures = [0] * len(costs)  # quick repeat failures of each rung, for the doubling backoff
         self.over_target_at_fastest = 0  # calls judged over the target while already on the fastest rung
-        # calls over the target a full window may hold with its percentile still within it
+        # calls over the target the percentile allows in a full window (p95 of 50: 2.5, so 2)
         self.allowed_over = math.floor((1 - target.percentile / 100) * settings.window + 1e-9)
 
     def estimate(self, rung: int, percentile_ms: float) -> float:
@@ -150,7 +150,7 @@ class LatencyController:
         self.window.append(float(latency_ms))
         dwelt = self.calls - self.entered_call
         over = sum(v > self.target.ms for v in self.window)
-        failed = over > self.allowed_over  # no later call can bring this window's percentile back under the target
+        failed = over > self.allowed_over  # more misses than the target allows, whatever the next calls take
         if not failed and (dwelt < self.settings.dwell_calls or now_s - self.entered_s < self.settings.dwell_s):
             return None
         p = window_percentile(self.window, self.target.percentile)
