@@ -4,7 +4,7 @@
 
 Every keyword goes to `timm.create_model`, so the serving kwargs of the `pss_*` entrypoints work here too:
 `budget=` (FLOPs), `latency_ms=`, `budget_entry=` pick the budget-table entry served after the weights load, and
-`resolution=` fixes the input size (see `timm_pss.supernet.build_supernet`).
+`resolution=` fixes the input size (see `timm_pss.models.build.build_supernet`).
 """
 dependencies = ['torch', 'timm', 'safetensors', 'huggingface_hub', 'numpy']
 

@@ -48,7 +48,7 @@ from timm.utils import (
     is_primary, load_checkpoint_metadata, random_seed, setup_default_logging,
 )
 
-from timm_pss.budget_table import format_flops, parse_flops, set_table_metrics
+from timm_pss.units import format_flops, parse_flops
 from timm_pss.data import (
     DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics, split_indices,
 )
@@ -1237,7 +1237,7 @@ def finalize(run: TrainingRun) -> None:
         metrics.append({'top1': top1, 'top5': top5})
         _logger.info(f'Validating the budget table: entry {index + 1}/{entries} top-1 {top1:.2f}  '
                      f'ETA {eta(time.time() - start, index + 1, entries)}')
-    set_table_metrics(supernet, metrics)
+    supernet.set_table_metrics(metrics)
     if run.latency_table is not None:
         record_latency(supernet, run.latency_table)
     supernet.set_top_budget()  # config.json's input size is then that of the entry a loaded model serves

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 from support import outputs_per_budget
-from timm_pss.budget_table import set_table_metrics
 from timm_pss.publish import main as publish_main
 from support import SUBPROCESS_TIMEOUT
 
@@ -32,7 +31,7 @@ def run_dir(tmp_path_factory):
     space = model.space
     subnets = [space.min_subnet(), space.sample(rng=0, flops_range=(150e6, 200e6)), space.max_subnet()]
     timm_pss.fill_budget_table(model, subnets, loader, num_batches=1)
-    set_table_metrics(model, [{'top1': 61.25, 'top5': 80.5}, {'top1': 66.75, 'top5': 85.0},
+    model.set_table_metrics([{'top1': 61.25, 'top5': 80.5}, {'top1': 66.75, 'top5': 85.0},
                               {'top1': 71.5, 'top5': 90.25}])
     run = tmp_path_factory.mktemp('run')
     save_for_hf(model, str(run), safe_serialization=True)

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 from timm_pss import SubnetBatch
-from timm_pss.budget_table import set_table_metrics
 from timm_pss.costs import FlopsCost, LatencyCost
 from timm_pss.latency import build_lut, record_latency
 from timm_pss.pss import MultiCostSampler, PrioritizedSubnetSampler, create_sampler
@@ -192,7 +191,7 @@ def test_budget_table_records_latency_and_set_budget_selects_by_it(model, lut):
 
     # latencies predicted for another device type are refused, with the way out
     info = {**table.info, 'latency_device': 'cuda:0'}
-    set_table_metrics(twin, [{} for _ in table], info=info)
+    twin.set_table_metrics([{} for _ in table], info=info)
     with pytest.raises(ValueError, match='predicted for cuda:0 .* the model is on cpu: record latencies'):
         twin.set_budget(latency_ms=100)
     assert twin.set_budget('1G') is not None  # FLOPs budgets are unaffected

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 from timm_pss import SearchSpace, parse_flops
-from timm_pss.budget_table import parse_latency
+from timm_pss.units import parse_latency
 from timm_pss.convert_reference import parse_reference_pools
 from timm_pss.latency import LatencyTable, build_lut, fit_overhead_ms
 from timm_pss.pss import PrioritizedSubnetSampler

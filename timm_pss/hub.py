@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .budget_table import budget_label
+from .units import budget_label
 from .files import atomic_path, atomic_write, write_text_atomic
 
 __all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'hub_unreachable_reason', 'check_local_dir_weights',

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..budget_table import LATENCY_METRIC, set_table_metrics
+from ..budget_table import LATENCY_METRIC
 from ..files import write_text_atomic
 from ..spaces import SearchSpace, Subnet, SubnetBatch
 from ..supernet import find_supernet
@@ -329,4 +329,4 @@ def record_latency(model: nn.Module, table: LatencyTable):
     info = {'latency_device': table.device, 'latency_device_name': table.device_name,
             'latency_threads': str(table.threads), 'latency_batch_size': str(table.batch_size),
             'latency_dtype': table.dtype, 'latency_torch': table.torch_version}
-    return set_table_metrics(supernet, [{LATENCY_METRIC: float(v)} for v in ms], info=info)
+    return supernet.set_table_metrics([{LATENCY_METRIC: float(v)} for v in ms], info=info)

@@ -25,7 +25,8 @@ from timm.models.efficientnet import EfficientNet
 from ..channel_plan import Activation, ChannelPlan
 from ..spaces import Channels
 from ..hub import hub_repo_id
-from ..supernet import SupernetMixin, build_supernet
+from ..supernet import SupernetMixin
+from .build import build_supernet
 
 __all__ = ['PssEfficientNet']
 

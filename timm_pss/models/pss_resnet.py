@@ -21,7 +21,8 @@ from timm.models.resnet import Bottleneck, ResNet
 
 from ..channel_plan import ChannelPlan
 from ..hub import hub_repo_id
-from ..supernet import SupernetMixin, build_supernet
+from ..supernet import SupernetMixin
+from .build import build_supernet
 
 __all__ = ['PssResNet']
 
