@@ -37,7 +37,7 @@ import yaml
 import timm
 from timm.data import Mixup, create_dataset, create_loader, resolve_data_config
 from timm.data.loader import PrefetchLoader
-from timm.data.dataset_factory import _search_split
+from timm_pss.timm_compat import search_split
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.loss import create_classification_loss
 from timm.models import load_checkpoint, resume_checkpoint
@@ -52,7 +52,7 @@ from timm_pss.units import format_flops, parse_flops
 from timm_pss.data import (
     DigitsDataset, ImageModeDataset, IndexSubset, dataset_num_classes, image_statistics, split_indices,
 )
-from timm_pss.hub import save_hub_files
+from timm_pss.publish import save_hub_files
 from timm_pss.costs import COST_KINDS
 from timm_pss.files import claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable, record_latency
@@ -585,7 +585,7 @@ def check_image_folders(args: argparse.Namespace) -> None:
         return
     extensions = get_img_extensions(as_set=True)
     for split in dict.fromkeys((args.train_split, args.val_split)):
-        root = Path(_search_split(args.data_dir, split))
+        root = Path(search_split(args.data_dir, split))
         if not root.is_dir():
             continue
         classes = sorted(p for p in root.iterdir() if p.is_dir())

@@ -118,7 +118,7 @@ def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', 
     """Write the converted Hub folder to `out`; see the module docstring."""
     import timm
     from .files import write_text_atomic
-    from .hub import save_hub_files
+    from .publish import save_hub_files
 
     if not trust_pickle:
         raise PermissionError('reference checkpoints are pickles and loading one can run code from the file; pass '
