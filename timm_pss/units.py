@@ -9,7 +9,7 @@ import math
 import numbers
 import re
 import sys
-from typing import Union
+from typing import Callable, Union
 
 __all__ = ['FlopsLike', 'parse_flops', 'parse_latency', 'format_flops', 'budget_label', 'describe_value']
 
@@ -26,18 +26,7 @@ def parse_flops(value: FlopsLike) -> float:
     Numbers are taken as they are; strings are a number with an optional K/M/G/T suffix (any case; `m` is mega)
     and an optional FLOPs/MACs word. Non-numbers, NaN, infinities, zero and negatives raise ValueError.
     """
-    if isinstance(value, str):
-        match = _BUDGET_RE.match(value)
-        if match is None:
-            raise ValueError(f'cannot read {value!r} as a FLOPs budget; write a number of MACs or a string like '
-                             f'"300M", "1.2G", "300 MFLOPs" (suffixes K, M, G, T)')
-        number = float(match.group(1)) * _UNITS[match.group(2).upper()]
-        if math.isfinite(number):
-            number = float(round(number))  # whole MACs
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = _as_float(value)
-    else:
-        raise ValueError(f'a FLOPs budget is a number or a string like "300M", got {type(value).__name__} {value!r}')
+    number = _number(value, _flops_from_text, 'a FLOPs budget is a number or a string like "300M"')
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f'a FLOPs budget must be a positive finite number (at most {sys.float_info.max:.4g} MACs), '
                          f'got {describe_value(value)}')
@@ -46,16 +35,7 @@ def parse_flops(value: FlopsLike) -> float:
 
 def parse_latency(value: Union[int, float, str]) -> float:
     """A latency budget in milliseconds: `5`, `2.5`, `'5ms'`, `'5 ms'`; must be positive and finite."""
-    if isinstance(value, str):
-        match = _LATENCY_RE.match(value)
-        if match is None:
-            raise ValueError(f'cannot read {value!r} as a latency budget; write milliseconds as a number or a '
-                             f'string like "5ms"')
-        number = float(match.group(1))
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = _as_float(value)
-    else:
-        raise ValueError(f'a latency budget is a number of milliseconds, got {type(value).__name__} {value!r}')
+    number = _number(value, _latency_from_text, 'a latency budget is a number of milliseconds')
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f'a latency budget must be a positive finite number of milliseconds, '
                          f'got {describe_value(value)}')
@@ -79,6 +59,32 @@ def describe_value(value) -> str:
         return f'{"a negative" if value < 0 else "an"} integer of {digits} digits'
     text = repr(value)
     return text if len(text) <= 60 else f'{text[:40]}...({len(text)} characters)'
+
+
+def _number(value, from_text: Callable[[str], float], expected: str) -> float:
+    """`value` as a float: a string read by `from_text`, a real number as it is (bools are not numbers here)."""
+    if isinstance(value, str):
+        return from_text(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return _as_float(value)
+    raise ValueError(f'{expected}, got {type(value).__name__} {value!r}')
+
+
+def _flops_from_text(text: str) -> float:
+    match = _BUDGET_RE.match(text)
+    if match is None:
+        raise ValueError(f'cannot read {text!r} as a FLOPs budget; write a number of MACs or a string like '
+                         f'"300M", "1.2G", "300 MFLOPs" (suffixes K, M, G, T)')
+    number = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    return float(round(number)) if math.isfinite(number) else number  # whole MACs
+
+
+def _latency_from_text(text: str) -> float:
+    match = _LATENCY_RE.match(text)
+    if match is None:
+        raise ValueError(f'cannot read {text!r} as a latency budget; write milliseconds as a number or a '
+                         f'string like "5ms"')
+    return float(match.group(1))
 
 
 def _as_float(value: numbers.Real) -> float:
