@@ -100,7 +100,7 @@ def test_latency_keyed_pools(model, lut):
         assert lo <= lut.predict(p.subnet) < hi
         sampler.update(p.bucket, p.subnet, 0.0)
     state = json.loads(json.dumps(sampler.state_dict()))
-    assert state['metric'] == 'latency'
+    assert state['cost_kind'] == 'latency'
     with pytest.raises(ValueError, match="pools keyed by 'latency'; this run keys them by 'flops'"):
         PrioritizedSubnetSampler(model.space, num_pools=4, pool_size=2).load_state_dict(state)
 
@@ -127,7 +127,7 @@ def test_several_metrics_at_once(model, lut):
     other = make(5)
     other.load_state_dict(state)
     assert [sampler.propose() for _ in range(20)] == [other.propose() for _ in range(20)]
-    with pytest.raises(ValueError, match='not a multi-metric PSS sampler state'):
+    with pytest.raises(ValueError, match='not a multi-cost PSS sampler state'):
         other.load_state_dict(sampler.samplers[0].state_dict())
     bad = json.loads(json.dumps(state))
     bad['samplers'][0]['progress'] = 0.123  # fine on its own ...

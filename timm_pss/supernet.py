@@ -8,6 +8,7 @@ attributes that describe widths (`num_features`, `head_hidden_size`, `feature_in
 `features_only=True` models.
 """
 import contextlib
+import copy
 import numbers
 import threading
 import warnings
@@ -20,11 +21,10 @@ from timm.models import FeatureListNet
 from .budget_storage import BudgetTableStorage
 from .budget_table import LATENCY_METRIC, BudgetEntry, BudgetTable
 from .channel_plan import ChannelPlan
-from .slimmable import (
-    SlimBatchNormBase, apply_widths, convert_to_slimmable, is_fx_symbolic_tracing, slimmable_layers,
-)
-from .spaces import Channels, Subnet
+from .conversion import apply_widths, convert_to_slimmable, slimmable_layers
 from .resolution import checked_export_input, resize_to_resolution, set_input_size_cfg
+from .slimmable import SlimBatchNormBase, is_fx_symbolic_tracing
+from .spaces import Channels, Subnet
 from .units import FlopsLike
 
 __all__ = ['SubnetSwitch', 'SupernetMixin', 'SupernetFeatures', 'find_supernet', 'set_budget', 'budget',
@@ -267,9 +267,17 @@ def quiet_forwards(model: nn.Module, statistics: bool = True) -> Iterator[None]:
 class SupernetMixin(SubnetSwitch):
     """Adds the supernet behaviour to a timm model class (put it first in the bases).
 
-    Subclasses build their dense timm model, then call `_init_supernet(...)`, and implement `_walk_channels`.
+    Subclasses build their dense timm model, then call `_init_supernet(...)`, and implement `channel_plan`; they
+    set `dense_class` (the dense timm class they extend) and keep their dense constructor's kwargs in `_dense_init`.
     """
     dense_architecture = ''  # the timm model an exported subnet is an instance of
+    dense_class = None  # the dense timm model class (EfficientNet, ResNet) the subclass extends
+
+    def dense_model(self, **kwargs) -> nn.Module:
+        """A dense `dense_class` model built like this supernet (same head); `kwargs` override (e.g. device)."""
+        init = {k: v for k, v in self._dense_init.items() if k not in ('device', 'dtype')}
+        init.update(num_classes=self.num_classes, global_pool=self.global_pool.pool_type)
+        return self.dense_class(**copy.deepcopy(init), **kwargs)
 
     def _init_supernet(
             self,
@@ -286,12 +294,12 @@ class SupernetMixin(SubnetSwitch):
         self._init_switch()
         self.set_subnet(self.space.max_subnet())
 
-    def _walk_channels(self) -> ChannelPlan:
+    def channel_plan(self) -> ChannelPlan:
         """Walk this architecture in forward order and record its channel plan."""
         raise NotImplementedError
 
     def _rebuild_plan(self) -> None:
-        plan = self._walk_channels()
+        plan = self.channel_plan()
         plan.attach(self)
         self.space = plan.build_space(**self._space_args)
         self._features_channels: Channels = plan.features
