@@ -43,7 +43,7 @@ class Sampler(Protocol):
     """What every sampler provides: what `PSSTask` trains, what training reports and checkpoints, and the best
     pooled subnet for a budget (what per-epoch evaluation measures)."""
 
-    kind: str  # the sampler's name in checkpoints (and, for the pool samplers, --pss-sampler)
+    kind: str  # which sampler this is (the pool samplers record it in their checkpoints)
     space: SearchSpace
     pools: List[SubnetPool]
     progress: float
