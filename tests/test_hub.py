@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 import timm_pss.publish
+import timm_pss.runs
 from support import outputs_per_budget
 from timm_pss.publish import main as publish_main
 from support import SUBPROCESS_TIMEOUT
@@ -256,7 +257,7 @@ def test_a_truncated_config_json_names_the_file(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, broken)
     (broken / 'config.json').write_text('')  # what a kill during a non-atomic write left behind
     with pytest.raises(ValueError, match='config.json is not valid JSON'):
-        timm_pss.publish.load_run(broken)
+        timm_pss.runs.load_run(broken)
     with pytest.raises(SystemExit) as e:
         publish_main([str(broken), '--repo-id', 'a/b', '--dry-run', str(tmp_path / 'out')])
     assert e.value.code == 2 and f'{broken / "config.json"} is not valid JSON' in capsys.readouterr().err

@@ -19,7 +19,6 @@ kept unless --overwrite-readme. Log in with `hf auth login` or set HF_TOKEN; no 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import shutil
@@ -29,44 +28,23 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-import timm
 import yaml
 from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
 from .files import atomic_path, atomic_write, write_text_atomic
+from .runs import RUN_MARKERS, load_run
 from .units import budget_label
 
-__all__ = ['load_run', 'save_hub_files', 'training_dataset', 'warm_start_model', 'model_card_data',
+__all__ = ['save_hub_files', 'training_dataset', 'warm_start_model', 'model_card_data',
            'render_model_card', 'write_hub_folder', 'check_publish_dir', 'publish', 'main']
 
 _logger = logging.getLogger(__name__)
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name('MODEL_CARD.md')
-RUN_MARKERS = ('args.yaml', 'last.pth.tar', 'summary.csv')  # files only a train_pss.py run folder holds
 # timm_pss is not on PyPI and the project names no public repository: install from a checkout of its source
 INSTALL_COMMAND = 'pip install .'  # run in a checkout of the timm_pss source
 _RUN_EXTRAS = {'accuracy_vs_flops.png': 'accuracy_vs_flops.png', 'results.csv': 'results.csv',
                'results.json': 'results.json', 'args.yaml': 'training_args.yaml'}
-
-
-def load_run(source: Union[str, Path]):
-    """The supernet of a train_pss.py run folder (or any Hub folder); it must carry a budget table."""
-    folder = Path(source)
-    if folder.is_file():
-        folder = folder.parent
-    if not (folder / 'config.json').is_file() or not (folder / 'model.safetensors').is_file():
-        raise FileNotFoundError(f'{folder} is not a run or Hub folder: it needs config.json and model.safetensors '
-                                f'(a finished train_pss.py run writes both)')
-    try:
-        json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{folder / "config.json"} is not valid JSON ({e}); the run did not finish writing it, '
-                         f'rewrite it with `python train_pss.py --resume {folder} --pss-finalize-only`') from e
-    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
-    if not len(model.budget_table):
-        raise ValueError(f'{folder}/model.safetensors has no budget table; build it first with '
-                         f'`python train_pss.py --resume {folder} --pss-finalize-only`')
-    return model
 
 
 def _results_table(model) -> str:
