@@ -4,7 +4,8 @@
 
 Every keyword goes to `timm.create_model`, so the serving kwargs of the `pss_*` entrypoints work here too:
 `budget=` (FLOPs), `latency_ms=`, `budget_entry=` pick the budget-table entry served after the weights load, and
-`resolution=` fixes the input size (see `timm_pss.supernet.build_supernet`).
+`resolution=` fixes the input size (see `timm_pss.models.build.build_supernet`). A model's FLOPs (MACs) span is
+`model.space.flops_span`, counted by its space.
 """
 dependencies = ['torch', 'timm', 'safetensors', 'huggingface_hub', 'numpy']
 
@@ -17,7 +18,7 @@ def _create(name: str, pretrained: bool, **kwargs):
 
 
 def pss_mobilenetv1(pretrained: bool = False, **kwargs):
-    """MobileNetV1 PSS supernet (14 channel groups, widths 0.75-1.0, 128-224px, 106.78-568.79 MFLOPs).
+    """MobileNetV1 PSS supernet (14 channel groups, widths 0.75-1.0, 128-224px).
 
     pretrained: load the published weights with their budget table (the model then serves its top entry).
     budget: e.g. '300M', the best budget-table entry within that many MACs. kwargs go to timm.create_model.
@@ -26,7 +27,7 @@ def pss_mobilenetv1(pretrained: bool = False, **kwargs):
 
 
 def pss_mobilenetv2(pretrained: bool = False, **kwargs):
-    """MobileNetV2 PSS supernet (9 channel groups, head fixed, widths 0.75-1.0, 128-224px, 69.15-300.84 MFLOPs).
+    """MobileNetV2 PSS supernet (9 channel groups, head fixed, widths 0.75-1.0, 128-224px).
 
     pretrained: load the published weights with their budget table (the model then serves its top entry).
     budget: e.g. '200M', the best budget-table entry within that many MACs. kwargs go to timm.create_model.
@@ -35,7 +36,7 @@ def pss_mobilenetv2(pretrained: bool = False, **kwargs):
 
 
 def pss_resnet50(pretrained: bool = False, **kwargs):
-    """ResNet-50 PSS supernet (21 channel groups, widths 0.25-1.0, 128-224px, 0.091-4.09 GFLOPs).
+    """ResNet-50 PSS supernet (21 channel groups, widths 0.25-1.0, 128-224px).
 
     pretrained: load the published weights with their budget table (the model then serves its top entry).
     budget: e.g. '2G', the best budget-table entry within that many MACs. kwargs go to timm.create_model.

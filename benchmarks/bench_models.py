@@ -26,17 +26,15 @@ Run from the repository root:
 The tables are markdown, ready to paste into the README. The exit status is 1 if any correctness check fails.
 """
 from harness import (  # first: one thread
-    benchmark_parser, best_time, format_table, max_abs_diff, parse_benchmark_args, print_header, quick_note,
-    run_parts, threads_text, yes_no,
+    benchmark_parser, best_time, format_table, interleaved_times_ms, max_abs_diff, parse_benchmark_args, print_header,
+    quick_note, ratio_quartiles, run_parts, threads_text, yes_no,
 )
 
 import argparse
-import math
 import statistics
 import sys
-import time
 from functools import partial
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 import timm
@@ -76,54 +74,6 @@ def settings_line(args: argparse.Namespace) -> str:
     return (f'{args.num_subnets:,} subnets (scalar baseline {args.scalar_subnets:,}), FLOPs best of '
             f'{args.flops_repeats}; latency batch {args.batch_size}, median of {args.repeats} after '
             f'{args.warmup} warm-up{quick_note(args)}')
-
-
-# ---------------------------------------------------------------------------------------------- timing
-
-def interleaved_times_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[List[float]]:
-    """Wall times (ms) of each fn per round; each round calls every fn once, so drift hits all of them alike."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(1e3 * (time.perf_counter() - t0))
-    return times
-
-
-def interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[float]:
-    """Median wall time (ms) of each fn, timed interleaved (`interleaved_times_ms`)."""
-    return [statistics.median(ts) for ts in interleaved_times_ms(fns, repeats, warmup)]
-
-
-def per_round_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
-    """The ratio of two interleaved timings in each round (a slow round slows both, so the ratio keeps steady)."""
-    return [a / b for a, b in zip(numerators, denominators)]
-
-
-def ratio_quartiles(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
-    """Quartiles (q1, median, q3) of the per-round ratios of two interleaved timings: the ratio with its spread."""
-    ratios = per_round_ratios(numerators, denominators)
-    if len(ratios) < 2:
-        return ratios * 3
-    q1, median, q3 = statistics.quantiles(ratios, n=4)
-    return [q1, median, q3]
-
-
-def median_interval(values: Sequence[float], confidence: float = 0.95) -> Optional[Tuple[float, float]]:
-    """Distribution-free interval for the median of `values` (the sign test's): the order statistics x(k) and
-    x(n+1-k), 1-based, with the largest k whose coverage P(k <= B <= n-k), B ~ Binomial(n, 1/2), is at least
-    `confidence`; None when even (min, max) covers less (fewer than 6 values at 95 %)."""
-    x, n = sorted(values), len(values)
-    best = None
-    for k in range(1, n // 2 + 1):
-        if sum(math.comb(n, j) for j in range(k, n - k + 1)) / 2 ** n < confidence:
-            break
-        best = (x[k - 1], x[n - k])
-    return best
 
 
 # ---------------------------------------------------------------------------------------------- 1. FLOPs

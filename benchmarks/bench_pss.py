@@ -3,8 +3,8 @@
 What it measures, per model (`--models`, default `pss_mobilenetv1` only), on one thread:
 
 0. Setup, not a result: the one-off cost of a space's candidate bank. `space.sample_many(..., flops_range=...)`
-   builds the bank (`space._bank`, up to `bank_size` distinct subnets sorted by FLOPs) lazily on its first call;
-   the first and the second in-bucket `space.sample` call of a cold space are timed separately.
+   builds the bank (`space.candidate_bank`, up to `bank_size` distinct subnets sorted by FLOPs) lazily on its first
+   call; the first and the second in-bucket `space.sample` call of a cold space are timed separately.
 1. In-bucket sampling over PSS's FLOPs buckets. For `pss_mobilenetv1` these are the reference's buckets, centres
    110 .. 570 MMACs in 10M steps (47 buckets, each centre +- 5M, [lo, hi)); for other models 47 buckets spread
    evenly from the min to the max subnet (`bucket_targets(space, num_pools=47)`).
@@ -21,7 +21,7 @@ What it measures, per model (`--models`, default `pss_mobilenetv1` only), on one
         of `--repeats`). The buckets each N leaves empty are listed.
    Target: >= 20,000 in-bucket draws/s for ours (vectorised), every bucket reached. Ratios: ours / baseline.
 2. Training step time: `PSSTask` with a `PrioritizedSubnetSampler` (47 buckets spread evenly over the training space,
-   pools of `--pool-size`, default 50, 10 with --quick) vs `PSSTask` with a `UniformSubnetSampler` (the plain
+   pools of `--pool-size`, default 50, 10 with --quick) vs `PSSTask` with a `SpaceUniformSampler` (the plain
    sandwich rule), both max + 1 middle + min subnet, same initial weights (a deep copy), SGD (lr 0.01, momentum 0.9)
    step included. The model is built with `num_classes=10` and `resolution_range=(S, S, 8)` where S is `--image-size`
    (default 64), so the batch (`--batch-size`, default 32, random images and labels, one fixed batch) runs at its own
@@ -64,7 +64,7 @@ import timm
 import torch
 
 from timm_pss import SearchSpace  # (importing timm_pss registers the pss_* models)
-from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, UniformSubnetSampler, bucket_targets
+from timm_pss.pss import PrioritizedSubnetSampler, PSSTask, SpaceUniformSampler, bucket_targets
 
 REFERENCE_BUCKETS = {'pss_mobilenetv1': (110e6, 570e6, 10e6)}  # the reference implementation's (lo, hi, step)
 NUM_BUCKETS = 47  # as many as the reference's, for the other models and for the training space
@@ -148,7 +148,7 @@ def bench_sampling(name: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     cold.sample(1, flops_range=ranges[0])
     second_s = time.perf_counter() - t0
-    bank_flops, _ = space._bank
+    bank_flops, _ = space.candidate_bank
     bank_per_bucket = count_in_buckets(bank_flops, edges)
 
     # 1a. ours, vectorised: k draws in every bucket.
@@ -286,7 +286,7 @@ def bench_training(name: str, args: argparse.Namespace) -> dict:
     pss = PrioritizedSubnetSampler(space, num_pools=NUM_BUCKETS, pool_size=args.pool_size, seed=0)
     fill_calls = fill_pools(pss, np.random.default_rng(3))
     pss.set_progress(args.progress)
-    uniform = UniformSubnetSampler(space, seed=0)
+    uniform = SpaceUniformSampler(space, seed=0)
     uniform.set_progress(args.progress)
     fill_before = pss.fill()
 

@@ -9,7 +9,7 @@ static quantization calibrated on the run's training images) into a temporary fo
 batch size, the three runtimes interleaved round by round (one thread each), and prints each one's median and its
 ratio to torch eager, with int8's top-1 against fp32's on the run's validation split (from the export's checks).
 """
-from harness import format_table, machine_lines  # first: one thread per process
+from harness import format_table, interleaved_times_ms, machine_lines  # first: one thread per process
 
 import argparse
 import statistics
@@ -20,9 +20,8 @@ from pathlib import Path
 import timm
 import torch
 
-from bench_models import interleaved_times_ms
 from timm_pss.deploy import export_budgets, run_loaders
-from timm_pss.hub import load_run
+from timm_pss.runs import load_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:

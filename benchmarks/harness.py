@@ -1,11 +1,14 @@
 """What every benchmark shares: one thread (imported first), the command line (--models, --threads, --quick and its
 limits), the header (machine, versions, settings), markdown tables and yes/no cells, timing, and the run of the
-measured parts with the exit status."""
+measured parts with the exit status, and the statistics of interleaved timings (per-round ratios, their
+quartiles, the sign test's interval of a median)."""
 import one_thread  # noqa: F401  (first: one thread for BLAS and OpenMP before numpy and torch load)
 
 import argparse
+import math
 import os
 import platform
+import statistics
 import sys
 import time
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
@@ -130,3 +133,66 @@ def run_parts(models: Sequence[str], parts: Sequence[Part], failure: str) -> int
         print(failure, file=sys.stderr)
         return 1
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- interleaved timing
+
+def interleaved_times_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[List[float]]:
+    """Wall times (ms) of each fn per round; each round calls every fn once, so drift hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def interleaved_median_ms(fns: Sequence[Callable[[], object]], repeats: int, warmup: int) -> List[float]:
+    """Median wall time (ms) of each fn, timed interleaved (`interleaved_times_ms`)."""
+    return [statistics.median(ts) for ts in interleaved_times_ms(fns, repeats, warmup)]
+
+
+def per_round_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
+    """The ratio of two interleaved timings in each round (a slow round slows both, so the ratio keeps steady)."""
+    return [a / b for a, b in zip(numerators, denominators)]
+
+
+def ratio_quartiles(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
+    """Quartiles (q1, median, q3) of the per-round ratios of two interleaved timings: the ratio with its spread."""
+    ratios = per_round_ratios(numerators, denominators)
+    if len(ratios) < 2:
+        return ratios * 3
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return [q1, median, q3]
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> Optional[Tuple[float, float]]:
+    """Distribution-free interval for the median of `values` (the sign test's): the order statistics x(k) and
+    x(n+1-k), 1-based, with the largest k whose coverage P(k <= B <= n-k), B ~ Binomial(n, 1/2), is at least
+    `confidence`; None when even (min, max) covers less (fewer than 6 values at 95 %)."""
+    x, n = sorted(values), len(values)
+    best = None
+    for k in range(1, n // 2 + 1):
+        if sum(math.comb(n, j) for j in range(k, n - k + 1)) / 2 ** n < confidence:
+            break
+        best = (x[k - 1], x[n - k])
+    return best
+
+
+def percent(p: float) -> str:
+    """A fraction as a percentage cell: 0.25 -> '25%'."""
+    return f'{100 * p:g}%'
+
+
+def quartile_cell(q: Sequence[float]) -> str:
+    """(q1, median, q3) as 'median [q1, q3]'."""
+    return f'{q[1]:.3f} [{q[0]:.3f}, {q[2]:.3f}]'
+
+
+def interval_cell(interval) -> str:
+    """A `median_interval` as '[low, high]', or 'n/a' (too few rounds)."""
+    return 'n/a' if interval is None else f'[{interval[0]:.3f}, {interval[1]:.3f}]'

@@ -70,9 +70,9 @@ from scipy.stats import kendalltau
 
 from timm_pss import Subnet, SubnetBatch
 from timm_pss.latency import AUTO_MAX_GRID, LatencyTable, build_lut
-from timm_pss.latency.build import _Timer, speed_drift, time_in_place
-from timm_pss.latency.device import _synchronizer
-from timm_pss.latency.segments import _segments
+from timm_pss.latency.build import CallTimer, speed_drift, time_in_place
+from timm_pss.latency.device import synchronizer_for
+from timm_pss.latency.segments import forward_segments
 from timm_pss.spaces import stratified_subnets
 
 TARGET_WITHIN = 0.95  # share of subnets predicted within +-10 % (nn-Meter reports 99 % on a mobile CPU)
@@ -140,8 +140,8 @@ def measure(model, subnets: Sequence[Subnet], batch_size: int, device: torch.dev
     rng = np.random.default_rng(seed)
     inputs = {r: torch.randn(batch_size, model.in_chans, r, r, generator=gen).to(device)
               for r in sorted({s.resolution for s in subnets})}
-    segments = _segments(model, model._walk_channels())
-    timer = _Timer(_synchronizer(device), retake=device.type == 'cpu' and torch.get_num_threads() == 1)
+    segments = forward_segments(model, model.channel_plan())
+    timer = CallTimer(synchronizer_for(device), retake=device.type == 'cpu' and torch.get_num_threads() == 1)
     e2e = [([], []) for _ in subnets]  # (clean, spoiled) samples
     parts = [([], []) for _ in subnets]
     pending = list(range(len(subnets)))

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import timm_pss
 from timm_pss.adapt import (AdaptiveServer, ControlSettings, EntryInfo, LatencyController, LatencyTarget,
                             SupernetEntries, ladder, measure_latency, serving_report, start_rung, window_percentile)
-from timm_pss.budget_table import LATENCY_METRIC, set_table_metrics
+from timm_pss.budget_table import LATENCY_METRIC
 
 TINY = dict(num_classes=10, resolution_range=(16, 24, 8))
 PREDICTED_MS = [2.0, 4.0, 6.0, 8.0]
@@ -32,7 +32,7 @@ def model(digits):
     subnets = [space.min_subnet(), space.sample(rng=3, flops_range=(3e6, 5e6)),
                space.sample(rng=4, flops_range=(5e6, 8e6)), space.max_subnet()]
     timm_pss.fill_budget_table(net, subnets, loader, num_batches=1)
-    set_table_metrics(net, [{'top1': a, LATENCY_METRIC: ms} for a, ms in zip(TOP1, PREDICTED_MS)],
+    net.set_table_metrics([{'top1': a, LATENCY_METRIC: ms} for a, ms in zip(TOP1, PREDICTED_MS)],
                       info={'latency_device': 'cpu'})
     return net
 
@@ -245,7 +245,7 @@ def test_bad_input(model):
         serving_report([], [], server.infos, 10.0)
     elsewhere = timm.create_model('pss_mobilenetv1', **TINY)
     elsewhere.load_state_dict(model.state_dict())
-    set_table_metrics(elsewhere, [{} for _ in range(4)], info={'latency_device': 'cuda:0'})
+    elsewhere.set_table_metrics([{} for _ in range(4)], info={'latency_device': 'cuda:0'})
     with pytest.raises(ValueError, match='predicted for cuda:0, the model is on cpu'):
         SupernetEntries(elsewhere)
 

@@ -158,10 +158,10 @@ def test_budget_table_follows_a_replaced_buffer_even_when_its_id_is_recycled(fil
     # CPython recycles the addresses of freed objects, so a table tensor loaded after another may get the id the
     # cached one had, at the same version: the decoded-table cache must not serve the old table then. Injected:
     # every object shares one id, as if each replacement landed on the freed address.
-    from timm_pss import supernet as supernet_module
-    monkeypatch.setattr(supernet_module, 'id', lambda obj: 1, raising=False)
+    from timm_pss import budget_storage as storage_module
+    monkeypatch.setattr(storage_module, 'id', lambda obj: 1, raising=False)
     model, other = copy.deepcopy(filled), copy.deepcopy(filled)
-    timm_pss.budget_table.set_table_metrics(other, [{'top1': 10.0 + i} for i in range(len(filled.budget_table))])
+    other.set_table_metrics([{'top1': 10.0 + i} for i in range(len(filled.budget_table))])
     state = other.state_dict()
     model.load_state_dict(filled.state_dict())
     before = model.budget_table  # cached at the loaded tensor's version

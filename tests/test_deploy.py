@@ -14,7 +14,7 @@ from support import SUBPROCESS_TIMEOUT
 from timm_pss import deploy
 from timm_pss.deploy import DeployError, read_manifest
 from timm_pss.files import TEMP_PREFIX
-from timm_pss.hub import load_run
+from timm_pss.runs import load_run
 
 
 @pytest.fixture(scope='module')

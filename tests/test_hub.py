@@ -14,8 +14,9 @@ from timm.models import save_for_hf
 from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
+import timm_pss.publish
+import timm_pss.runs
 from support import outputs_per_budget
-from timm_pss.budget_table import set_table_metrics
 from timm_pss.publish import main as publish_main
 from support import SUBPROCESS_TIMEOUT
 
@@ -32,7 +33,7 @@ def run_dir(tmp_path_factory):
     space = model.space
     subnets = [space.min_subnet(), space.sample(rng=0, flops_range=(150e6, 200e6)), space.max_subnet()]
     timm_pss.fill_budget_table(model, subnets, loader, num_batches=1)
-    set_table_metrics(model, [{'top1': 61.25, 'top5': 80.5}, {'top1': 66.75, 'top5': 85.0},
+    model.set_table_metrics([{'top1': 61.25, 'top5': 80.5}, {'top1': 66.75, 'top5': 85.0},
                               {'top1': 71.5, 'top5': 90.25}])
     run = tmp_path_factory.mktemp('run')
     save_for_hf(model, str(run), safe_serialization=True)
@@ -152,7 +153,7 @@ def test_publish_uploads_through_huggingface_hub(run_dir, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, 'create_repo', create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder', upload_folder)
     monkeypatch.setattr(huggingface_hub.HfApi, 'file_exists', lambda self, repo_id, filename, **kw: False)
-    url = timm_pss.hub.publish(run_dir, 'someone/pss', private=True)
+    url = timm_pss.publish.publish(run_dir, 'someone/pss', private=True)
     assert url == Commit.commit_url
     assert calls['create'] == dict(repo_id='someone/pss', private=True, exist_ok=True)
     assert calls['upload']['repo_id'] == 'someone/pss'
@@ -247,7 +248,7 @@ def test_hub_files_are_written_atomically(run_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(timm_hub, 'save_config_for_hf', partial_config)
     with pytest.raises(OSError, match='No space left'):
-        timm_pss.hub.save_hub_files(model, folder)
+        timm_pss.publish.save_hub_files(model, folder)
     assert _snapshot(folder) == before
 
 
@@ -256,7 +257,7 @@ def test_a_truncated_config_json_names_the_file(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, broken)
     (broken / 'config.json').write_text('')  # what a kill during a non-atomic write left behind
     with pytest.raises(ValueError, match='config.json is not valid JSON'):
-        timm_pss.hub.load_run(broken)
+        timm_pss.runs.load_run(broken)
     with pytest.raises(SystemExit) as e:
         publish_main([str(broken), '--repo-id', 'a/b', '--dry-run', str(tmp_path / 'out')])
     assert e.value.code == 2 and f'{broken / "config.json"} is not valid JSON' in capsys.readouterr().err
@@ -319,7 +320,7 @@ def test_model_card_snippets_run(published, monkeypatch, capsys):
 
 
 def test_base_model_and_dataset_come_from_the_run_args():
-    hub = timm_pss.hub
+    hub = timm_pss.publish
     cached = '/home/u/.cache/huggingface/hub/models--timm--mobilenetv2_100.ra_in1k/snapshots/0a1b/model.safetensors'
     assert hub.warm_start_model({'model': 'pss_mobilenetv2', 'initial_checkpoint': cached}) == \
         'timm/mobilenetv2_100.ra_in1k'
@@ -339,11 +340,11 @@ def test_model_card_metadata_of_a_warm_started_hub_dataset_run(run_dir):
     from huggingface_hub import ModelCard
     model = timm.create_model(f'local-dir:{run_dir}', pretrained=True)
     args = {'model': 'pss_mobilenetv2', 'dataset': 'hfds/timm/mini-imagenet', 'pretrained': True}
-    card = ModelCard(timm_pss.hub.render_model_card(model, 'me/pss', args))
+    card = ModelCard(timm_pss.publish.render_model_card(model, 'me/pss', args))
     assert card.data.base_model == REPO and card.data.datasets == ['timm/mini-imagenet']
     assert {r.dataset_type for r in card.data.eval_results} == {'timm/mini-imagenet'}
     assert f'**Warm-started from:** [{REPO}]' in card.text
-    bare = ModelCard(timm_pss.hub.render_model_card(model, 'me/pss'))  # nothing recorded: no dataset, no results
+    bare = ModelCard(timm_pss.publish.render_model_card(model, 'me/pss'))  # nothing recorded: no dataset, no results
     assert bare.data.eval_results is None and bare.data.datasets is None and 'not recorded' in bare.text
 
 
@@ -385,7 +386,7 @@ def test_publish_passes_revision_and_create_pr_and_keeps_the_hub_readme(run_dir,
     assert 'README.md' in calls['upload']['files'] and calls['upload']['revision'] is None
     assert calls['upload']['create_pr'] is False
     calls = _fake_hub(monkeypatch, readme_on_hub=False)  # a new repository gets the generated card
-    timm_pss.hub.publish(run_dir, 'someone/pss')
+    timm_pss.publish.publish(run_dir, 'someone/pss')
     assert 'README.md' in calls['upload']['files']
 
 

@@ -21,7 +21,7 @@ import timm_pss.latency.device
 from timm_pss import Subnet, SubnetBatch
 from timm_pss.latency import AUTO_MAX_GRID, FORMAT, LatencyBlock, LatencyTable, cpu_name, build_lut, predict_latency
 from timm_pss.latency.build import _grid_axes, _probe_widths
-from timm_pss.latency.segments import _segments
+from timm_pss.latency.segments import forward_segments
 from support import SUBPROCESS_TIMEOUT
 
 TINY = dict(resolution_range=(32, 40, 8))
@@ -200,7 +200,7 @@ def test_default_grids_and_probe_subnets(name, probes):
     """Default grids: every width where a block has <= AUTO_MAX_GRID combinations, nested evenly spaced subsets
     (ends included) elsewhere; the probe subnets visit every grid point, as few as the lower bound."""
     m = timm.create_model(name)
-    segments = _segments(m, m._walk_channels())
+    segments = forward_segments(m, m.channel_plan())
     axes = _grid_axes(m.space, segments, None)
     for seg, ax in zip(segments, axes):
         assert math.prod(len(a) for a in ax) <= AUTO_MAX_GRID or len(seg.groups) == 1

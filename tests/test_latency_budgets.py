@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 from timm_pss import SubnetBatch
-from timm_pss.budget_table import set_table_metrics
 from timm_pss.costs import FlopsCost, LatencyCost
 from timm_pss.latency import build_lut, record_latency
 from timm_pss.pss import MultiCostSampler, PrioritizedSubnetSampler, create_sampler
@@ -102,7 +101,7 @@ def test_latency_keyed_pools(model, lut):
         assert lo <= lut.predict(p.subnet) < hi
         sampler.update(p.bucket, p.subnet, 0.0)
     state = json.loads(json.dumps(sampler.state_dict()))
-    assert state['metric'] == 'latency'
+    assert state['cost_kind'] == 'latency'
     with pytest.raises(ValueError, match="pools keyed by 'latency'; this run keys them by 'flops'"):
         PrioritizedSubnetSampler(model.space, num_pools=4, pool_size=2).load_state_dict(state)
 
@@ -129,7 +128,7 @@ def test_several_metrics_at_once(model, lut):
     other = make(5)
     other.load_state_dict(state)
     assert [sampler.propose() for _ in range(20)] == [other.propose() for _ in range(20)]
-    with pytest.raises(ValueError, match='not a multi-metric PSS sampler state'):
+    with pytest.raises(ValueError, match='not a multi-cost PSS sampler state'):
         other.load_state_dict(sampler.samplers[0].state_dict())
     bad = json.loads(json.dumps(state))
     bad['samplers'][0]['progress'] = 0.123  # fine on its own ...
@@ -193,7 +192,7 @@ def test_budget_table_records_latency_and_set_budget_selects_by_it(model, lut):
 
     # latencies predicted for another device type are refused, with the way out
     info = {**table.info, 'latency_device': 'cuda:0'}
-    set_table_metrics(twin, [{} for _ in table], info=info)
+    twin.set_table_metrics([{} for _ in table], info=info)
     with pytest.raises(ValueError, match='predicted for cuda:0 .* the model is on cpu: record latencies'):
         twin.set_budget(latency_ms=100)
     assert twin.set_budget('1G') is not None  # FLOPs budgets are unaffected

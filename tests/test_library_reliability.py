@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import timm_pss
 from timm_pss import SearchSpace, parse_flops
-from timm_pss.budget_table import parse_latency
+from timm_pss.units import parse_latency
 from timm_pss.convert_reference import parse_reference_pools
 from timm_pss.latency import LatencyTable, build_lut, fit_overhead_ms
 from timm_pss.pss import PrioritizedSubnetSampler
@@ -410,7 +410,7 @@ def test_half_precision_that_would_break_entry_statistics_is_refused(x, state_di
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['float16', 'bfloat16'])
 def test_low_precision_inputs_of_another_size_are_resized(dtype):
-    from timm_pss.supernet import resize_to_resolution
+    from timm_pss.resolution import resize_to_resolution
     x = torch.rand(2, 3, 40, 40)
     y = resize_to_resolution(x.to(dtype), 24)
     assert y.dtype == dtype and y.shape == (2, 3, 24, 24)

@@ -20,7 +20,7 @@ import timm_pss
 from timm_pss import Subnet
 from timm_pss.pss import (
     GlobalWidthSampler, InBucketUniformSampler, MultiCostSampler, PrioritizedSubnetSampler, PSSTask, Sampler,
-    SpaceUniformSampler, SubnetPool, UniformSubnetSampler, USNetSampler, bucket_targets, build_sampler,
+    SpaceUniformSampler, SubnetPool, USNetSampler, bucket_targets, build_sampler,
     TrainingDiverged, create_sampler, exponential_schedule, finalize_budget_table,
 )
 from support import SUBPROCESS_TIMEOUT
@@ -182,7 +182,7 @@ def test_training_fills_pools_moves_scores_and_learns(digits):
     for chunk in range(4):
         losses += _train(task, optimizer, _loader(digits, shuffle_seed=chunk), 10, start=chunk * 10, total=40)
         mix.append(sum(p.from_pool for p in task.last_proposals))
-        snapshots.append({b: dict(pool._scores) for b, pool in enumerate(sampler.pools)})
+        snapshots.append({b: dict(zip(pool.members(), pool.scores().tolist())) for b, pool in enumerate(sampler.pools)})
     assert len(calls) == 40 * 3, 'one forward per subnet: max, middle, min'
     assert sum(sampler.fill()) >= 8
     moved = [s for b in snapshots[1] for s in snapshots[1][b] if s in snapshots[-1].get(b, {})
@@ -258,11 +258,11 @@ def test_amp_scaler_accumulation_ema_and_mixup(digits):
 
 def test_uniform_sampler_baseline(digits):
     model = _tiny_supernet().train()
-    sampler = UniformSubnetSampler(model.space, seed=0)
+    sampler = SpaceUniformSampler(model.space, seed=0)
     task = PSSTask(model, sampler, verbose=False)
     _train(task, torch.optim.SGD(model.parameters(), lr=0.01), _loader(digits), 2)
     state = json.loads(json.dumps(sampler.state_dict()))
-    other = UniformSubnetSampler(model.space, seed=5)
+    other = SpaceUniformSampler(model.space, seed=5)
     other.load_state_dict(state)
     assert [sampler.propose() for _ in range(5)] == [other.propose() for _ in range(5)]
 
@@ -307,11 +307,13 @@ SAMPLER_MAKERS = {
 @pytest.mark.parametrize('cls', list(SAMPLER_MAKERS), ids=lambda cls: cls.__name__)
 def test_every_sampler_provides_the_sampler_interface(cls, small_space):
     space = small_space
-    methods = [name for name in ('set_progress', 'propose', 'min_subnet', 'update', 'fill', 'best_subnet',
-                                 'state_dict', 'load_state_dict') if callable(getattr(Sampler, name, None))]
-    assert len(methods) == 8 and all(callable(getattr(cls, name, None)) for name in methods)
+    methods = [name for name in ('set_progress', 'propose', 'min_subnet', 'update', 'fill', 'describe_bucket',
+                                 'best_subnet', 'state_dict', 'load_state_dict')
+               if callable(getattr(Sampler, name, None))]
+    assert len(methods) == 9 and all(callable(getattr(cls, name, None)) for name in methods)
     sampler = SAMPLER_MAKERS[cls](space, 0)
-    assert isinstance(sampler, Sampler)
+    assert isinstance(sampler, Sampler) and isinstance(sampler.kind, str)
+    assert all(isinstance(sampler.describe_bucket(b), str) for b in range(max(1, len(sampler.pools))))
     for i in range(30):
         sampler.set_progress(i / 29)
         p = sampler.propose()
@@ -342,21 +344,16 @@ def test_best_subnet_is_the_top_scored_member_of_the_highest_pool_within_the_bud
     assert sampler.best_subnet(targets[0] - 1) is None  # below every pool
     multi = MultiCostSampler([sampler])
     assert [multi.best_subnet(b) for b in (targets[-1], targets[0] - 1)] == [best_of[2], None]
-    assert UniformSubnetSampler is SpaceUniformSampler  # the old name the README shows
 
 
-def test_pools_module_still_exports_every_name_it_had():
-    """The samplers moved out of timm_pss.pss.pools; `from timm_pss.pss.pools import X` keeps working."""
+def test_every_module_of_the_pss_package_defines_what_its_all_lists():
+    import importlib
+    for name in ('pools', 'samplers', 'baselines', 'multi_cost', 'factory', 'task', 'diagnostics', 'finalize'):
+        module = importlib.import_module(f'timm_pss.pss.{name}')
+        assert [n for n in module.__all__ if n not in vars(module)] == [], name
     import timm_pss.pss.pools as pools
-    old_names = ['exponential_schedule', 'SubnetPool', 'Proposal', 'PrioritizedSubnetSampler', 'GlobalWidthSampler',
-                 'USNetSampler', 'MultiCostSampler', 'UniformSubnetSampler', 'bucket_targets', 'SAMPLERS',
-                 'create_sampler', 'PRIORITIES', 'BUCKET_WEIGHTS', 'average_ranks', 'priority_values',
-                 'draw_probabilities', 'global_width_subnets', 'global_width_bucket_weights', 'STATE_FORMAT',
-                 'MULTI_STATE_FORMAT', 'EMPTY_BUCKET_PROBES', 'softmax_probabilities']
-    for name in old_names:
-        assert getattr(pools, name) is getattr(timm_pss.pss, name, getattr(pools, name))
-    with pytest.raises(AttributeError, match='no attribute'):
-        pools.NoSuchSampler
+    with pytest.raises(AttributeError):
+        pools.PrioritizedSubnetSampler  # the samplers live in their own modules only
 
 
 def test_build_sampler_keys_pools_by_each_cost_kind(small_space):
@@ -463,9 +460,9 @@ def test_a_diverged_step_stops_training_and_leaves_the_pools_as_they_were(digits
     task = PSSTask(model, sampler, verbose=False)
     images, labels = digits
     task(images[:8], labels[:8])  # a healthy step records one score
-    before = [dict(pool._scores) for pool in sampler.pools]
+    before = [dict(zip(pool.members(), pool.scores().tolist())) for pool in sampler.pools]
     with torch.no_grad():
         model.get_classifier().weight[0, 0] = float('nan')
     with pytest.raises(TrainingDiverged, match=r'training diverged: non-finite cross-entropy \(middle subnet .*nan'):
         task(images[:8], labels[:8])
-    assert [dict(pool._scores) for pool in sampler.pools] == before
+    assert [dict(zip(pool.members(), pool.scores().tolist())) for pool in sampler.pools] == before

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from timm.layers import BatchNormAct2d
 
+from timm_pss.conversion import apply_widths, convert_to_slimmable
 from timm_pss.slimmable import (
-    SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear, apply_widths, convert_to_slimmable,
-    INFERENCE_CACHE_SUBNETS, cut_weight, inference_cache_bytes,
+    SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear, INFERENCE_CACHE_SUBNETS, cut_weight,
+    inference_cache_bytes,
 )
 from timm_pss.spaces import Channels
 

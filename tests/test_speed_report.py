@@ -9,8 +9,9 @@ import torch
 from support import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-bench_models = import_benchmark('bench_models')
+harness = import_benchmark('harness')
 speed = import_benchmark('speed')
+speed_train = import_benchmark('speed_train')
 
 QUICK = ['--quick', '--models', 'pss_mobilenetv2', '--sections', 'flops']
 
@@ -24,21 +25,21 @@ def keep_torch_threads():
 
 def test_ratio_quartiles_are_those_of_the_per_round_ratios():
     # rounds pair up: a slow round slows both, so the per-round ratio stays 2 while the times spread
-    assert bench_models.ratio_quartiles([2, 20, 200, 2000], [1, 10, 100, 1000]) == pytest.approx([2, 2, 2])
-    q1, median, q3 = bench_models.ratio_quartiles([1, 2, 3, 4, 5], [1, 1, 1, 1, 1])
+    assert harness.ratio_quartiles([2, 20, 200, 2000], [1, 10, 100, 1000]) == pytest.approx([2, 2, 2])
+    q1, median, q3 = harness.ratio_quartiles([1, 2, 3, 4, 5], [1, 1, 1, 1, 1])
     assert (q1, median, q3) == pytest.approx((1.5, 3, 4.5))
-    assert bench_models.ratio_quartiles([3], [2]) == pytest.approx([1.5, 1.5, 1.5])
+    assert harness.ratio_quartiles([3], [2]) == pytest.approx([1.5, 1.5, 1.5])
 
 
 def test_median_interval_is_the_sign_test_interval():
     # n = 15: P(4 <= B <= 11) = 0.965 >= 0.95 and P(5 <= B <= 10) = 0.882, so x(4) .. x(12)
-    assert bench_models.median_interval(range(15, 0, -1)) == (4, 12)
-    assert bench_models.median_interval([5, 1, 4, 2, 3, 6]) == (1, 6)  # n = 6: only (min, max), 0.969
-    assert bench_models.median_interval([1, 2, 3, 4, 5]) is None  # n = 5: (min, max) covers 0.938
-    assert bench_models.median_interval(range(45), confidence=0.99) == (13, 31)  # x(14) .. x(32), 0.993
+    assert harness.median_interval(range(15, 0, -1)) == (4, 12)
+    assert harness.median_interval([5, 1, 4, 2, 3, 6]) == (1, 6)  # n = 6: only (min, max), 0.969
+    assert harness.median_interval([1, 2, 3, 4, 5]) is None  # n = 5: (min, max) covers 0.938
+    assert harness.median_interval(range(45), confidence=0.99) == (13, 31)  # x(14) .. x(32), 0.993
     # the interval holds the median in about 95 % of samples (the statement it makes)
     rng = np.random.default_rng(0)
-    inside = [low <= 0 <= high for low, high in (bench_models.median_interval(rng.standard_normal(15))
+    inside = [low <= 0 <= high for low, high in (harness.median_interval(rng.standard_normal(15))
                                                    for _ in range(4000))]
     assert 0.95 <= np.mean(inside) <= 0.98
 
@@ -81,9 +82,9 @@ def test_leaf_cut_copies_the_cut_but_keeps_its_gradient_from_the_full_weight():
     full weight (what the supernet's step costs without full-size gradients)."""
     from timm_pss.slimmable import cut_weight
     weight = torch.randn(6, 5, 3, 3, requires_grad=True)
-    leaf = speed.leaf_cut(weight, 4, 3)
+    leaf = speed_train.leaf_cut(weight, 4, 3)
     assert leaf.is_leaf and leaf.requires_grad and leaf.is_contiguous()
     assert torch.equal(leaf, cut_weight(weight, 4, 3))
     (leaf * 2).sum().backward()
     assert weight.grad is None and leaf.grad.shape == (4, 3, 3, 3)
-    assert speed.leaf_cut(weight, 6, 5) is weight  # a full-size cut is the weight, as with cut_weight
+    assert speed_train.leaf_cut(weight, 6, 5) is weight  # a full-size cut is the weight, as with cut_weight

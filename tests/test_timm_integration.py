@@ -20,7 +20,7 @@ import timm_pss
 from support import SUBPROCESS_TIMEOUT
 from timm_pss.data import DigitsDataset
 from timm_pss.pss import evaluate_accuracy
-from timm_pss.slimmable import slimmable_layers
+from timm_pss.conversion import slimmable_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tests' / 'data' / 'timm_style_script.py'

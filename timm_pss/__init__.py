@@ -8,7 +8,8 @@ from .requirements import check_timm_version as _check_timm_version
 
 _check_timm_version(_timm.__version__)
 
-from .budget_table import BudgetEntry, BudgetTable, parse_flops
+from .budget_table import BudgetEntry, BudgetTable
+from .units import parse_flops
 from .calibration import calibrate_bn, fill_budget_table
 from .export import export_subnet
 from .models import PssEfficientNet, PssResNet

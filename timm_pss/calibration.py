@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .budget_table import BudgetEntry, BudgetTable, write_budget_table
+from .budget_table import BudgetEntry, BudgetTable
 from .slimmable import SlimBatchNormBase
 from .spaces import Subnet
 from .supernet import SubnetSwitch, find_supernet, quiet_forwards
@@ -124,7 +124,7 @@ def fill_budget_table(
                     c = layer.active_out
                     stats[name][0][row, :c] = layer.running_mean[:c].float().cpu()
                     stats[name][1][row, :c] = layer.running_var[:c].float().cpu()
-            write_budget_table(supernet, table, stats)
+            supernet.store_budget_table(table, stats)
         finally:
             for name, layer in layers:
                 for key, value in shared[name].items():

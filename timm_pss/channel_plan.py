@@ -10,7 +10,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .slimmable import slimmable_layers
+from .conversion import slimmable_layers
 from .spaces import Channels, MacTerm, SearchSpace, SpatialOp, resolution_choices, width_choices
 
 __all__ = ['Activation', 'ChannelPlan']

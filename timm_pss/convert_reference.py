@@ -120,7 +120,8 @@ def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', 
     module docstring."""
     import timm
     from .files import check_output_dir, write_text_atomic
-    from .hub import RUN_MARKERS, save_hub_files
+    from .publish import save_hub_files
+    from .runs import RUN_MARKERS
 
     out = check_output_dir(out, force=force, protected=RUN_MARKERS + ('*.pth.tar',))
 

@@ -10,7 +10,7 @@ from typing import Optional, Protocol, Tuple
 
 import numpy as np
 
-from .budget_table import format_flops
+from .units import format_flops
 from .range_sampler import RangeSampler, ordered_range
 from .spaces import RngLike, SearchSpace, Subnet, SubnetBatch
 

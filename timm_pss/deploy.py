@@ -38,9 +38,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .budget_table import parse_flops
 from .files import TEMP_PREFIX, check_output_dir, check_replaceable, write_text_atomic
-from .hub import RUN_MARKERS
+from .runs import RUN_MARKERS
+from .units import parse_flops
 
 __all__ = ['MANIFEST_FORMAT', 'FORMATS', 'DeployError', 'Manifest', 'ManifestEntry', 'read_manifest',
            'export_budgets', 'main']
@@ -149,7 +149,7 @@ def _entry_name(index: int, flops: int) -> str:
 def _config(supernet, static, entry) -> dict:
     """The entry's config.json in timm's layout: the dense architecture at full width, else `pss_subnet`."""
     from timm.models import filter_pretrained_cfg, get_model_args
-    from .supernet import BUDGET_KWARGS
+    from .models.build import BUDGET_KWARGS
     cfg = filter_pretrained_cfg(dict(static.pretrained_cfg), remove_source=True, remove_null=True)
     cfg.pop('pss_subnet', None)
     dense = entry.subnet.widths == supernet.space.max_widths
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     try:
         folder = Path(args.source)
         if folder.is_dir():
-            from .hub import load_run
+            from .runs import load_run
             model, run = load_run(folder), folder
         else:
             import timm

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from timm.models import adapt_model_from_string
 
-from .slimmable import slimmable_layers
-from .supernet import find_supernet, set_input_size_cfg
+from .conversion import slimmable_layers
+from .resolution import set_input_size_cfg
+from .supernet import find_supernet
 
 __all__ = ['export_subnet']
 

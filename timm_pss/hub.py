@@ -1,45 +1,26 @@
-"""Hugging Face Hub I/O: where pss_* weights live, Hub folders (config.json, model.safetensors, model card), publishing.
+"""Loading pss_* weights from the Hugging Face Hub: where they live, and clear, early errors when they cannot come.
 
-A Hub folder is timm's own layout (`timm.models.save_for_hf`): `config.json` with `architecture`, `model_args` (the
-search space included) and `pretrained_cfg`, and `model.safetensors`, whose state dict carries the budget table and
-its per-entry BN statistics. So `timm.create_model('hf-hub:ORG/NAME')` and `'local-dir:FOLDER'` load it with no
-timm_pss-specific step, and a `train_pss.py` run folder is such a folder.
+timm does the loading itself (`pretrained=True`, `hf-hub:ORG/NAME`, `local-dir:FOLDER`); `build_supernet` calls
+these checks first, so an offline machine or a folder without model.safetensors fails at once with a one-line
+reason instead of after huggingface_hub's retries or with some other checkpoint. Writing and publishing Hub
+folders is `timm_pss.publish`.
 """
 from __future__ import annotations
 
-import json
-import logging
-import math
 import os
-import re
-import shutil
 import socket
-import string
-import tempfile
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 from urllib.parse import urlsplit
 
-import yaml
+from .timm_compat import resolve_pretrained_source
 
-from .budget_table import budget_label
-from .files import atomic_path, atomic_write, write_text_atomic
-
-__all__ = ['HUB_ORG', 'hub_repo_id', 'missing_weights_error', 'hub_unreachable_reason', 'check_local_dir_weights',
-           'load_run', 'save_hub_files', 'training_dataset', 'warm_start_model', 'model_card_data',
-           'render_model_card', 'write_hub_folder', 'check_publish_dir', 'publish']
-
-_logger = logging.getLogger(__name__)
+__all__ = ['HUB_ORG', 'HUB_PROBE_TIMEOUT_S', 'hub_repo_id', 'missing_weights_error', 'hub_unreachable_reason',
+           'check_local_dir_weights']
 
 HUB_ORG = 'timm-pss'
-MODEL_CARD_TEMPLATE = Path(__file__).with_name('MODEL_CARD.md')
-RUN_MARKERS = ('args.yaml', 'last.pth.tar', 'summary.csv')  # files only a train_pss.py run folder holds
-# timm_pss is not on PyPI and the project names no public repository: install from a checkout of its source
-INSTALL_COMMAND = 'pip install .'  # run in a checkout of the timm_pss source
 HUB_PROBE_TIMEOUT_S = 1.0  # how long a Hub download may take to connect before offline is assumed
 _PROXY_VARIABLES = ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')
-_RUN_EXTRAS = {'accuracy_vs_flops.png': 'accuracy_vs_flops.png', 'results.csv': 'results.csv',
-               'results.json': 'results.json', 'args.yaml': 'training_args.yaml'}
 
 
 def hub_repo_id(name: str) -> str:
@@ -69,10 +50,9 @@ def hub_unreachable_reason(pretrained_cfg: Optional[dict], cache_dir: Optional[U
     proxy configured the direct probe would say nothing, so it is skipped.
     """
     from huggingface_hub import constants, try_to_load_from_cache
-    from timm.models._builder import _resolve_pretrained_source
     from timm.models._hub import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, hf_split
 
-    load_from, location = _resolve_pretrained_source(dict(pretrained_cfg or {}))
+    load_from, location = resolve_pretrained_source(dict(pretrained_cfg or {}))
     if load_from != 'hf-hub':
         return None
     hub_id, filenames = (location[0], (location[1],)) if isinstance(location, (list, tuple)) else \
@@ -108,274 +88,3 @@ def check_local_dir_weights(pretrained_cfg: Optional[dict]) -> None:
     if not weights.is_file():
         raise FileNotFoundError(f'{weights} is missing: a local-dir: folder of timm_pss weights needs '
                                 f'model.safetensors (other checkpoints in the folder are not loaded in its place)')
-
-
-def load_run(source: Union[str, Path]):
-    """The supernet of a train_pss.py run folder (or any Hub folder); it must carry a budget table."""
-    import timm
-    import timm_pss  # noqa: F401  (registers the models)
-
-    folder = Path(source)
-    if folder.is_file():
-        folder = folder.parent
-    if not (folder / 'config.json').is_file() or not (folder / 'model.safetensors').is_file():
-        raise FileNotFoundError(f'{folder} is not a run or Hub folder: it needs config.json and model.safetensors '
-                                f'(a finished train_pss.py run writes both)')
-    try:
-        json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{folder / "config.json"} is not valid JSON ({e}); the run did not finish writing it, '
-                         f'rewrite it with `python train_pss.py --resume {folder} --pss-finalize-only`') from e
-    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
-    if not len(model.budget_table):
-        raise ValueError(f'{folder}/model.safetensors has no budget table; build it first with '
-                         f'`python train_pss.py --resume {folder} --pss-finalize-only`')
-    return model
-
-
-def _results_table(model) -> str:
-    table = model.budget_table
-    names = [m for m in ('top1', 'top5', 'heldout_top1') if any(m in e.metrics for e in table)]
-    head = ['budget', 'MFLOPs', 'resolution'] + [{'top1': 'top-1 (%)', 'top5': 'top-5 (%)',
-                                                 'heldout_top1': 'held-out top-1 (%)'}[m] for m in names]
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for e, budget in zip(table, table.serving_budgets()):
-        cells = [f'`{budget}`' if budget else 'not served', f'{e.flops / 1e6:.2f}', str(e.subnet.resolution)]
-        cells += [f'{e.metrics[m]:.2f}' if m in e.metrics else '-' for m in names]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    if any(b is None for b in table.serving_budgets()):
-        lines.append('\n"not served": no budget selects the entry, a cheaper one scores at least as well on '
-                     'held-out data.')
-    if 'top1' not in names:
-        lines.append('\nNo validation accuracy was recorded for these entries.')
-    return '\n'.join(lines)
-
-
-def training_dataset(training_args: Optional[dict]) -> Tuple[Optional[str], Optional[str], Optional[str]]:
-    """What a run was trained on, from its args.yaml: (description, short name, Hub dataset id or None).
-
-    train_pss.py trains on the embedded digits when neither --data-dir nor --dataset is given. Only timm's `hfds/` /
-    `hfids/` datasets are known Hub datasets; an image folder or a torchvision dataset gets no Hub id (none is
-    guessed from a folder name). Without recorded args all three are None.
-    """
-    if not training_args:
-        return None, None, None
-    dataset = str(training_args.get('dataset') or '')
-    data_dir = str(training_args.get('data_dir') or '')
-    if not dataset and not data_dir:
-        return ('scikit-learn handwritten digits (1,797 8x8 scans as RGB images), the embedded default of '
-                'train_pss.py', 'scikit-learn digits', None)
-    if dataset:
-        kind, _, name = dataset.partition('/')
-        if kind in ('hfds', 'hfids') and name:
-            return f'[{name}](https://huggingface.co/datasets/{name}) (Hugging Face dataset)', name, name
-        return f'`{dataset}` (timm dataset type)', name or dataset, None
-    name = Path(data_dir.rstrip('/\\')).name or data_dir
-    return f'the image folder `{name}` (train_pss.py --data-dir)', name, None
-
-
-_HF_CACHE_SNAPSHOT = re.compile(r'models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]')
-
-
-def warm_start_model(training_args: Optional[dict]) -> Optional[str]:
-    """The Hub model a run was warm-started from (card `base_model`), or None.
-
-    `--pretrained` starts from the `--model` tag's own Hub weights (its pretrained_cfg `hf_hub_id`, or an `hf-hub:`
-    name); `--initial-checkpoint` counts only when the file lies in a Hugging Face cache snapshot
-    (`models--ORG--NAME/snapshots/...`), which names its repository. Anything else is not a Hub model.
-    """
-    if not training_args:
-        return None
-    if training_args.get('pretrained'):
-        name = str(training_args.get('model') or '')
-        if name.startswith('hf-hub:'):
-            return name[len('hf-hub:'):].split('@')[0]
-        from timm.models._builder import resolve_pretrained_cfg
-        from timm.models._registry import split_model_name_tag
-        arch, tag = split_model_name_tag(name)
-        try:
-            hf_hub_id = resolve_pretrained_cfg(arch, pretrained_cfg=tag or None).hf_hub_id
-        except (RuntimeError, ValueError, AssertionError):  # not a registered model / tag
-            hf_hub_id = None
-        if hf_hub_id:
-            return hf_hub_id.split('@')[0]
-    checkpoint = str(training_args.get('initial_checkpoint') or '')
-    match = _HF_CACHE_SNAPSHOT.search(checkpoint)
-    return f'{match.group(1)}/{match.group(2)}' if match else None
-
-
-def model_card_data(model, repo_id: str, training_args: Optional[dict] = None):
-    """The card's metadata (`huggingface_hub.ModelCardData`), in timm's form, from the model and its run.
-
-    `library_name: timm` with the `timm_pss` tag: the weights are a timm model folder, but the architecture is
-    registered by `import timm_pss`, which the card says first. `model-index` holds the validation top-1 of every
-    budget table entry that recorded one; `datasets` / `base_model` only when the run names a Hub dataset / model.
-    """
-    from huggingface_hub import EvalResult, ModelCardData
-
-    _, dataset_name, dataset_id = training_dataset(training_args)
-    split = str((training_args or {}).get('val_split') or 'validation')
-    results = [
-        EvalResult(task_type='image-classification', task_name='Image Classification',
-                   dataset_type=dataset_id or re.sub(r'[^a-z0-9]+', '-', dataset_name.lower()).strip('-'),
-                   dataset_name=dataset_name, dataset_split=split,
-                   metric_type='accuracy', metric_value=round(float(e.metrics['top1']), 2),
-                   metric_name=f'top-1 at {e.flops / 1e6:.2f} MMACs ({e.subnet.resolution}px, budget entry {i})')
-        for i, e in enumerate(model.budget_table) if 'top1' in e.metrics] if dataset_name else []
-    return ModelCardData(
-        library_name='timm', license='apache-2.0', pipeline_tag='image-classification',
-        tags=['image-classification', 'timm', 'timm_pss', 'pss-net', 'resource-adaptive'],
-        datasets=[dataset_id] if dataset_id else None, base_model=warm_start_model(training_args),
-        model_name=repo_id if results else None, eval_results=results or None)
-
-
-def _mmacs(flops: float) -> str:
-    return f'{flops / 1e6:.2f}M'
-
-
-def render_model_card(model, repo_id: str, training_args: Optional[dict] = None, has_plot: bool = False) -> str:
-    """The Hub README for `model` in timm's card layout: `model_card_data` metadata and the MODEL_CARD.md body,
-    filled with the model's own measurements and the run's settings (`training_args`, its args.yaml)."""
-    from huggingface_hub import ModelCard
-
-    table = model.budget_table
-    space = model.space
-    arch = model.pretrained_cfg.get('architecture', type(model).__name__)
-    if training_args:
-        keys = ('model', 'data_dir', 'dataset', 'epochs', 'batch_size', 'opt', 'lr', 'weight_decay', 'sched',
-                'smoothing', 'mixup', 'cutmix', 'model_ema', 'seed', 'pretrained', 'initial_checkpoint',
-                'pss_budget_range', 'pss_num_pools', 'pss_pool_size', 'pss_momentum', 'pss_p_random',
-                'pss_temperature', 'pss_num_middle', 'pss_heldout_frac', 'pss_top_k', 'pss_calib_batches')
-        shown = {k: training_args[k] for k in keys if k in training_args}
-        training = ('Trained with `train_pss.py`; the main settings (all of them in `training_args.yaml`):\n\n'
-                    '```yaml\n' + yaml.safe_dump(shown, sort_keys=False) + '```')
-    else:
-        training = 'The training settings of these weights were not recorded with them.'
-    description = training_dataset(training_args)[0] or 'not recorded with these weights'
-    base_model = warm_start_model(training_args)
-    resolutions = sorted({e.subnet.resolution for e in table})
-    lo, hi = space.resolutions[0], space.resolutions[-1]
-    image_sizes = (f'{lo} x {lo} to {hi} x {hi} ({len(space.resolutions)} sizes)'
-                   + (f'; budget table entries at {", ".join(map(str, resolutions))}' if resolutions else ''))
-    example = table[len(table) // 2].flops if len(table) else space.flops_span[1]
-    template = string.Template(MODEL_CARD_TEMPLATE.read_text(encoding='utf-8').split('<!-- card -->', 1)[1])
-    body = template.substitute(
-        repo_id=repo_id,
-        architecture=arch,
-        dense_architecture=getattr(model, 'dense_architecture', '') or 'the dense timm model',
-        num_classes=model.num_classes,
-        groups=space.num_groups,
-        resolutions=f'{lo}..{hi}',
-        flops_span=f'{space.flops_span[0] / 1e6:.2f}M .. {space.flops_span[1] / 1e6:.2f}M',
-        entries=len(table),
-        install=INSTALL_COMMAND,
-        params_m=f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}',
-        macs_max=_mmacs(space.flops_span[1]),
-        macs_min=_mmacs(space.flops_span[0]),
-        table_span=(f'{_mmacs(table[0].flops)} .. {_mmacs(table[-1].flops)}' if len(table) else 'none'),
-        image_sizes=image_sizes,
-        dataset=description,
-        warm_start=f'- **Warm-started from:** [{base_model}](https://huggingface.co/{base_model})\n'
-                   if base_model else '',
-        topk=min(5, model.num_classes),
-        example_budget=budget_label(example),
-        results_table=_results_table(model),
-        plot='![accuracy vs FLOPs](accuracy_vs_flops.png)' if has_plot else '',
-        training=training,
-    ).lstrip()
-    data = model_card_data(model, repo_id, training_args)
-    return str(ModelCard(f'---\n{data.to_yaml()}\n---\n{body}'))
-
-
-def save_hub_files(model, folder: Union[str, Path]) -> None:
-    """timm's `save_for_hf(model, folder, safe_serialization=True)` (model.safetensors, config.json), written
-    atomically: a failure or a kill leaves the previous files or the new ones, never a truncated one."""
-    from safetensors.torch import save
-    from timm.models._hub import save_config_for_hf
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # both staged as temporaries, renamed only when both are complete
-    with atomic_path(folder / 'model.safetensors') as weights, atomic_path(folder / 'config.json') as config:
-        weights.write_bytes(save(model.state_dict()))
-        save_config_for_hf(model, config)
-
-
-def check_publish_dir(out_dir: Union[str, Path], force: bool = False) -> Path:
-    """Check that a Hub folder may be written to `out_dir`: a new or empty folder, or with `force` one that holds
-    other files, but never a train_pss.py run folder (its checkpoints and results would be replaced)."""
-    if not str(out_dir).strip():
-        raise ValueError('the output folder is empty (""); give a new folder, e.g. --dry-run hub/NAME')
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f'{out} is a file; give a new or empty folder')
-    if out.is_dir():
-        names = sorted(p.name for p in out.iterdir())
-        markers = [n for n in RUN_MARKERS if n in names] + [n for n in names if n.endswith('.pth.tar')][:1]
-        if markers:
-            raise ValueError(f'{out} is a training run folder (it holds {markers[0]}); publishing would replace its '
-                             f'files. Give a new or empty folder')
-        if names and not force:
-            raise ValueError(f'{out} is not empty (it holds {", ".join(names[:3])}{", ..." if len(names) > 3 else ""})'
-                             f'; give a new or empty folder, or --force to replace the Hub files in it')
-    return out
-
-
-def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_id: str, force: bool = False,
-                     write_readme: bool = True) -> Path:
-    """Write the Hub folder of a run (config.json, model.safetensors, README.md, plot, results, training args).
-
-    `out_dir` must be new or empty (or `force`), and never a run folder: see `check_publish_dir`. Without
-    `write_readme` no model card is written (a README.md already there stays as it is).
-    """
-    out = check_publish_dir(out_dir, force=force)
-    run = Path(source)
-    run = run.parent if run.is_file() else run
-    model = load_run(run)  # on its top entry: config.json's input size is that entry's, as a load will serve
-    out.mkdir(parents=True, exist_ok=True)
-    save_hub_files(model, out)
-    for name, target in _RUN_EXTRAS.items():
-        if (run / name).is_file():
-            with atomic_write(out / target, 'wb') as f, open(run / name, 'rb') as src:
-                shutil.copyfileobj(src, f)
-    if write_readme:
-        args_file = run / 'args.yaml'
-        training_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else None
-        card = render_model_card(model, repo_id, training_args, has_plot=(out / 'accuracy_vs_flops.png').is_file())
-        write_text_atomic(out / 'README.md', card)
-    return out
-
-
-def publish(source: Union[str, Path], repo_id: str, dry_run: Optional[Union[str, Path]] = None, private: bool = False,
-            commit_message: str = 'Add timm_pss supernet', force: bool = False, revision: Optional[str] = None,
-            create_pr: bool = False, overwrite_readme: bool = False) -> str:
-    """Write a run's Hub folder and upload it to `repo_id` (created if needed); with `dry_run`, only write it there
-    (a new or empty folder, or with `force` one holding other files; never a run folder).
-
-    A README.md already in the repository (or in the `dry_run` folder) is a hand-edited card and is kept unless
-    `overwrite_readme`. `revision` (a branch) and `create_pr` go to `HfApi.upload_folder` as in timm's
-    `push_to_hf_hub`. Authentication is huggingface_hub's own (`hf auth login` or the HF_TOKEN variable); no token
-    is read, printed or stored here. Returns the folder (dry run) or the uploaded commit's (or PR's) URL.
-    """
-    if '/' not in repo_id or repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise ValueError(f'--repo-id must look like ORG/NAME, got {repo_id!r}')
-    if revision is not None and not str(revision).strip():
-        raise ValueError('--revision is empty; give a branch name, or leave it out for main')
-    if dry_run is not None:
-        keep = (Path(dry_run) / 'README.md').is_file() and not overwrite_readme
-        out = write_hub_folder(source, dry_run, repo_id, force=force, write_readme=not keep)
-        if keep:
-            _logger.info(f'kept the existing {out / "README.md"} (--overwrite-readme replaces it)')
-        return str(out)
-    from huggingface_hub import HfApi
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_hub_folder(source, tmp, repo_id)  # a bad run fails here, before anything reaches the Hub
-        api = HfApi()
-        repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        if not overwrite_readme and api.file_exists(repo.repo_id, 'README.md', revision=revision):
-            (folder / 'README.md').unlink()
-            _logger.info(f'kept the README.md of {repo.repo_id} (--overwrite-readme replaces it)')
-        commit = api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message=commit_message,
-                                   revision=revision, create_pr=create_pr)
-    return str(getattr(commit, 'pr_url', None) or getattr(commit, 'commit_url', commit))

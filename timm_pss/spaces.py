@@ -270,14 +270,14 @@ class SearchSpace:
         ranked = self.ranked_candidates(cost) if ranked is None else ranked
         positions = ranked.draw(n, rng, lo, hi)
         if positions is not None:
-            return self._batch_from_indices(self._bank[1][positions].astype(np.int64))
+            return self._batch_from_indices(self.candidate_bank[1][positions].astype(np.int64))
         values = None if cost is None else (lambda idx: np.asarray(cost(self._batch_from_indices(idx)), np.float64))
         return self._walk_sample(n, rng, lo, hi, values=values, unit=unit)
 
     def ranked_candidates(self, cost: Optional[Callable[[SubnetBatch], np.ndarray]] = None) -> RangeSampler:
         """The candidate bank ranked by `cost` of a SubnetBatch (default: FLOPs, ranked once per space), for
         `sample_in_range` with the same cost, and for the `span` and `count` of costs among the candidates."""
-        bank_flops, bank_idx = self._bank
+        bank_flops, bank_idx = self.candidate_bank
         if cost is not None:
             return RangeSampler(np.asarray(cost(self._batch_from_indices(bank_idx.astype(np.int64))), np.float64))
         if getattr(self, '_flops_ranked', (None,))[0] is not bank_flops:  # ranked once per bank
@@ -294,7 +294,7 @@ class SearchSpace:
         return self.ranked_candidates().count(*ordered_range(flops_range, 'flops_range'))
 
     @property
-    def _bank(self) -> Tuple[np.ndarray, np.ndarray]:
+    def candidate_bank(self) -> Tuple[np.ndarray, np.ndarray]:
         """(flops ascending, choice indices) of up to `bank_size` distinct subnets spread over the FLOPs span."""
         if not hasattr(self, '_bank_cache'):
             if not 1 <= self.bank_size <= MAX_BANK_SIZE:

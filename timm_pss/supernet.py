@@ -8,51 +8,34 @@ attributes that describe widths (`num_features`, `head_hidden_size`, `feature_in
 `features_only=True` models.
 """
 import contextlib
-import math
+import copy
 import numbers
 import threading
 import warnings
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from timm.layers import register_notrace_function
-from timm.models import FeatureListNet, build_model_with_cfg, resolve_pretrained_cfg
+from timm.models import FeatureListNet
 
-from .budget_table import (
-    LATENCY_METRIC, TABLE_BUFFER, BudgetEntry, BudgetTable, FlopsLike, read_table_buffer, resize_budget_buffers_on_load,
-)
+from .budget_storage import BudgetTableStorage
+from .budget_table import LATENCY_METRIC, BudgetEntry, BudgetTable
 from .channel_plan import ChannelPlan
-from .hub import check_local_dir_weights, hub_unreachable_reason, missing_weights_error
-from .slimmable import (
-    SlimBatchNormBase, apply_widths, convert_to_slimmable, is_fx_symbolic_tracing, slimmable_layers,
-)
+from .conversion import apply_widths, convert_to_slimmable, slimmable_layers
+from .resolution import checked_export_input, resize_to_resolution, set_input_size_cfg
+from .slimmable import SlimBatchNormBase, is_fx_symbolic_tracing
 from .spaces import Channels, Subnet
+from .units import FlopsLike
 
-__all__ = ['SubnetSwitch', 'SupernetMixin', 'SupernetFeatures', 'BUDGET_KWARGS', 'build_supernet', 'find_supernet',
-           'set_input_size_cfg', 'set_budget', 'budget', 'quiet_forwards']
-
-# model kwargs of every pss_* entrypoint that choose what a model serves; applied after any weights load
-BUDGET_KWARGS = ('budget', 'latency_ms', 'budget_entry')
-
-
-def set_input_size_cfg(cfg: Optional[Dict[str, Any]], resolution: int, reduction: int = 32) -> None:
-    """Point a timm pretrained_cfg at `resolution` so `resolve_data_config(model=...)` feeds that size."""
-    if cfg is None:
-        return
-    in_chans = cfg.get('input_size', (3,))[0]
-    cfg['input_size'] = (in_chans, resolution, resolution)
-    if 'pool_size' in cfg:
-        side = math.ceil(resolution / reduction)
-        cfg['pool_size'] = (side, side)
+__all__ = ['SubnetSwitch', 'SupernetMixin', 'SupernetFeatures', 'find_supernet', 'set_budget', 'budget',
+           'quiet_forwards']
 
 
 _LOUD = {'resize': 0, 'statistics': 0}  # a model outside any quiet_forwards block
 _SWITCH_LOCK_GUARD = threading.Lock()  # makes the lazy creation of each model's switch lock race-free
 
 
-class SubnetSwitch:
+class SubnetSwitch(BudgetTableStorage):
     """Mixin for an nn.Module of slimmable layers: `space`, `set_subnet`/`active_subnet`, budget table, `set_budget`.
 
     Subclasses set `space` (a SearchSpace) and call `_init_switch()` before the first `set_subnet`.
@@ -75,17 +58,13 @@ class SubnetSwitch:
 
     def _init_switch(self) -> None:
         self._index_layers()
-        self.register_buffer(TABLE_BUFFER, None)
-        self._register_load_state_dict_pre_hook(resize_budget_buffers_on_load, with_module=True)
+        self._init_budget_storage()
         self.register_load_state_dict_post_hook(serve_default_entry_after_load)
         self._active_budget_index: Optional[int] = None
         # the subnet the shared BN running statistics belong to (None: none, e.g. after training steps of several
         # subnets); a new model's are those of the dense model, i.e. the max subnet
         self.shared_stats_subnet: Optional[Subnet] = self.space.max_subnet()
         self._warned: set = set()  # eval-time warnings already given by this model (each is given once)
-        # (buffer tensor, its version, decoded table): holds the tensor itself, so a new buffer that reuses a freed
-        # one's id (CPython recycles addresses) can never be mistaken for it
-        self._table_cache: Tuple[Optional[torch.Tensor], int, Optional[BudgetTable]] = (None, -1, None)
 
     @property
     def switch_lock(self) -> threading.RLock:
@@ -208,17 +187,6 @@ class SubnetSwitch:
                 fi[i]['num_chs'] = channels.resolve(subnet.widths)
         set_input_size_cfg(getattr(self, 'pretrained_cfg', None), subnet.resolution)
 
-    @property
-    def budget_table(self) -> BudgetTable:
-        """The budget table (entries by ascending FLOPs); empty until trained or filled."""
-        tensor = self._buffers.get(TABLE_BUFFER)
-        version = -1 if tensor is None else tensor._version
-        cached, cached_version, table = self._table_cache
-        if table is None or cached is not tensor or cached_version != version:
-            table = read_table_buffer(tensor, self.space.group_names)
-            self._table_cache = (tensor, version, table)
-        return table
-
     def set_budget(self, flops: Optional[FlopsLike] = None, strict: bool = True, *,
                    latency_ms: Union[None, float, str] = None) -> BudgetEntry:
         """Switch to the best budget-table entry with FLOPs <= `flops`, or predicted latency <= `latency_ms` (give
@@ -313,50 +281,20 @@ def quiet_forwards(model: nn.Module, statistics: bool = True) -> Iterator[None]:
                 quiet[kind] -= 1
 
 
-@register_notrace_function
-def resize_to_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """`x` resized (bilinear, antialiased) to `resolution` x `resolution` unless it has that size already.
-
-    torch's antialiased resize has no float16 / bfloat16 CPU kernel: such inputs are resized in float32 and cast
-    back."""
-    if x.shape[-2] != resolution or x.shape[-1] != resolution:
-        low_cpu = x.device.type == 'cpu' and x.dtype in (torch.float16, torch.bfloat16)
-        y = F.interpolate(x.float() if low_cpu else x, size=(resolution, resolution), mode='bilinear',
-                          align_corners=False, antialias=True)
-        x = y.to(x.dtype) if low_cpu else y
-    return x
-
-
-def checked_export_input(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """The input of an exported supernet forward: fixed at the active resolution, as the graph holds no resize.
-
-    Another size, or a symbolic (dynamic) height or width, is refused: an ONNX graph traced at the active size would
-    run other sizes without resizing them, a silently different model. In a TorchScript-exporter ONNX graph a
-    reshape to that size makes other input sizes fail at run time instead.
-    """
-    height, width = x.shape[-2], x.shape[-1]
-    if torch.jit.is_tracing():  # the TorchScript exporter traces sizes as tensors of the example's values
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', torch.jit.TracerWarning)  # constants on purpose: the reshape below
-            height, width = int(height), int(width)
-    dynamic = isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt)
-    if dynamic or (height, width) != (resolution, resolution):
-        shown = 'a dynamic height/width' if dynamic else f'an input of {height}x{width}'
-        raise RuntimeError(f'a supernet exports at its active resolution only ({resolution}x{resolution}, the graph '
-                           f'holds no resize), got {shown}: export at {resolution} px, or export the static subnet '
-                           f'(timm_pss.export_subnet(model), or timm\'s reparameterize_model / --reparam), which takes '
-                           f'any size')
-    if torch.onnx.is_in_onnx_export():
-        x = x.reshape(x.shape[0], x.shape[1], resolution, resolution)
-    return x
-
-
 class SupernetMixin(SubnetSwitch):
     """Adds the supernet behaviour to a timm model class (put it first in the bases).
 
-    Subclasses build their dense timm model, then call `_init_supernet(...)`, and implement `_walk_channels`.
+    Subclasses build their dense timm model, then call `_init_supernet(...)`, and implement `channel_plan`; they
+    set `dense_class` (the dense timm class they extend) and keep their dense constructor's kwargs in `_dense_init`.
     """
     dense_architecture = ''  # the timm model an exported subnet is an instance of
+    dense_class = None  # the dense timm model class (EfficientNet, ResNet) the subclass extends
+
+    def dense_model(self, **kwargs) -> nn.Module:
+        """A dense `dense_class` model built like this supernet (same head); `kwargs` override (e.g. device)."""
+        init = {k: v for k, v in self._dense_init.items() if k not in ('device', 'dtype')}
+        init.update(num_classes=self.num_classes, global_pool=self.global_pool.pool_type)
+        return self.dense_class(**copy.deepcopy(init), **kwargs)
 
     def _init_supernet(
             self,
@@ -373,12 +311,12 @@ class SupernetMixin(SubnetSwitch):
         self._init_switch()
         self.set_subnet(self.space.max_subnet())
 
-    def _walk_channels(self) -> ChannelPlan:
+    def channel_plan(self) -> ChannelPlan:
         """Walk this architecture in forward order and record its channel plan."""
         raise NotImplementedError
 
     def _rebuild_plan(self) -> None:
-        plan = self._walk_channels()
+        plan = self.channel_plan()
         plan.attach(self)
         self.space = plan.build_space(**self._space_args)
         self._features_channels: Channels = plan.features
@@ -470,70 +408,14 @@ class SupernetFeatures(SubnetSwitch, FeatureListNet):
     """timm's FeatureListNet over a supernet (`features_only=True`), still switchable with `set_subnet`/`set_budget`."""
 
     def __init__(self, model: nn.Module, out_indices=(0, 1, 2, 3, 4), **kwargs):
-        table = model._buffers.get(TABLE_BUFFER)
         super().__init__(model, out_indices=out_indices, **kwargs)
         self.space = model.space
         self._feature_info_channels = [
             channels if i in self.feature_info.out_indices else None
             for i, channels in enumerate(model._feature_info_channels)]
         self._init_switch()
-        self._buffers[TABLE_BUFFER] = table
+        self.share_budget_storage(model)
         self._activate(model.active_subnet, model.active_budget_index)
-
-
-def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cfg: Optional[dict] = None, **kwargs):
-    """timm's `build_model_with_cfg` for supernets, plus the serving kwargs of every `pss_*` entrypoint.
-
-    `budget=` (FLOPs: MACs or a string like "150M"), `latency_ms=` or `budget_entry=` (an index) picks the
-    budget-table entry served once the weights have loaded (at most one of them; without, a model with a table
-    serves its top entry, see `set_top_budget`); they make `--model-kwargs budget=150M` work in timm's scripts.
-    `resolution=R` fixes the space's resolution at R (replacing `resolution_range`), for scripts that feed a given
-    `--img-size`. `features_only=True` gives a switchable `SupernetFeatures`; the pretrained_cfg follows the active
-    subnet from the start.
-    """
-    choice = {k: kwargs.pop(k) for k in BUDGET_KWARGS if kwargs.get(k) is not None}
-    for k in BUDGET_KWARGS:
-        kwargs.pop(k, None)
-    if len(choice) > 1:
-        raise ValueError(f'{variant}: give at most one of budget=, latency_ms=, budget_entry=; got '
-                         f'{", ".join(f"{k}={v!r}" for k, v in choice.items())}')
-    resolution = kwargs.pop('resolution', None)
-    if resolution is not None:
-        if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) or resolution < 1:
-            raise ValueError(f'{variant}: resolution= is an input size in pixels (a positive int), got '
-                             f'{resolution!r}')
-        kwargs['resolution_range'] = (int(resolution), int(resolution), 1)
-    feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
-    if pretrained:
-        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
-        check_local_dir_weights(cfg)
-        unreachable = hub_unreachable_reason(cfg, kwargs.get('cache_dir'))
-        if unreachable:  # fail now rather than after huggingface_hub's retries
-            raise missing_weights_error(variant, cfg, ConnectionError(unreachable))
-    try:
-        model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
-    except OSError as e:  # huggingface_hub / download failures: offline, no such repo or file
-        if not pretrained:
-            raise
-        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
-        raise missing_weights_error(variant, cfg, e) from e
-    except ValueError as e:
-        if resolution is None:
-            raise
-        raise ValueError(f'{variant}: resolution={resolution} does not fit these weights ({e}); a trained '
-                         f'supernet\'s budget entries run at their own resolutions: choose one with budget= or '
-                         f'budget_entry= instead') from None
-    if isinstance(model, SubnetSwitch):
-        model.activate(model.active_subnet, model.active_budget_index)
-        if 'budget' in choice:
-            model.set_budget(choice['budget'])
-        elif 'latency_ms' in choice:
-            model.set_budget(latency_ms=choice['latency_ms'])
-        elif 'budget_entry' in choice:
-            model.set_budget_entry(choice['budget_entry'])
-    return model
 
 
 def find_supernet(model: nn.Module) -> SubnetSwitch:

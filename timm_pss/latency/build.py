@@ -17,12 +17,13 @@ from torch import nn
 
 from ..spaces import SearchSpace, Subnet, SubnetBatch, stratified_subnets
 from ..supernet import SupernetMixin, quiet_forwards
-from .device import _allocator_settings, _device_name, _normalize_device, _synchronizer
-from .grid import LatencyBlock, _describe
-from .segments import _Segment, _architecture, _check_chain, _full_supernet, _segments
+from .device import allocator_settings, describe_device, normalize_device, synchronizer_for
+from .grid import LatencyBlock, describe_axis
+from .segments import Segment, architecture_name, check_segment_chain, full_supernet, forward_segments
 from .table import LatencyTable
 
-__all__ = ['build_lut', 'fit_overhead_ms', 'speed_drift', 'AUTO_MAX_GRID', 'SPEED_DRIFT_WARNING']
+__all__ = ['build_lut', 'fit_overhead_ms', 'speed_drift', 'time_in_place', 'CallTimer', 'AUTO_MAX_GRID',
+           'SPEED_DRIFT_WARNING']
 
 AUTO_MAX_GRID = 81  # width combinations per segment (per resolution) measured in full when width_points=None
 SPEED_DRIFT_WARNING = 0.10  # build_lut warns when the machine's speed changed by more than this during the build
@@ -35,7 +36,7 @@ def _grid_indices(n: int, k: int) -> List[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, k)})
 
 
-def _grid_axes(space: SearchSpace, segments: Sequence['_Segment'], width_points: Optional[int]
+def _grid_axes(space: SearchSpace, segments: Sequence['Segment'], width_points: Optional[int]
                ) -> List[List[Tuple[int, ...]]]:
     """The widths each segment is measured at, per group it depends on.
 
@@ -75,7 +76,7 @@ def _grid_point(value_index: Sequence[dict], groups: Sequence[int], widths: Sequ
     return None if None in idx else idx
 
 
-def _probe_widths(space: SearchSpace, segments: Sequence['_Segment'], axes: Sequence[Sequence[tuple]]
+def _probe_widths(space: SearchSpace, segments: Sequence['Segment'], axes: Sequence[Sequence[tuple]]
                   ) -> List[Tuple[int, ...]]:
     """Width vectors whose forwards together visit every grid point of every segment.
 
@@ -103,7 +104,7 @@ def _probe_widths(space: SearchSpace, segments: Sequence['_Segment'], axes: Sequ
     return probes
 
 
-class _Timer:
+class CallTimer:
     """Wall time of a call, and whether it ran undisturbed.
 
     With `retake` (one-thread CPU timing, where the work runs in this thread), a sample during which the thread
@@ -124,7 +125,7 @@ class _Timer:
         return out, 1e3 * wall, clean
 
 
-def time_in_place(segments: Sequence['_Segment'], x: torch.Tensor, timer: _Timer) -> List[Tuple[float, bool]]:
+def time_in_place(segments: Sequence['Segment'], x: torch.Tensor, timer: CallTimer) -> List[Tuple[float, bool]]:
     """(ms, undisturbed) of each segment, run in order on `x`, each timed between its neighbours."""
     samples = []
     for seg in segments:
@@ -137,9 +138,9 @@ def _median_of(clean: List[float], spoiled: List[float]) -> float:
     return statistics.median(clean if clean else spoiled)
 
 
-def _time_segments(supernet: SupernetMixin, segments: Sequence['_Segment'], subnets: Sequence[Subnet],
+def _time_segments(supernet: SupernetMixin, segments: Sequence['Segment'], subnets: Sequence[Subnet],
                    visits: Sequence[Sequence[int]], sizes: Sequence[int], whole: Sequence[Subnet],
-                   inputs: Dict[int, torch.Tensor], warmup: int, repeats: int, timer: _Timer,
+                   inputs: Dict[int, torch.Tensor], warmup: int, repeats: int, timer: CallTimer,
                    rng: np.random.Generator, progress: Optional[str] = None
                    ) -> Tuple[List[np.ndarray], List[float], int]:
     """Median ms of each segment at each of its grid points, timed in place within full forwards, and, for each of
@@ -228,6 +229,43 @@ def _positive(value, name: str, low: int = 1) -> int:
     return int(value)
 
 
+def _checked_resolutions(space, resolutions: Optional[Sequence[int]]) -> List[int]:
+    """The resolutions a table covers: all of the space's (None), or the given ones, each a resolution of it."""
+    if resolutions is None:
+        return list(space.resolutions)
+    resolutions = sorted({_positive(r, 'resolution') for r in resolutions})
+    outside = [r for r in resolutions if r not in space.resolutions]
+    if outside or not resolutions:
+        raise ValueError(f'resolutions {outside or "[]"} are not resolutions of the space; allowed: '
+                         f'{describe_axis(space.resolutions)}')
+    return resolutions
+
+
+def _probe_visits(segments, axes, shapes, probes, resolutions) -> Tuple[List[Subnet], List[List[int]]]:
+    """Every probe at every resolution, and per such subnet the grid index over (resolution, widths) it visits in
+    each segment (-1: none)."""
+    value_index = [[{w: i for i, w in enumerate(a)} for a in ax] for ax in axes]
+    subnets, visits = [], []
+    for r_idx, r in enumerate(resolutions):
+        for p in probes:
+            subnets.append(Subnet(r, p))
+            points = [_grid_point(vi, seg.groups, p) for vi, seg in zip(value_index, segments)]
+            visits.append([-1 if point is None else int(np.ravel_multi_index((r_idx,) + point,
+                                                                             (len(resolutions),) + shape))
+                           for point, shape in zip(points, shapes)])
+    return subnets, visits
+
+
+def _fit_overhead(table: LatencyTable, whole: Sequence[Subnet], overheads: Sequence[float]) -> List[dict]:
+    """Set `table.overhead_ms` from the whole-forward subnets' measured overheads; their record for `build`."""
+    if not whole:
+        return []
+    blocks_ms = table.predict_many(SubnetBatch.from_subnets(whole))  # overhead 0: the blocks' sum
+    table.overhead_ms = fit_overhead_ms(overheads)
+    return [{'subnet': s.to_dict(), 'overhead_ms': round(o, 4), 'blocks_ms': round(float(b), 4)}
+            for s, o, b in zip(whole, overheads, blocks_ms)]
+
+
 def build_lut(
         model: nn.Module,
         device: Union[str, torch.device] = 'cpu',
@@ -265,9 +303,9 @@ def build_lut(
     Runs with `threads` torch threads (default: the current number), in eval mode under `torch.inference_mode`;
     the thread count, the model's train/eval modes and its active subnet are restored after.
     """
-    supernet = _full_supernet(model)
+    supernet = full_supernet(model)
     space = supernet.space
-    dev = _normalize_device(device)
+    dev = normalize_device(device)
     batch_size = _positive(batch_size, 'batch_size')
     warmup = _positive(warmup, 'warmup', 0)
     repeats = _positive(repeats, 'repeats')
@@ -277,33 +315,18 @@ def build_lut(
     threads = torch.get_num_threads() if threads is None else _positive(threads, 'threads')
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f'dtype must be a torch.dtype, got {dtype!r}')
-    if resolutions is None:
-        resolutions = space.resolutions
-    else:
-        resolutions = sorted({_positive(r, 'resolution') for r in resolutions})
-        outside = [r for r in resolutions if r not in space.resolutions]
-        if outside or not resolutions:
-            raise ValueError(f'resolutions {outside or "[]"} are not resolutions of the space; allowed: '
-                             f'{_describe(space.resolutions)}')
+    resolutions = _checked_resolutions(space, resolutions)
     param = next(supernet.parameters())
     if param.device != dev or param.dtype != dtype:
         raise ValueError(f'the model is on {param.device} in {param.dtype}; build_lut measures it where it is: '
                          f'move it first with model.to({str(dev)!r}, {dtype})')
 
-    segments = _segments(supernet, supernet._walk_channels())
+    segments = forward_segments(supernet, supernet.channel_plan())
     axes = _grid_axes(space, segments, width_points)
     shapes = [tuple(len(a) for a in ax) for ax in axes]
     probes = _probe_widths(space, segments, axes)
-    value_index = [[{w: i for i, w in enumerate(a)} for a in ax] for ax in axes]
-    subnets, visits = [], []  # every probe at every resolution; grid index over (resolution, widths) per segment
-    for r_idx, r in enumerate(resolutions):
-        for p in probes:
-            subnets.append(Subnet(r, p))
-            points = [_grid_point(vi, seg.groups, p) for vi, seg in zip(value_index, segments)]
-            visits.append([-1 if point is None else int(np.ravel_multi_index((r_idx,) + point,
-                                                                             (len(resolutions),) + shape))
-                           for point, shape in zip(points, shapes)])
-    timer = _Timer(_synchronizer(dev), retake=dev.type == 'cpu' and threads == 1)
+    subnets, visits = _probe_visits(segments, axes, shapes, probes, resolutions)
+    timer = CallTimer(synchronizer_for(dev), retake=dev.type == 'cpu' and threads == 1)
     modes = [(m, m.training) for m in supernet.modules()]
     previous_threads = torch.get_num_threads()
     generator = torch.Generator().manual_seed(seed)
@@ -315,11 +338,11 @@ def build_lut(
         with torch.inference_mode(), supernet.keep_active(), quiet_forwards(supernet):  # timing, not accuracy
             inputs = {r: torch.randn(batch_size, supernet.in_chans, r, r, generator=generator).to(dev, dtype)
                       for r in sorted(set(resolutions) | {s.resolution for s in whole})}
-            _check_chain(supernet, segments, Subnet(resolutions[0], space.max_widths), inputs[resolutions[0]])
+            check_segment_chain(supernet, segments, Subnet(resolutions[0], space.max_widths), inputs[resolutions[0]])
             medians, overheads, retaken, drift = _time_segments(
                 supernet, segments, subnets, visits, [len(resolutions) * math.prod(s) for s in shapes], whole,
                 inputs, warmup, repeats, timer, np.random.default_rng(seed),
-                progress=f'build_lut {_architecture(supernet)} ({len(subnets)} + {len(whole)} subnets)'
+                progress=f'build_lut {architecture_name(supernet)} ({len(subnets)} + {len(whole)} subnets)'
                 if progress else None)
     finally:
         torch.set_num_threads(previous_threads)
@@ -328,18 +351,13 @@ def build_lut(
     blocks = [LatencyBlock(s.name, s.groups, resolutions, ax, np.round(m.reshape((len(resolutions),) + shape), 4))
               for s, ax, m, shape in zip(segments, axes, medians, shapes)]
     table = LatencyTable(
-        model=_architecture(supernet), space=space.to_dict(), num_classes=int(supernet.num_classes),
-        device=str(dev), device_name=_device_name(dev), torch_version=torch.__version__, threads=threads,
+        model=architecture_name(supernet), space=space.to_dict(), num_classes=int(supernet.num_classes),
+        device=str(dev), device_name=describe_device(dev), torch_version=torch.__version__, threads=threads,
         dtype=str(dtype).replace('torch.', ''), batch_size=batch_size, blocks=blocks, overhead_ms=0.0)
-    fit = []
-    if whole:
-        blocks_ms = table.predict_many(SubnetBatch.from_subnets(whole))  # overhead 0: the blocks' sum
-        fit = [{'subnet': s.to_dict(), 'overhead_ms': round(o, 4), 'blocks_ms': round(float(b), 4)}
-               for s, o, b in zip(whole, overheads, blocks_ms)]
-        table.overhead_ms = fit_overhead_ms(overheads)
+    fit = _fit_overhead(table, whole, overheads)
     table.build = {'seconds': round(time.perf_counter() - t_start, 2), 'warmup': warmup, 'repeats': repeats,
                    'width_points': width_points, 'auto_max_grid': AUTO_MAX_GRID, 'probe_subnets': len(probes),
-                   'retaken_samples': retaken, 'allocator': _allocator_settings(), 'overhead_fit': fit,
+                   'retaken_samples': retaken, 'allocator': allocator_settings(), 'overhead_fit': fit,
                    'speed_drift': None if drift is None else round(drift, 4)}
     if drift is not None and abs(drift) > SPEED_DRIFT_WARNING:
         warnings.warn(f'build_lut: the machine ran {abs(100 * drift):.0f}% {"slower" if drift > 0 else "faster"} '

@@ -8,10 +8,10 @@ from typing import Callable, Union
 
 import torch
 
-__all__ = ['cpu_name']
+__all__ = ['cpu_name', 'normalize_device', 'describe_device', 'synchronizer_for', 'allocator_settings']
 
 
-def _normalize_device(device: Union[str, torch.device]) -> torch.device:
+def normalize_device(device: Union[str, torch.device]) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -36,7 +36,7 @@ def cpu_name() -> str:
     return name or platform.machine() or 'unknown'
 
 
-def _device_name(dev: torch.device) -> str:
+def describe_device(dev: torch.device) -> str:
     if dev.type == 'cpu':
         return cpu_name()
     if dev.type == 'cuda':
@@ -44,7 +44,7 @@ def _device_name(dev: torch.device) -> str:
     return dev.type
 
 
-def _synchronizer(dev: torch.device) -> Callable[[], None]:
+def synchronizer_for(dev: torch.device) -> Callable[[], None]:
     if dev.type == 'cuda':
         return lambda: torch.cuda.synchronize(dev)
     if dev.type == 'mps':
@@ -52,7 +52,7 @@ def _synchronizer(dev: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def _allocator_settings() -> dict:
+def allocator_settings() -> dict:
     """The environment that decides how this process allocates memory (LD_PRELOAD, glibc's MALLOC_*_ tunables)."""
     return {k: v for k, v in sorted(os.environ.items())
             if k == 'LD_PRELOAD' or k == 'GLIBC_TUNABLES' or (k.startswith('MALLOC_') and k.endswith('_'))}

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..spaces import describe_choices
 
-__all__ = ['LatencyBlock']
+__all__ = ['LatencyBlock', 'describe_axis']
 
 
 class LatencyBlock:
@@ -66,7 +66,7 @@ class LatencyBlock:
                 axis_ints = self.resolutions if k == 0 else self.widths[k - 1]
                 which = f' (subnet {i})' if x.size > 1 else ''
                 return (f'block {self.name!r} has no entry for {what} {int(x[i])}{which}; the table covers '
-                        f'{_describe(axis_ints)}')
+                        f'{describe_axis(axis_ints)}')
         return None
 
     def lookup(self, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ def _interp_table(axis: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return lo.astype(np.intp), (values - axis[lo]) / (axis[lo + 1] - axis[lo])
 
 
-def _describe(values: Sequence[int]) -> str:
+def describe_axis(values: Sequence[int]) -> str:
     """A grid axis as `describe_choices` gives it, naming the measured points of an unevenly spaced one."""
     values = list(values)
     text = describe_choices(values)

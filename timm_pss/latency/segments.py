@@ -11,8 +11,10 @@ from ..channel_plan import ChannelPlan
 from ..spaces import Subnet
 from ..supernet import SupernetMixin, find_supernet
 
+__all__ = ['Segment', 'forward_segments', 'check_segment_chain', 'architecture_name', 'full_supernet']
 
-class _Segment(NamedTuple):
+
+class Segment(NamedTuple):
     name: str
     paths: Tuple[str, ...]                   # module paths whose layers belong to it (for the channel rules)
     run: Callable[[torch.Tensor], torch.Tensor]
@@ -35,7 +37,7 @@ def _run_modules(modules: Sequence[nn.Module], then: Optional[Callable] = None):
     return run
 
 
-def _segments(model: SupernetMixin, plan: ChannelPlan) -> List[_Segment]:
+def forward_segments(model: SupernetMixin, plan: ChannelPlan) -> List[Segment]:
     """The model's forward as segments (stem, each block of its Sequential containers, head), with the channel
     groups each depends on. The top-level children run in registration order, the head ends with `forward_head`;
     `build_lut` checks that the chain reproduces `model(x)`."""
@@ -72,7 +74,7 @@ def _segments(model: SupernetMixin, plan: ChannelPlan) -> List[_Segment]:
                 if any(rule_name == p or rule_name.startswith(p + '.') for p in paths)]
         assigned.update(rule_name for rule_name, _ in mine)
         groups = {c.group for _, r in mine for c in r if c is not None} | {current.group}
-        segments.append(_Segment(name, paths, run, tuple(sorted(g for g in groups if g is not None))))
+        segments.append(Segment(name, paths, run, tuple(sorted(g for g in groups if g is not None))))
         outs = [r[1] for _, r in mine if r[1] is not None]
         if outs:
             current = outs[-1]
@@ -82,7 +84,8 @@ def _segments(model: SupernetMixin, plan: ChannelPlan) -> List[_Segment]:
     return segments
 
 
-def _check_chain(supernet: SupernetMixin, segments: Sequence['_Segment'], subnet: Subnet, x: torch.Tensor) -> None:
+def check_segment_chain(supernet: SupernetMixin, segments: Sequence['Segment'], subnet: Subnet,
+                        x: torch.Tensor) -> None:
     """The segments run in order must give model(x), or the table would time another forward."""
     supernet.set_subnet(subnet)
     y = x
@@ -94,12 +97,12 @@ def _check_chain(supernet: SupernetMixin, segments: Sequence['_Segment'], subnet
                          f'order does not reproduce model(x); cannot build a latency table for this forward')
 
 
-def _architecture(model: nn.Module) -> str:
+def architecture_name(model: nn.Module) -> str:
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     return cfg.get('architecture') or type(model).__name__
 
 
-def _full_supernet(model: nn.Module) -> SupernetMixin:
+def full_supernet(model: nn.Module) -> SupernetMixin:
     supernet = find_supernet(model)
     if not isinstance(supernet, SupernetMixin):
         raise ValueError(f'latency tables describe a full supernet (a timm_pss model), not a '

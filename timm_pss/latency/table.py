@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..budget_table import LATENCY_METRIC, set_table_metrics
+from ..budget_table import LATENCY_METRIC
 from ..files import write_text_atomic
 from ..spaces import SearchSpace, Subnet, SubnetBatch
 from ..supernet import find_supernet
-from .device import _device_name, _normalize_device
-from .grid import LatencyBlock, _describe
-from .segments import _architecture, _full_supernet, _segments
+from .device import describe_device, normalize_device
+from .grid import LatencyBlock, describe_axis
+from .segments import architecture_name, full_supernet, forward_segments
 
 __all__ = ['LatencyTable', 'FORMAT', 'predict_latency', 'record_latency']
 
@@ -150,8 +150,8 @@ class LatencyTable:
 
     def check_model(self, model: nn.Module) -> None:
         """ValueError naming both sides when this table was built for another model, head or search space."""
-        supernet = _full_supernet(model)
-        name = _architecture(supernet)
+        supernet = full_supernet(model)
+        name = architecture_name(supernet)
         problems = []
         if name != self.model:
             problems.append(f'architecture {self.model} vs {name}')
@@ -159,7 +159,7 @@ class LatencyTable:
             problems.append(f'num_classes {self.num_classes} vs {supernet.num_classes}')
         problems += _space_differences(self.space, supernet.space)
         if not problems:
-            segments = _segments(supernet, supernet._walk_channels())
+            segments = forward_segments(supernet, supernet.channel_plan())
             theirs = {s.name: s.groups for s in segments}
             missing = [n for n in theirs if n not in self.block_names]
             extra = [n for n in self.block_names if n not in theirs]
@@ -179,8 +179,8 @@ class LatencyTable:
         """ValueError naming both sides when `device` (default: the table's) is another device or device model
         than the table was built on, or, for a CPU table, `threads` (default: `torch.get_num_threads()`) differs."""
         try:
-            dev = _normalize_device(self.device if device is None else device)
-            name = _device_name(dev)
+            dev = normalize_device(self.device if device is None else device)
+            name = describe_device(dev)
         except (RuntimeError, AssertionError) as e:
             raise ValueError(f'latency table was built on {self.device} ({self.device_name}); device '
                              f'{device or self.device} is not available here: {e}') from e
@@ -307,15 +307,15 @@ def _space_from_dict(d) -> SearchSpace:
 def _space_differences(ours: SearchSpace, theirs: SearchSpace) -> List[str]:
     if ours.group_names != theirs.group_names:
         return [f'channel groups {list(ours.group_names)} vs {list(theirs.group_names)}']
-    problems = [f'group {n!r} widths {_describe(a)} vs {_describe(b)}'
+    problems = [f'group {n!r} widths {describe_axis(a)} vs {describe_axis(b)}'
                 for n, a, b in zip(ours.group_names, ours.width_choices, theirs.width_choices) if a != b]
     if ours.resolutions != theirs.resolutions:
-        problems.append(f'resolutions {_describe(ours.resolutions)} vs {_describe(theirs.resolutions)}')
+        problems.append(f'resolutions {describe_axis(ours.resolutions)} vs {describe_axis(theirs.resolutions)}')
     return problems
 
 
 def _describe_space(space: SearchSpace) -> str:
-    return f'{space.num_groups} groups, resolutions {_describe(space.resolutions)}'
+    return f'{space.num_groups} groups, resolutions {describe_axis(space.resolutions)}'
 
 
 def record_latency(model: nn.Module, table: LatencyTable):
@@ -331,4 +331,4 @@ def record_latency(model: nn.Module, table: LatencyTable):
     info = {'latency_device': table.device, 'latency_device_name': table.device_name,
             'latency_threads': str(table.threads), 'latency_batch_size': str(table.batch_size),
             'latency_dtype': table.dtype, 'latency_torch': table.torch_version}
-    return set_table_metrics(supernet, [{LATENCY_METRIC: float(v)} for v in ms], info=info)
+    return supernet.set_table_metrics([{LATENCY_METRIC: float(v)} for v in ms], info=info)

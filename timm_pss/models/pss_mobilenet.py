@@ -25,7 +25,8 @@ from timm.models.efficientnet import EfficientNet
 from ..channel_plan import Activation, ChannelPlan
 from ..spaces import Channels
 from ..hub import hub_repo_id
-from ..supernet import SupernetMixin, build_supernet
+from ..supernet import SupernetMixin
+from .build import build_supernet
 
 __all__ = ['PssEfficientNet']
 
@@ -42,6 +43,8 @@ class PssEfficientNet(SupernetMixin, EfficientNet):
         dense_architecture: the timm model an exported subnet is an instance of.
         **kwargs: EfficientNet's own arguments.
     """
+
+    dense_class = EfficientNet
 
     def __init__(
             self,
@@ -61,13 +64,7 @@ class PssEfficientNet(SupernetMixin, EfficientNet):
         self.dense_architecture = dense_architecture
         self._init_supernet(width_range, resolution_range, fixed_groups)
 
-    def dense_model(self, **kwargs) -> EfficientNet:
-        """A dense EfficientNet built like this supernet (same head); `kwargs` override (e.g. device)."""
-        init = {k: v for k, v in self._dense_init.items() if k not in ('device', 'dtype')}
-        init.update(num_classes=self.num_classes, global_pool=self.global_pool.pool_type)
-        return EfficientNet(**deepcopy(init), **kwargs)
-
-    def _walk_channels(self) -> ChannelPlan:
+    def channel_plan(self) -> ChannelPlan:
         plan = ChannelPlan()
         x = plan.input(self.in_chans)
         x = plan.conv('conv_stem', self.conv_stem, x, plan.new_group('conv_stem', self.conv_stem.out_channels))
@@ -176,11 +173,12 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def pss_mobilenetv1(pretrained: bool = False, **kwargs) -> PssEfficientNet:
-    """MobileNetV1 PSS supernet: 14 channel groups, widths 0.75-1.0, 128-224px, 106.78-568.79 MMACs."""
+    """MobileNetV1 PSS supernet: 14 channel groups, widths 0.75-1.0, 128-224px (MACs: `model.space.flops_span`)."""
     return _gen_pss_mobilenet_v1('pss_mobilenetv1', pretrained=pretrained, **kwargs)
 
 
 @register_model
 def pss_mobilenetv2(pretrained: bool = False, **kwargs) -> PssEfficientNet:
-    """MobileNetV2 PSS supernet: 9 channel groups (head fixed), widths 0.75-1.0, 128-224px, 69.15-300.84 MMACs."""
+    """MobileNetV2 PSS supernet: 9 channel groups (head fixed), widths 0.75-1.0, 128-224px (MACs:
+    `model.space.flops_span`)."""
     return _gen_pss_mobilenet_v2('pss_mobilenetv2', pretrained=pretrained, **kwargs)

@@ -21,7 +21,8 @@ from timm.models.resnet import Bottleneck, ResNet
 
 from ..channel_plan import ChannelPlan
 from ..hub import hub_repo_id
-from ..supernet import SupernetMixin, build_supernet
+from ..supernet import SupernetMixin
+from .build import build_supernet
 
 __all__ = ['PssResNet']
 
@@ -37,6 +38,8 @@ class PssResNet(SupernetMixin, ResNet):
         **kwargs: ResNet's own arguments.
     """
 
+    dense_class = ResNet
+
     def __init__(
             self,
             width_range: Tuple[float, float] = (0.25, 1.0),
@@ -50,13 +53,7 @@ class PssResNet(SupernetMixin, ResNet):
         self.dense_architecture = dense_architecture
         self._init_supernet(width_range, resolution_range, fixed_groups)
 
-    def dense_model(self, **kwargs) -> ResNet:
-        """A dense ResNet built like this supernet (same head); `kwargs` override (e.g. device)."""
-        init = {k: v for k, v in self._dense_init.items() if k not in ('device', 'dtype')}
-        init.update(num_classes=self.num_classes, global_pool=self.global_pool.pool_type)
-        return ResNet(**init, **kwargs)
-
-    def _walk_channels(self) -> ChannelPlan:
+    def channel_plan(self) -> ChannelPlan:
         if not isinstance(self.conv1, nn.Conv2d):
             raise ValueError('only the single 7x7 conv stem (stem_type="") is slimmable here')
         plan = ChannelPlan()
@@ -109,6 +106,6 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def pss_resnet50(pretrained: bool = False, **kwargs) -> PssResNet:
-    """ResNet-50 PSS supernet: 21 channel groups, widths 0.25-1.0, 128-224px, 0.091-4.09 GMACs."""
+    """ResNet-50 PSS supernet: 21 channel groups, widths 0.25-1.0, 128-224px (MACs: `model.space.flops_span`)."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), dense_architecture='resnet50')
     return _create_pss_resnet('pss_resnet50', pretrained, **dict(model_args, **kwargs))

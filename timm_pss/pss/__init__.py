@@ -8,7 +8,7 @@ from .pools import (
     BUCKET_WEIGHTS, PRIORITIES, Proposal, SubnetPool, bucket_targets, draw_probabilities, exponential_schedule,
     global_width_bucket_weights, priority_values,
 )
-from .baselines import GlobalWidthSampler, SpaceUniformSampler, UniformSubnetSampler, USNetSampler
+from .baselines import GlobalWidthSampler, SpaceUniformSampler, USNetSampler
 from .samplers import InBucketUniformSampler, PrioritizedSubnetSampler, Sampler
 from .task import (
     PSSTask, ResumablePSSTask, TrainingDiverged, capture_rng_state, check_pools_identical, hard_labels,
@@ -24,5 +24,5 @@ __all__ = [
     'fixed_batch', 'fresh_scores', 'global_width_bucket_weights', 'GlobalWidthSampler', 'hard_labels',
     'MultiCostSampler', 'inplace_distillation_loss', 'pool_diagnostics', 'PoolMonitor', 'PrioritizedSubnetSampler',
     'priority_values', 'Proposal', 'PSSTask', 'ResumablePSSTask', 'capture_rng_state', 'check_pools_identical',
-    'restore_rng_state', 'spearman', 'SubnetPool', 'UniformSubnetSampler', 'USNetSampler',
+    'restore_rng_state', 'spearman', 'SubnetPool', 'USNetSampler',
 ]

@@ -16,7 +16,7 @@ from .options import ABLATION_DEFAULTS, check_sampler_settings
 from .pools import Proposal, SubnetPool, global_width_subnets
 from .samplers import PrioritizedSubnetSampler
 
-__all__ = ['GlobalWidthSampler', 'USNetSampler', 'SpaceUniformSampler', 'UniformSubnetSampler']
+__all__ = ['GlobalWidthSampler', 'USNetSampler', 'SpaceUniformSampler']
 
 
 class GlobalWidthSampler(PrioritizedSubnetSampler):
@@ -71,6 +71,7 @@ class SpaceUniformSampler:
     A `Sampler` for baselines and ablations (training-step cost); `PSSTask` runs it, finalisation needs pools.
     """
     format = 'timm_pss.uniform_sampler/1'
+    kind = 'space_uniform'
 
     def __init__(self, space: SearchSpace, seed: RngLike = 0):
         self.space = space
@@ -93,6 +94,9 @@ class SpaceUniformSampler:
     def fill(self) -> List[int]:
         return []
 
+    def describe_bucket(self, bucket: int) -> str:
+        return 'the whole space (no buckets)'
+
     def best_subnet(self, budget: float) -> Optional[Subnet]:
         """None: uniform sampling keeps no pools."""
         return None
@@ -106,5 +110,3 @@ class SpaceUniformSampler:
         self.rng.bit_generator.state = state['rng']
         self.progress = float(state['progress'])
 
-
-UniformSubnetSampler = SpaceUniformSampler  # its old name, as the README's benchmark section calls it

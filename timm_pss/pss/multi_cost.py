@@ -10,9 +10,9 @@ from ..costs import SubnetCost
 from ..spaces import RngLike, Subnet
 from .options import MULTI_METRIC_SAMPLERS, check_sampler_settings
 from .pools import Proposal, SubnetPool, bucket_distribution
-from .samplers import PrioritizedSubnetSampler, _Config
+from .samplers import PrioritizedSubnetSampler, SamplerConfig
 
-__all__ = ['MultiCostSampler']
+__all__ = ['MultiCostSampler', 'MULTI_STATE_FORMAT']
 
 MULTI_STATE_FORMAT = 'timm_pss.pss_multi_sampler/1'
 
@@ -23,6 +23,8 @@ class MultiCostSampler:
     Each step picks one bucket uniformly among all costs' buckets and lets that cost's sampler propose; bucket
     indices run over the samplers in order. Same interface as `PrioritizedSubnetSampler`.
     """
+
+    kind = 'multi_cost'
 
     def __init__(self, samplers: Sequence[PrioritizedSubnetSampler], seed: RngLike = 0):
         if not samplers:
@@ -46,7 +48,7 @@ class MultiCostSampler:
         return np.concatenate([s.bucket_distribution() for s in self.samplers]) / len(self.samplers)
 
     @property
-    def config(self) -> _Config:
+    def config(self) -> SamplerConfig:
         return self.samplers[0].config
 
     @property
@@ -126,18 +128,18 @@ class MultiCostSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get('format') != MULTI_STATE_FORMAT:
-            raise ValueError(f'not a multi-metric PSS sampler state (expected "format": "{MULTI_STATE_FORMAT}"); '
-                             f'was the run trained with one metric?')
-        theirs = [s.get('metric', 'flops') for s in state['samplers']]
+            raise ValueError(f'not a multi-cost PSS sampler state (expected "format": "{MULTI_STATE_FORMAT}"); '
+                             f'was the run trained with one cost kind?')
+        theirs = [s.get('cost_kind', 'flops') for s in state['samplers']]
         ours = [s.cost.kind for s in self.samplers]
         if theirs != ours:
-            raise ValueError(f'sampler state has pools for metrics {theirs}; this run has {ours}')
-        parsed = [s._parse_state(sub) for s, sub in zip(self.samplers, state['samplers'])]  # all checked first
+            raise ValueError(f'sampler state has pools for cost kinds {theirs}; this run has {ours}')
+        parsed = [s.parse_state(sub) for s, sub in zip(self.samplers, state['samplers'])]  # all checked first
         rng = np.random.default_rng()
         try:
             rng.bit_generator.state = state['rng']
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f'multi-metric PSS sampler state refused: bad "rng" ({e})') from None
+            raise ValueError(f'multi-cost PSS sampler state refused: bad "rng" ({e})') from None
         for s, p in zip(self.samplers, parsed):
-            s._apply_state(p)
+            s.apply_state(p)
         self.rng = rng

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Mapping, Sequence
 
-from ..budget_table import parse_flops
+from ..units import parse_flops
 from ..costs import COST_KINDS
 from .pools import BUCKET_WEIGHTS, PRIORITIES
 

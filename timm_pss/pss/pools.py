@@ -20,10 +20,9 @@ import numpy as np
 from ..costs import FlopsCost, SubnetCost
 from ..spaces import SearchSpace, Subnet, SubnetBatch
 
-__all__ = ['exponential_schedule', 'SubnetPool', 'Proposal', 'PrioritizedSubnetSampler', 'GlobalWidthSampler',
-           'USNetSampler', 'MultiCostSampler', 'UniformSubnetSampler', 'bucket_targets', 'SAMPLERS', 'create_sampler',
-           'PRIORITIES', 'BUCKET_WEIGHTS', 'average_ranks', 'priority_values', 'draw_probabilities',
-           'global_width_subnets', 'global_width_bucket_weights', 'bucket_distribution']
+__all__ = ['exponential_schedule', 'softmax_probabilities', 'SubnetPool', 'Proposal', 'bucket_targets', 'PRIORITIES',
+           'BUCKET_WEIGHTS', 'average_ranks', 'priority_values', 'draw_probabilities', 'global_width_subnets',
+           'global_width_bucket_weights', 'bucket_distribution']
 
 
 def exponential_schedule(start: float, end: float, progress: float) -> float:
@@ -172,7 +171,11 @@ class SubnetPool:
 
     def load_state_dict(self, entries: Sequence) -> None:
         """Restore from `state_dict()`; every score must be finite (checked before anything changes)."""
-        self._scores = self.parse_state(entries)
+        self.apply_state(self.parse_state(entries))
+
+    def apply_state(self, scores: Dict[Subnet, float]) -> None:
+        """Take the {subnet: score} members `parse_state` checked, in place of the current ones."""
+        self._scores = dict(scores)
 
     def parse_state(self, entries: Sequence) -> Dict[Subnet, float]:
         """{subnet: score} from `state_dict()` output, or ValueError: a malformed entry, a non-finite score, or
@@ -253,21 +256,3 @@ def global_width_bucket_weights(space: SearchSpace, targets: Sequence[float], st
     if counts.sum() == 0:
         raise ValueError('no global-width subnet falls in any bucket; bucket weights are undefined')
     return counts / counts.sum()
-
-
-# The samplers lived here before they got their own modules; `from timm_pss.pss.pools import X` still works.
-_MOVED = {
-    'samplers': ('STATE_FORMAT', 'EMPTY_BUCKET_PROBES', 'PrioritizedSubnetSampler', 'InBucketUniformSampler',
-                 'Sampler'),
-    'baselines': ('GlobalWidthSampler', 'USNetSampler', 'SpaceUniformSampler', 'UniformSubnetSampler'),
-    'multi_cost': ('MULTI_STATE_FORMAT', 'MultiCostSampler'),
-    'factory': ('SAMPLERS', 'create_sampler'),
-}
-
-
-def __getattr__(name: str):
-    for module, names in _MOVED.items():
-        if name in names:
-            import importlib
-            return getattr(importlib.import_module(f'{__package__}.{module}'), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -30,7 +30,8 @@ from .pools import (
     global_width_bucket_weights,
 )
 
-__all__ = ['Sampler', 'PrioritizedSubnetSampler', 'InBucketUniformSampler']
+__all__ = ['Sampler', 'SamplerConfig', 'PrioritizedSubnetSampler', 'InBucketUniformSampler', 'STATE_FORMAT',
+           'EMPTY_BUCKET_PROBES']
 
 STATE_FORMAT = 'timm_pss.pss_sampler/1'
 # in-bucket draws tried (fixed seed) on a bucket whose candidate bank has no member, before it counts as empty
@@ -42,6 +43,7 @@ class Sampler(Protocol):
     """What every sampler provides: what `PSSTask` trains, what training reports and checkpoints, and the best
     pooled subnet for a budget (what per-epoch evaluation measures)."""
 
+    kind: str  # which sampler this is (the pool samplers record it in their checkpoints)
     space: SearchSpace
     pools: List[SubnetPool]
     progress: float
@@ -61,6 +63,9 @@ class Sampler(Protocol):
     def fill(self) -> List[int]:
         """Entries per pool."""
 
+    def describe_bucket(self, bucket: int) -> str:
+        """Pool `bucket`'s budget for people, e.g. '120.00M flops'."""
+
     def best_subnet(self, budget: float) -> Optional[Subnet]:
         """The best pooled subnet for a FLOPs budget, or None."""
 
@@ -72,7 +77,8 @@ class Sampler(Protocol):
 
 
 @dataclass
-class _Config:
+class SamplerConfig:
+    """A pool sampler's settings: bucket centres and width, pool size and score momentum, schedules, ablations."""
     targets: List[float]
     step: float
     pool_size: int
@@ -132,7 +138,7 @@ class PrioritizedSubnetSampler:
         self.cost = cost or FlopsCost(space)
         targets, step = bucket_targets(space, budget_range, num_pools, self.cost)
         self.space = space
-        self.config = _Config([float(t) for t in targets], step, int(pool_size), float(momentum),
+        self.config = SamplerConfig([float(t) for t in targets], step, int(pool_size), float(momentum),
                               tuple(map(float, p_random)), tuple(map(float, temperature)), priority,
                               bool(shuffle_scores), bucket_weights)
         # bucket draw probabilities; None: uniform, drawn as the reference does (rng.integers)
@@ -263,7 +269,7 @@ class PrioritizedSubnetSampler:
         return {
             'format': STATE_FORMAT,
             'kind': self.kind,
-            'metric': self.cost.kind,  # the key earlier checkpoints use for the cost kind
+            'cost_kind': self.cost.kind,
             'targets': list(c.targets), 'step': c.step, 'pool_size': c.pool_size, 'momentum': c.momentum,
             'p_random': list(c.p_random), 'temperature': list(c.temperature),
             'priority': c.priority, 'shuffle_scores': c.shuffle_scores, 'bucket_weights': c.bucket_weights,
@@ -277,15 +283,16 @@ class PrioritizedSubnetSampler:
         """Restore from `state_dict()`; the buckets and pool settings must match this sampler's, every pooled
         subnet must lie in the space and in its pool's bucket, and every score must be finite. Everything is
         checked first: a refused state (ValueError) leaves the sampler as it was."""
-        self._apply_state(self._parse_state(state))
+        self.apply_state(self.parse_state(state))
 
-    def _apply_state(self, parsed: tuple) -> None:
+    def apply_state(self, parsed: tuple) -> None:
+        """Take a state `parse_state` checked (all of it or nothing, so several samplers can load together)."""
         bucket_probs = parsed[-1]
         self.pools, self.rng, self.progress, self.config.p_random, self.config.temperature = parsed[:-1]
         if bucket_probs is not None:
             self.bucket_probs = bucket_probs
 
-    def _parse_state(self, state: dict) -> tuple:
+    def parse_state(self, state: dict) -> tuple:
         """(pools, rng, progress, p_random, temperature, bucket_probs) from a `state_dict()`, checked; changes
         nothing."""
         if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
@@ -293,9 +300,9 @@ class PrioritizedSubnetSampler:
         kind = state.get('kind', 'prioritized')
         if kind != self.kind:
             raise ValueError(f'sampler state was saved by a {kind!r} sampler; this run uses {self.kind!r}')
-        metric = state.get('metric', 'flops')
-        if metric != self.cost.kind:
-            raise ValueError(f'sampler state has pools keyed by {metric!r}; this run keys them by '
+        cost_kind = state.get('cost_kind', 'flops')
+        if cost_kind != self.cost.kind:
+            raise ValueError(f'sampler state has pools keyed by {cost_kind!r}; this run keys them by '
                              f'{self.cost.kind!r}')
         c = self.config
         theirs = (state.get('targets') or [], state.get('step'), state.get('pool_size'), state.get('momentum'))
@@ -326,8 +333,8 @@ class PrioritizedSubnetSampler:
             pools = [SubnetPool(c.pool_size, c.momentum) for _ in c.targets]
             for bucket, (pool, entries) in enumerate(zip(pools, state['pools'])):
                 try:
-                    pool._scores = pool.parse_state(entries)
-                    for subnet in pool._scores:
+                    pool.apply_state(pool.parse_state(entries))
+                    for subnet in pool.members():
                         self.space.validate(subnet)
                         self._check_in_bucket(bucket, subnet)
                 except ValueError as e:

@@ -17,7 +17,7 @@ from timm.data.dataset_factory import _search_split
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.utils import load_checkpoint_metadata
 
-from timm_pss.budget_table import format_flops, parse_flops
+from timm_pss.units import format_flops, parse_flops
 from timm_pss.latency import LatencyTable
 from timm_pss.pss.options import PSS_RESUME_SETTINGS
 

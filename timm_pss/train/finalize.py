@@ -3,8 +3,7 @@ latency, then the run folder's Hub files (config.json + model.safetensors), resu
 import logging
 import time
 
-from timm_pss.budget_table import set_table_metrics
-from timm_pss.hub import save_hub_files
+from timm_pss.publish import save_hub_files
 from timm_pss.latency import record_latency
 from timm_pss.pss import evaluate_accuracy, finalize_budget_table
 from timm_pss.reporting import format_results, plot_results, write_results
@@ -31,7 +30,7 @@ def finalize(run: TrainingRun) -> None:
         metrics.append({'top1': top1, 'top5': top5})
         _logger.info(f'Validating the budget table: entry {index + 1}/{entries} top-1 {top1:.2f}  '
                      f'ETA {eta(time.time() - start, index + 1, entries)}')
-    set_table_metrics(supernet, metrics)
+    supernet.set_table_metrics(metrics)
     if run.latency_table is not None:
         record_latency(supernet, run.latency_table)
     supernet.set_top_budget()  # config.json's input size is then that of the entry a loaded model serves

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import timm
 from timm.utils import AverageMeter, distribute_bn, is_primary
 
-from timm_pss.budget_table import format_flops
+from timm_pss.units import format_flops
 from timm_pss.pss import TrainingDiverged, check_pools_identical, evaluate_subnet
 from timm_pss.reporting import write_summary_row
 from timm_pss.supernet import find_supernet
