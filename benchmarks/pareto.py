@@ -208,12 +208,8 @@ def report_stem(dataset: str, methods: Sequence[str]) -> str:
 
 def unsupported_methods(methods: Sequence[str]) -> Dict[str, str]:
     """{method: why} for the methods whose extra arguments this version of train_pss.py does not accept."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train_pss
-    finally:
-        sys.path.remove(str(ROOT))
-    parser = train_pss.build_parser()
+    from timm_pss.train.args import build_parser
+    parser = build_parser()
     parser.exit_on_error = False
     reasons = {}
     for m in methods:

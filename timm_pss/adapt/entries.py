@@ -5,8 +5,9 @@ predicted latency, input resolution), a `lock` held from a switch through the ca
 entry in use), `activate(i)`,
 `example(i)` (an input of the entry's shape, for measuring) and `__call__(x)` (run the active entry).
 `SupernetEntries` implements it for a trained supernet and its budget table (one shared model, switched with
-`set_budget_entry` under the model's `switch_lock`). A set of exported static models (one inference session
-per entry) implements it the same way with `activate` choosing the session.
+`set_budget_entry` under the model's `switch_lock`). `ExportedEntries` implements it for the entries of an export
+folder (`python -m timm_pss.export`): one onnxruntime session per entry, fp32 or int8, `activate` choosing the
+session.
 
 `ladder` orders the entries fastest first and drops those that cannot be worth serving (slower and no more
 accurate than a faster one); `measure_latency` times every entry here and now.
@@ -24,8 +25,8 @@ from torch import nn
 from ..budget_table import LATENCY_METRIC
 from ..supernet import find_supernet
 
-__all__ = ['ACCURACY_METRIC', 'SELECTION_METRIC', 'EntryInfo', 'ServingEntries', 'SupernetEntries', 'ladder',
-           'measure_latency']
+__all__ = ['ACCURACY_METRIC', 'SELECTION_METRIC', 'EntryInfo', 'ExportedEntries', 'ServingEntries', 'SupernetEntries',
+           'ladder', 'measure_latency']
 
 ACCURACY_METRIC = 'top1'  # the budget-table metric read as an entry's accuracy: validation top-1 (%)
 SELECTION_METRIC = 'heldout_top1'  # the one the ladder keeps entries by (as set_budget does): not the validation
@@ -107,6 +108,69 @@ class SupernetEntries:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model(x)
+
+
+class ExportedEntries:
+    """The entries of an export folder written by `python -m timm_pss.export` as `ServingEntries`: one onnxruntime
+    session per entry of its (checked) manifest, `kind` 'onnx' (fp32) or 'int8', on the CPU with `threads` threads.
+
+    Accuracy is the entry's validation top-1 as the table recorded it, or, for int8, the int8 top-1 the export
+    measured; latency the table's prediction where it has one. Inputs are numpy float32 arrays (torch tensors are
+    converted); each call returns the session's logits. The lock is this object's own re-entrant lock.
+    """
+
+    def __init__(self, folder, kind: str = 'onnx', threads: int = 1):
+        import threading
+        import onnxruntime
+        from ..deploy import read_manifest
+
+        if kind not in ('onnx', 'int8'):
+            raise ValueError(f"kind must be 'onnx' or 'int8', got {kind!r}")
+        manifest = read_manifest(folder)
+        if not manifest.entries:
+            raise ValueError(f'{folder}: the manifest lists no entries to serve')
+        lacking = [e['name'] for e in manifest.entries if manifest.path(e, kind).name not in e['files']]
+        if lacking:
+            raise ValueError(f'{folder}: entries {lacking[:3]} have no {manifest.path(manifest.entries[0], kind).name}'
+                             f'; export them with --format onnx{" --int8" if kind == "int8" else ""}')
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+        self.manifest = manifest
+        self.sessions = [onnxruntime.InferenceSession(str(manifest.path(e, kind)), options,
+                                                      providers=['CPUExecutionProvider']) for e in manifest.entries]
+        self.input_names = [s.get_inputs()[0].name for s in self.sessions]
+
+        def accuracy(e):
+            return e['checks'].get('int8', {}).get('top1_int8') if kind == 'int8' else e['metrics'].get(
+                ACCURACY_METRIC)
+
+        self.infos = [EntryInfo(name=e['name'], flops=float(e['flops']), accuracy=accuracy(e),
+                                latency_ms=e['metrics'].get(LATENCY_METRIC), resolution=int(e['input_size'][1]),
+                                selection=e['metrics'].get(SELECTION_METRIC)) for e in manifest.entries]
+        self.shapes = [tuple(e['input_size']) for e in manifest.entries]
+        self.lock = threading.RLock()
+        self._active: Optional[int] = None
+
+    @property
+    def active(self) -> Optional[int]:
+        return self._active
+
+    def activate(self, index: int) -> None:
+        if not 0 <= index < len(self.sessions):
+            raise IndexError(f'entry {index} does not exist; there are {len(self.sessions)}')
+        self._active = index
+
+    def example(self, index: int):
+        import numpy as np
+        return np.zeros((1, *self.shapes[index]), dtype=np.float32)
+
+    def __call__(self, x: Any) -> Any:
+        import numpy as np
+        index = self._active
+        if index is None:
+            raise RuntimeError('no entry is active: activate one first (AdaptiveServer does)')
+        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+        return self.sessions[index].run(None, {self.input_names[index]: array})[0]
 
 
 def ladder(infos: Sequence[EntryInfo], latency_ms: Optional[Sequence[float]] = None) -> List[int]:
