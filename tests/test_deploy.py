@@ -121,3 +121,24 @@ def test_output_folder_rules_and_a_failed_entry_leaves_nothing(trained_run, tmp_
     assert len(names) == 2 and names[1] == 'manifest.json' and not any(n.startswith(TEMP_PREFIX) for n in names)
     assert [e['index'] for e in read_manifest(out).entries] == [0]
     assert (taken / 'notes.txt').read_text() == 'mine'
+
+
+@pytest.mark.parametrize('kind', ['onnx', 'int8'])
+def test_the_adaptation_controller_serves_exported_entries(exported, kind):
+    from timm_pss.adapt import AdaptiveServer, ExportedEntries, LatencyTarget, measure_latency
+    _, out, _ = exported
+    entries = ExportedEntries(out, kind)
+    manifest = read_manifest(out)
+    assert [i.name for i in entries.infos] == [e['name'] for e in manifest.entries]
+    if kind == 'int8':
+        assert [i.accuracy for i in entries.infos] == [e['checks']['int8']['top1_int8'] for e in manifest.entries]
+    latency = measure_latency(entries, repeats=2)
+    server = AdaptiveServer(entries, LatencyTarget(ms=1000 * max(latency)), latency_ms=latency)
+    entry = server.entry
+    x = np.random.default_rng(0).random((1, *entries.shapes[entry]), dtype=np.float32)
+    y = server(x)
+    assert np.array_equal(y, entries.sessions[entry].run(None, {'input': x})[0])
+    report = server.report()
+    assert report.calls == 1 and report.mean_accuracy == entries.infos[entry].accuracy
+    with pytest.raises(ValueError, match="kind must be 'onnx' or 'int8'"):
+        ExportedEntries(out, 'tflite')
