@@ -61,7 +61,7 @@ def test_every_file_loads_and_matches_the_supernet(exported):
             assert int8['top1_fp32'] == pytest.approx(supernet.budget_table[e['index']].metrics['top1'], abs=1e-6)
     config = json.loads((out / manifest.entries[-1]['name'] / 'config.json').read_text())
     assert config['architecture'] == 'mobilenetv1_100'  # the max subnet is the dense model: no timm_pss needed
-    assert json.loads((out / manifest.entries[0]['name'] / 'config.json').read_text())['architecture'] == 'pss_subnet'
+    assert json.loads((out / manifest.entries[0]['name'] / 'config.json').read_text())['architecture'] == 'timm_pss_subnet'
 
 
 @pytest.mark.parametrize('damage', ['sha256', 'missing', 'json', 'format'])

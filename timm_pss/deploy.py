@@ -4,12 +4,12 @@
     python -m timm_pss.export RUN --output DIR --budgets 0 8M --int8  # two entries, plus int8 ONNX and its top-1
 
 For each chosen entry, `DIR/<name>/` holds the static subnet (`export_subnet` with that entry's BN statistics):
-`model.safetensors` + `config.json` (so `timm.create_model('local-dir:DIR/<name>', pretrained=True)` loads it; an
-entry narrower than the dense model is the `pss_subnet` architecture, which needs `import timm_pss`), `model.onnx`
-(BN folded into the convolutions by the exporter), `model.torchscript.pt` (frozen: BN folded) and with `--int8`
-`model.int8.onnx` (always with a dynamic batch dimension). Every file is checked before it is kept: onnxruntime's and TorchScript's outputs against
-torch's on a fixed batch (max abs diff <= 1e-4, else the command stops with a one-line error naming the entry),
-and int8's top-1 next to fp32's on a validation loader. `DIR/manifest.json` (read back with `read_manifest`,
+`model.safetensors` + `config.json` (so `timm.create_model('local-dir:DIR/<name>', pretrained=True)` loads it;
+an entry narrower than the dense model is the `timm_pss_subnet` architecture, which needs `import timm_pss`),
+`model.onnx` (BN folded into the convolutions by the exporter), `model.torchscript.pt` (frozen: BN folded) and
+with `--int8` `model.int8.onnx` (always with a dynamic batch dimension). Every file is checked before it is kept:
+onnxruntime's and TorchScript's outputs against torch's on a fixed batch (max abs diff <= 1e-4, else the command
+stops with a one-line error naming the entry), and int8's top-1 next to fp32's on a validation loader. `DIR/manifest.json` (read back with `read_manifest`,
 which checks it) lists per entry its FLOPs, parameters, subnet, input size and preprocessing, the table's
 metrics, each file's size and sha256, and the checks' numbers.
 
@@ -147,7 +147,7 @@ def _entry_name(index: int, flops: int) -> str:
 
 
 def _config(supernet, static, entry) -> dict:
-    """The entry's config.json in timm's layout: the dense architecture at full width, else `pss_subnet`."""
+    """The entry's config.json in timm's layout: the dense architecture at full width, else `timm_pss_subnet`."""
     from timm.models import filter_pretrained_cfg, get_model_args
     from .models.build import BUDGET_KWARGS
     cfg = filter_pretrained_cfg(dict(static.pretrained_cfg), remove_source=True, remove_null=True)
@@ -157,7 +157,7 @@ def _config(supernet, static, entry) -> dict:
     if dense:
         architecture = supernet.dense_architecture
     else:
-        architecture = 'pss_subnet'
+        architecture = 'timm_pss_subnet'
         supernet_args = {k: v for k, v in get_model_args(supernet).items()
                          if k not in ('num_classes', 'in_chans') and k not in BUDGET_KWARGS}
         args.update(supernet=supernet.pretrained_cfg.get('architecture', ''), subnet=entry.subnet.to_dict(),
@@ -198,7 +198,9 @@ def _top1(predict, loader) -> float:
 
 
 def _int8(fp32: Path, path: Path, calib_loader, calib_batches: int) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -262,7 +264,8 @@ def _export_entry(supernet, index: int, staging: Path, formats: Sequence[str], i
         top1_int8 = _top1(lambda images: _run(int8_session, images.numpy()), val)
         checks['int8'] = dict(top1_fp32=top1_fp32, top1_int8=top1_int8, top1_delta=top1_int8 - top1_fp32,
                               val_images=len(val.dataset), calib_batches=calib_batches)
-        for unwanted in {source, staging / 'model.onnx'} if 'onnx' not in formats else {source} - {staging / 'model.onnx'}:
+        keep = {staging / 'model.onnx'} if 'onnx' in formats else set()
+        for unwanted in {source, staging / 'model.onnx'} - keep:
             unwanted.unlink()
     files = {p.name: {'bytes': p.stat().st_size, 'sha256': _sha256(p)} for p in sorted(staging.iterdir())}
     preprocessing = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items() if k != 'input_size'}
