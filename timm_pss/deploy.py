@@ -4,14 +4,14 @@
     python -m timm_pss.export RUN --output DIR --budgets 0 8M --int8  # two entries, plus int8 ONNX and its top-1
 
 For each chosen entry, `DIR/<name>/` holds the static subnet (`export_subnet` with that entry's BN statistics):
-`model.safetensors` + `config.json` (so `timm.create_model('local-dir:DIR/<name>', pretrained=True)` loads it;
-an entry narrower than the dense model is the `timm_pss_subnet` architecture, which needs `import timm_pss`),
-`model.onnx` (BN folded into the convolutions by the exporter), `model.torchscript.pt` (frozen: BN folded) and
-with `--int8` `model.int8.onnx` (always with a dynamic batch dimension). Every file is checked before it is kept:
+`model.safetensors` + `config.json` (so `timm.create_model('local-dir:DIR/<name>', pretrained=True)` loads it; an
+entry narrower than the dense model is the `timm_pss_subnet` architecture, which needs `import timm_pss`),
+`model.onnx` (BN folded into the convolutions by the exporter), `model.torchscript.pt` (frozen: BN folded) and with
+`--int8` `model.int8.onnx` (always with a dynamic batch dimension). Every file is checked before it is kept:
 onnxruntime's and TorchScript's outputs against torch's on a fixed batch (max abs diff <= 1e-4, else the command
-stops with a one-line error naming the entry), and int8's top-1 next to fp32's on a validation loader. `DIR/manifest.json` (read back with `read_manifest`,
-which checks it) lists per entry its FLOPs, parameters, subnet, input size and preprocessing, the table's
-metrics, each file's size and sha256, and the checks' numbers.
+stops with a one-line error naming the entry), and int8's top-1 next to fp32's on a validation loader.
+`DIR/manifest.json` (read back with `read_manifest`, which checks it) lists per entry its FLOPs, parameters, subnet,
+input size and preprocessing, the table's metrics, each file's size and sha256, and the checks' numbers.
 
 Nothing lost: `--output` must be new or empty (`--force`: one holding other files; never a training run folder);
 an entry's files are written into a temporary folder and moved into place only when all its checks passed, so a
