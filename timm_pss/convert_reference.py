@@ -119,11 +119,11 @@ def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', 
     never a train_pss.py run folder (whose weights and results would then describe another model); see the
     module docstring."""
     import timm
-    from .files import check_output_dir, write_text_atomic
+    from .files import write_text_atomic
     from .publish import save_hub_files
-    from .runs import RUN_MARKERS
+    from .runs import check_output_folder
 
-    out = check_output_dir(out, force=force, protected=RUN_MARKERS + ('*.pth.tar',))
+    out = check_output_folder(out, force=force)
 
     if not trust_pickle:
         raise PermissionError('reference checkpoints are pickles and loading one can run code from the file; pass '

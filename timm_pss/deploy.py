@@ -38,8 +38,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .files import TEMP_PREFIX, check_output_dir, check_replaceable, write_text_atomic
-from .runs import RUN_MARKERS
+from .files import TEMP_PREFIX, check_replaceable, write_text_atomic
+from .runs import check_output_folder
 from .units import parse_flops
 
 __all__ = ['MANIFEST_FORMAT', 'FORMATS', 'DeployError', 'Manifest', 'ManifestEntry', 'read_manifest',
@@ -304,7 +304,7 @@ def export_budgets(model, output, budgets: Sequence[str] = ('all',), formats: Se
         raise ValueError('--int8 needs calibration and validation images: a digits run brings its own, else give '
                          '--data-dir (and --dataset) as in timm')
     indices = _choose_entries(table, budgets)
-    out = check_output_dir(output, force=force, protected=RUN_MARKERS + ('*.pth.tar',))
+    out = check_output_folder(output, force=force)
     out.mkdir(parents=True, exist_ok=True)
     written: List[ManifestEntry] = []
     error: Optional[BaseException] = None

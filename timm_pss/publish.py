@@ -32,7 +32,7 @@ import yaml
 from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
 from .files import atomic_path, atomic_write, write_text_atomic
-from .runs import RUN_MARKERS, load_run
+from .runs import check_output_folder, load_run
 from .units import budget_label
 
 __all__ = ['save_hub_files', 'training_dataset', 'warm_start_model', 'model_card_data',
@@ -215,22 +215,9 @@ def save_hub_files(model, folder: Union[str, Path]) -> None:
 
 def check_publish_dir(out_dir: Union[str, Path], force: bool = False) -> Path:
     """Check that a Hub folder may be written to `out_dir`: a new or empty folder, or with `force` one that holds
-    other files, but never a train_pss.py run folder (its checkpoints and results would be replaced)."""
-    if not str(out_dir).strip():
-        raise ValueError('the output folder is empty (""); give a new folder, e.g. --dry-run hub/NAME')
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f'{out} is a file; give a new or empty folder')
-    if out.is_dir():
-        names = sorted(p.name for p in out.iterdir())
-        markers = [n for n in RUN_MARKERS if n in names] + [n for n in names if n.endswith('.pth.tar')][:1]
-        if markers:
-            raise ValueError(f'{out} is a training run folder (it holds {markers[0]}); publishing would replace its '
-                             f'files. Give a new or empty folder')
-        if names and not force:
-            raise ValueError(f'{out} is not empty (it holds {", ".join(names[:3])}{", ..." if len(names) > 3 else ""})'
-                             f'; give a new or empty folder, or --force to replace the Hub files in it')
-    return out
+    other files, but never a train_pss.py run folder (its checkpoints and results would be replaced); see
+    `timm_pss.files.check_output_dir`."""
+    return check_output_folder(out_dir, force=force)
 
 
 def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_id: str, force: bool = False,

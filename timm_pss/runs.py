@@ -10,9 +10,17 @@ from typing import Union
 
 import timm
 
-__all__ = ['RUN_MARKERS', 'load_run']
+from .files import check_output_dir
+
+__all__ = ['RUN_MARKERS', 'check_output_folder', 'load_run']
 
 RUN_MARKERS = ('args.yaml', 'last.pth.tar', 'summary.csv')  # files only a train_pss.py run folder holds
+
+
+def check_output_folder(path: Union[str, Path], force: bool = False) -> Path:
+    """The folder rule of every command that writes a folder (publish, export, convert_reference): new or empty,
+    or with `force` one holding other files, never a run folder (any of `RUN_MARKERS` or a `*.pth.tar`)."""
+    return check_output_dir(path, force=force, protected=RUN_MARKERS + ('*.pth.tar',))
 
 
 def load_run(source: Union[str, Path]):
