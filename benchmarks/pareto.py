@@ -1,24 +1,34 @@
-"""Does prioritized sampling beat the baselines? Accuracy vs FLOPs of PSS and other samplers, paired by seed.
+"""Does one supernet training give each budget a subnet as good as a model trained alone, and does prioritized
+sampling help? Accuracy vs FLOPs of PSS, simpler samplers and models trained alone, paired by seed.
 
-Every method is one `train_pss.py` run per seed with everything identical (script, recipe, epochs, steps, data
-split, initial weights, buckets, pool sizes, finalisation) except the extra arguments of its row in `METHODS`:
+Every supernet method is one `train_pss.py` run per seed with everything identical (script, recipe, epochs, steps,
+data split, initial weights, buckets, pool sizes, finalisation) except the extra arguments of its row in `METHODS`:
 
-- `pss`: PSS (pools drawn by softmax(score / T), p_random 1 -> 0.01).
+- `pss`: PSS, the reference (pools drawn by softmax(score / T), p_random 1 -> 0.01).
+- `pss_refresh`: PSS whose pool scores are re-measured on a fixed training batch every epoch (the ablations' candidate).
 - `uniform`: the paper's ablation, a random in-bucket subnet every step (p_random fixed at 1); its pools only record
   scores, so finalisation has the same candidates to choose from.
 - `mutualnet`: one global width level for every group and a random resolution (MutualNet-style; `global_width`).
 - `usnet`: US-Net, width only at the fixed max resolution (`--pss-sampler usnet`).
-- ablations of PSS: `pss_bw_global`, `pss_refresh`, `pss_zscore`, `pss_rank`, `pss_shuffled` (select with --methods).
+- `standalone`: the yardstick, not a sampler: four architectures, each re-initialised and trained alone with
+  cross-entropy only on the same data, recipe and epochs (`benchmarks/standalone.py`): the min subnet, the max subnet
+  and the two entries the PSS reference run of the first seed serves nearest 1/3 and 2/3 of the FLOPs span (chosen
+  on the held-out slice, before any test accuracy is read). Served like a budget table: at B, the one of them
+  with the best held-out top-1 that fits.
+- ablations of PSS: `pss_bw_global`, `pss_zscore`, `pss_rank`, `pss_shuffled` (select with --methods).
   A method whose options this version of train_pss.py lacks is refused up front, naming the missing option.
 
-The main comparison is `pss uniform mutualnet usnet`. Runs of one seed share the data split and the initial weights
-(train_pss.py seeds both from --seed), so differences are paired by seed. Finalisation chooses each pool's subnet on
-a held-out slice of the training data; the reported accuracy is the top-1 on the validation split (Fashion-MNIST:
-the full 10,000-image test split, on which nothing is selected) of the entry `set_budget(B)` picks, for B = the min
-subnet's FLOPs and each pool's upper edge. AUC: the area under that curve over the FLOPs span divided by the span
-(the mean top-1 over the range). The report gives mean +- std per method, and PSS - baseline as the mean paired
-difference with a 95% t-interval over seeds; budgets where runs serve the min subnet (every method trains it every
-step, so they say nothing about the middle-subnet rule) are marked.
+The main comparison is `pss standalone pss_refresh uniform mutualnet usnet`. Runs of one seed share the data split
+and the initial weights (train_pss.py seeds both from --seed), so differences are paired by seed. Finalisation
+chooses each pool's subnet on a held-out slice of the training data; the reported accuracy is the top-1 on the
+validation split (Fashion-MNIST: the full 10,000-image test split, on which nothing is selected) of the entry
+`set_budget(B)` picks, for B = the min subnet's FLOPs and each pool's upper edge. AUC: the area under that curve
+over the FLOPs span divided by the span (the mean top-1 over the range). The report gives mean +- std per method,
+PSS - baseline as the mean paired difference with a 95% t-interval over seeds, each supernet - the models trained
+alone at the four budgets whose architecture was trained alone, each method's training cost (CPU-seconds of its
+runs per seed) and the pool diagnostics (pss_diagnostics.csv: top member's draw probability, effective members,
+Spearman of pool score vs fresh -CE, first and last epoch); budgets where runs serve the min subnet (every method
+trains it every step, so they say nothing about the middle-subnet rule) are marked.
 
 Protocols (both pss_mobilenetv1, widths 0.25-1.0 of every group, inputs 16-32 px in steps of 4, so the small subnets
 are hard and the methods do not all saturate):
@@ -26,34 +36,43 @@ are hard and the methods do not all saturate):
 - digits: the embedded scikit-learn digits (8x8 scans), 10 pools of 8, 30 epochs of SGD (about 570 steps).
 - fashion-mnist: grayscale 28x28 (in_chans=1, the data's own mean/std), a training subset of --train-size images
   (10% of it held out for selection), random-resized crops of scale 0.5-1 and horizontal flips, 8 pools of 8,
-  --epochs epochs with the p_random / temperature schedules advanced per step.
+  SGD lr 0.05 with a 1-epoch linear warm-up (per update) and cosine decay, 12 epochs, the p_random / temperature
+  schedules advanced per step.
 
-  Time budget (the main comparison, 4 methods x 5 seeds = 20 runs, two at a time with one thread each, <= 90 min
-  on a 2-core CPU): pss_mobilenetv1 in this space trains at about 165 img/s on 2 threads (batch 64, a quiet
-  machine), so about 82 img/s per run when two one-thread runs share the 2 cores; a forward-only evaluation is
-  about 20x cheaper per image than a training step (max subnet, 28 px, batch 256, one thread: 1,178 vs 58 img/s
-  for the sandwich step, measured on a busy machine), so count 1,000 images/s for evaluation.
-  Per run: training 0.9 x 6,000 x 4 epochs = 21,600 images / 82 = 263 s; evaluation of max and min on the 10,000
-  test images after each epoch 4 x 20,000 / 1,000 = 80 s; finalisation: 10 entries x 10,000 test images = 100 s,
-  plus calibration and held-out choice (26 subnets x 256 images + 16 x 600) and start-up, about 20 s: 463 s,
-  7.7 min. 20 runs / 2 at a time x 7.7 min = 77 min (<= 90 min with 15% to spare). Measure a run, then adjust
-  --train-size / --epochs: the per-run time is about (0.9 x train_size x epochs) / 82 + 20 x epochs + 120 s.
+  The recipe was fixed once, before any comparison, on the held-out slice with one method-neutral run: the max
+  architecture trained alone (standalone.py, seed 0). Held-out top-1 (600 images) at the end of training: 12
+  epochs 77.7 (epochs 9-11: 77.3, 77.5, 77.7); 20 epochs 77.7 (epochs 15-19: 78.3, 79.0, 77.7, 78.8, 77.7, mean
+  78.3). 12 epochs is within about 1 point of the longer run's plateau, so 12 epochs it is. The earlier recipe
+  (lr 0.1, no warm-up, 4 epochs) started fresh models at a cross-entropy of 6-7, diverged in two runs and left
+  the max architecture trained alone near 68 %: its results measured which sampler survives it, and are gone.
+
+  Time budget: the sandwich step trains at about 115 images per CPU-second, so one supernet run (0.9 x 6,000 x 12
+  images, evaluation and finalisation) is about 10 CPU-minutes; the four models trained alone of one seed about
+  8 (the max architecture alone: about 240 img/s). 5 methods x 5 seeds + 5 x 4 standalone runs: about 4.8
+  CPU-hours, about 2.5 hours two at a time on a 2-core CPU; the progress line after each run gives the time left
+  from each method's own recorded run times.
 
 Run from the repository root (one training process per core, one thread each):
 
     python -m timm_pss.dataset_setup fashion-mnist data/   # optional: the script sets up its own copy
-    python benchmarks/pareto.py --dataset fashion-mnist    # 4 methods x 5 seeds: about 77 min (see above)
+    python benchmarks/pareto.py --dataset fashion-mnist    # the main comparison, 6 methods x 5 seeds
+    python benchmarks/pareto.py --dataset fashion-mnist --report-only   # report what the records hold, train nothing
+    python benchmarks/pareto.py --dataset fashion-mnist --device cuda --jobs 8   # on a GPU: 8 runs share the card
     python benchmarks/pareto.py --dataset fashion-mnist --quick --methods pss mutualnet   # smoke test
     python benchmarks/pareto.py --dataset digits --seeds 0 1 2 --methods pss uniform mutualnet   # the digits study
     python benchmarks/pareto.py --dataset digits --from-csv benchmarks/results/pareto.csv  # re-report stored runs
     python benchmarks/pareto.py --seeds 0 1 2 --methods pss pss_bw_global pss_refresh pss_zscore pss_shuffled
 
-Re-running resumes: a finished run (results.json + benchmark.json, same command) is reused, an interrupted one
-resumes from its last checkpoint. Writes `pareto_<dataset>.csv` (one row per method, seed and budget),
-`pareto_<dataset>.png` and `pareto_<dataset>.md` into --results (default benchmarks/results; with --quick the
---output folder); `pareto_<dataset>_ablations.*` when PSS is compared with its ablations, `pareto_<dataset>_<method>.*`
-when an ablation comes first (compared with the others), so that the main report is kept;
---from-csv writes the report (.md) only.
+Runs survive the machine: each finished run's small record (results.json, benchmark.json with its settings, CPU
+and wall time and device, pss_diagnostics.csv; no weights) is copied into --records (default
+benchmarks/results/runs_<dataset>, committed with the code), and every invocation reuses the records whose
+settings match (the data folder and device are not settings), so a study continues on any machine; an interrupted
+run resumes from its last checkpoint in --output. With --device cuda the runs train on the GPU, --jobs at a time
+on one card, each with loader workers sharing the machine's cores (timm's prefetcher normalises on the card).
+Writes `pareto_<dataset>.csv` (one row per method, seed and budget), `pareto_<dataset>.png` and `pareto_<dataset>.md`
+into --results (default benchmarks/results; with --quick the --output folder); `pareto_<dataset>_ablations.*` when
+PSS is compared with its ablations, `pareto_<dataset>_<method>.*` when another method comes first, so that the main
+report is kept; --from-csv writes the report (.md) only.
 """
 from harness import format_table, machine_lines  # first: one thread per process
 
@@ -687,18 +706,22 @@ def train_standalone(seed: int, args: argparse.Namespace, data_root: Optional[Pa
                      architectures: Callable[[], Dict[str, Subnet]]) -> Tuple[List[Path], dict]:
     """The models trained alone for one seed, one architecture after another; (their record folders, the timing
     summed over them, diverged if any did)."""
-    folders, total = [], dict(wall_s=0.0, cpu_s=0.0, reused=True, parts={})
+    folders, parts = [], {}
     for name, subnet in architectures().items():
-        folder, timing = train(f'standalone-{name}-seed{seed}', run_command('standalone', seed, args, subnet), args,
-                               data_root, script='standalone.py')
+        folder, parts[name] = train(f'standalone-{name}-seed{seed}', run_command('standalone', seed, args, subnet),
+                                    args, data_root, script='standalone.py')
         folders.append(folder)
-        total['wall_s'] += timing['wall_s']
-        total['cpu_s'] += timing['cpu_s']
-        total['reused'] = total['reused'] and timing['reused']
-        total['parts'][name] = dict(cpu_s=timing['cpu_s'], wall_s=timing['wall_s'])
-        if 'diverged' in timing:
-            total['diverged'] = f'{name}: {timing["diverged"]}'
-    return folders, total
+    return folders, summed_timing(parts)
+
+
+def summed_timing(parts: Dict[str, dict]) -> dict:
+    """One timing for the runs `parts` {name: timing}: wall and CPU time summed, reused if all were, each part's
+    times, and the first divergence among them."""
+    total = dict(wall_s=sum(t['wall_s'] for t in parts.values()), cpu_s=sum(t['cpu_s'] for t in parts.values()),
+                 reused=all(t.get('reused', True) for t in parts.values()),
+                 parts={n: dict(cpu_s=t['cpu_s'], wall_s=t['wall_s']) for n, t in parts.items()})
+    diverged = [f'{n}: {t["diverged"]}' for n, t in parts.items() if 'diverged' in t]
+    return dict(total, diverged=diverged[0]) if diverged else total
 
 
 def train_one(method: str, seed: int, args: argparse.Namespace, data_root: Optional[Path]) -> Tuple[List[Path], dict]:
@@ -785,13 +808,7 @@ def recorded_runs(runs: Sequence[Tuple[str, int]], args: argparse.Namespace) -> 
                  standalone_architectures(run_entries([args.records / f'pss-seed{args.seeds[0]}']), budgets,
                                           space).items()}
         if all(parts.values()):
-            timing = dict(wall_s=sum(p['wall_s'] for p in parts.values()), cpu_s=sum(p['cpu_s'] for p in
-                          parts.values()), reused=True, parts={n: dict(cpu_s=p['cpu_s'], wall_s=p['wall_s'])
-                                                             for n, p in parts.items()})
-            diverged = [f'{n}: {p["diverged"]}' for n, p in parts.items() if 'diverged' in p]
-            if diverged:
-                timing['diverged'] = diverged[0]
-            found[m, s] = ([args.records / f'standalone-{n}-seed{s}' for n in parts], timing)
+            found[m, s] = ([args.records / f'standalone-{n}-seed{s}' for n in parts], summed_timing(parts))
     return found
 
 
@@ -849,10 +866,11 @@ def main(argv=None) -> int:
             header = '\n'.join([heading, '', f'- reported from the records in {args.records} (no training): '
                                  f'{len(finished)} of {len(runs)} runs finished, seeds every method finished: '
                                  f'{complete or "none"}', settings])
+            print(header)
             if len(complete) < 2:
                 done = [r for r in runs if r in finished]
                 rows = collect(finished, done, args)[0]
-                print(header + '\n\n## Finished runs: top-1 (%) at set_budget(B) (fewer than two seeds: no '
+                print('\n## Finished runs: top-1 (%) at set_budget(B) (fewer than two seeds: no '
                       'means or intervals yet)\n\n' + (finished_runs_table(rows, args.methods) if rows else
                                                          '(none)'))
                 return 0

@@ -257,3 +257,12 @@ def test_a_diverged_training_run_is_recorded_and_reused(tmp_path, monkeypatch):
     (tmp_path / 'uniform-seed0.log').write_text('Traceback ...\nRuntimeError: boom\n')
     with pytest.raises(RuntimeError, match='failed'):
         pareto.train('uniform-seed0', pareto.run_command('uniform', 0, args), args, None)
+
+
+def test_the_models_trained_alone_of_a_seed_count_as_one_run_with_their_times_summed():
+    parts = {'min': dict(wall_s=10.0, cpu_s=8.0, reused=True), 'max': dict(wall_s=30.0, cpu_s=25.0, reused=False,
+                                                                          diverged='epoch 1, step 2: training diverged')}
+    total = pareto.summed_timing(parts)
+    assert (total['wall_s'], total['cpu_s'], total['reused']) == (40.0, 33.0, False)
+    assert total['parts']['max'] == dict(cpu_s=25.0, wall_s=30.0) and total['diverged'].startswith('max: epoch 1')
+    assert 'diverged' not in pareto.summed_timing({'min': parts['min']})
