@@ -1,24 +1,34 @@
-"""Does prioritized sampling beat the baselines? Accuracy vs FLOPs of PSS and other samplers, paired by seed.
+"""Does one supernet training give each budget a subnet as good as a model trained alone, and does prioritized
+sampling help? Accuracy vs FLOPs of PSS, simpler samplers and models trained alone, paired by seed.
 
-Every method is one `train_pss.py` run per seed with everything identical (script, recipe, epochs, steps, data
-split, initial weights, buckets, pool sizes, finalisation) except the extra arguments of its row in `METHODS`:
+Every supernet method is one `train_pss.py` run per seed with everything identical (script, recipe, epochs, steps,
+data split, initial weights, buckets, pool sizes, finalisation) except the extra arguments of its row in `METHODS`:
 
-- `pss`: PSS (pools drawn by softmax(score / T), p_random 1 -> 0.01).
+- `pss`: PSS, the reference (pools drawn by softmax(score / T), p_random 1 -> 0.01).
+- `pss_refresh`: PSS whose pool scores are re-measured on a fixed training batch every epoch (the ablations' candidate).
 - `uniform`: the paper's ablation, a random in-bucket subnet every step (p_random fixed at 1); its pools only record
   scores, so finalisation has the same candidates to choose from.
 - `mutualnet`: one global width level for every group and a random resolution (MutualNet-style; `global_width`).
 - `usnet`: US-Net, width only at the fixed max resolution (`--pss-sampler usnet`).
-- ablations of PSS: `pss_bw_global`, `pss_refresh`, `pss_zscore`, `pss_rank`, `pss_shuffled` (select with --methods).
+- `standalone`: the yardstick, not a sampler: four architectures, each re-initialised and trained alone with
+  cross-entropy only on the same data, recipe and epochs (`benchmarks/standalone.py`): the min subnet, the max subnet
+  and the two entries the PSS reference run of the first seed serves nearest 1/3 and 2/3 of the FLOPs span (chosen
+  on the held-out slice, before any test accuracy is read). Served like a budget table: at B, the one of them
+  with the best held-out top-1 that fits.
+- ablations of PSS: `pss_bw_global`, `pss_zscore`, `pss_rank`, `pss_shuffled` (select with --methods).
   A method whose options this version of train_pss.py lacks is refused up front, naming the missing option.
 
-The main comparison is `pss uniform mutualnet usnet`. Runs of one seed share the data split and the initial weights
-(train_pss.py seeds both from --seed), so differences are paired by seed. Finalisation chooses each pool's subnet on
-a held-out slice of the training data; the reported accuracy is the top-1 on the validation split (Fashion-MNIST:
-the full 10,000-image test split, on which nothing is selected) of the entry `set_budget(B)` picks, for B = the min
-subnet's FLOPs and each pool's upper edge. AUC: the area under that curve over the FLOPs span divided by the span
-(the mean top-1 over the range). The report gives mean +- std per method, and PSS - baseline as the mean paired
-difference with a 95% t-interval over seeds; budgets where runs serve the min subnet (every method trains it every
-step, so they say nothing about the middle-subnet rule) are marked.
+The main comparison is `pss standalone pss_refresh uniform mutualnet usnet`. Runs of one seed share the data split
+and the initial weights (train_pss.py seeds both from --seed), so differences are paired by seed. Finalisation
+chooses each pool's subnet on a held-out slice of the training data; the reported accuracy is the top-1 on the
+validation split (Fashion-MNIST: the full 10,000-image test split, on which nothing is selected) of the entry
+`set_budget(B)` picks, for B = the min subnet's FLOPs and each pool's upper edge. AUC: the area under that curve
+over the FLOPs span divided by the span (the mean top-1 over the range). The report gives mean +- std per method,
+PSS - baseline as the mean paired difference with a 95% t-interval over seeds, each supernet - the models trained
+alone at the four budgets whose architecture was trained alone, each method's training cost (CPU-seconds of its
+runs per seed) and the pool diagnostics (pss_diagnostics.csv: top member's draw probability, effective members,
+Spearman of pool score vs fresh -CE, first and last epoch); budgets where runs serve the min subnet (every method
+trains it every step, so they say nothing about the middle-subnet rule) are marked.
 
 Protocols (both pss_mobilenetv1, widths 0.25-1.0 of every group, inputs 16-32 px in steps of 4, so the small subnets
 are hard and the methods do not all saturate):
@@ -26,34 +36,43 @@ are hard and the methods do not all saturate):
 - digits: the embedded scikit-learn digits (8x8 scans), 10 pools of 8, 30 epochs of SGD (about 570 steps).
 - fashion-mnist: grayscale 28x28 (in_chans=1, the data's own mean/std), a training subset of --train-size images
   (10% of it held out for selection), random-resized crops of scale 0.5-1 and horizontal flips, 8 pools of 8,
-  --epochs epochs with the p_random / temperature schedules advanced per step.
+  SGD lr 0.05 with a 1-epoch linear warm-up (per update) and cosine decay, 12 epochs, the p_random / temperature
+  schedules advanced per step.
 
-  Time budget (the main comparison, 4 methods x 5 seeds = 20 runs, two at a time with one thread each, <= 90 min
-  on a 2-core CPU): pss_mobilenetv1 in this space trains at about 165 img/s on 2 threads (batch 64, a quiet
-  machine), so about 82 img/s per run when two one-thread runs share the 2 cores; a forward-only evaluation is
-  about 20x cheaper per image than a training step (max subnet, 28 px, batch 256, one thread: 1,178 vs 58 img/s
-  for the sandwich step, measured on a busy machine), so count 1,000 images/s for evaluation.
-  Per run: training 0.9 x 6,000 x 4 epochs = 21,600 images / 82 = 263 s; evaluation of max and min on the 10,000
-  test images after each epoch 4 x 20,000 / 1,000 = 80 s; finalisation: 10 entries x 10,000 test images = 100 s,
-  plus calibration and held-out choice (26 subnets x 256 images + 16 x 600) and start-up, about 20 s: 463 s,
-  7.7 min. 20 runs / 2 at a time x 7.7 min = 77 min (<= 90 min with 15% to spare). Measure a run, then adjust
-  --train-size / --epochs: the per-run time is about (0.9 x train_size x epochs) / 82 + 20 x epochs + 120 s.
+  The recipe was fixed once, before any comparison, on the held-out slice with one method-neutral run: the max
+  architecture trained alone (standalone.py, seed 0). Held-out top-1 (600 images) at the end of training: 12
+  epochs 77.7 (epochs 9-11: 77.3, 77.5, 77.7); 20 epochs 77.7 (epochs 15-19: 78.3, 79.0, 77.7, 78.8, 77.7, mean
+  78.3). 12 epochs is within about 1 point of the longer run's plateau, so 12 epochs it is. The earlier recipe
+  (lr 0.1, no warm-up, 4 epochs) started fresh models at a cross-entropy of 6-7, diverged in two runs and left
+  the max architecture trained alone near 68 %: its results measured which sampler survives it, and are gone.
+
+  Time budget: the sandwich step trains at about 115 images per CPU-second, so one supernet run (0.9 x 6,000 x 12
+  images, evaluation and finalisation) is about 10 CPU-minutes; the four models trained alone of one seed about
+  8 (the max architecture alone: about 240 img/s). 5 methods x 5 seeds + 5 x 4 standalone runs: about 4.8
+  CPU-hours, about 2.5 hours two at a time on a 2-core CPU; the progress line after each run gives the time left
+  from each method's own recorded run times.
 
 Run from the repository root (one training process per core, one thread each):
 
     python -m timm_pss.dataset_setup fashion-mnist data/   # optional: the script sets up its own copy
-    python benchmarks/pareto.py --dataset fashion-mnist    # 4 methods x 5 seeds: about 77 min (see above)
+    python benchmarks/pareto.py --dataset fashion-mnist    # the main comparison, 6 methods x 5 seeds
+    python benchmarks/pareto.py --dataset fashion-mnist --report-only   # report what the records hold, train nothing
+    python benchmarks/pareto.py --dataset fashion-mnist --device cuda --jobs 8   # on a GPU: 8 runs share the card
     python benchmarks/pareto.py --dataset fashion-mnist --quick --methods pss mutualnet   # smoke test
     python benchmarks/pareto.py --dataset digits --seeds 0 1 2 --methods pss uniform mutualnet   # the digits study
     python benchmarks/pareto.py --dataset digits --from-csv benchmarks/results/pareto.csv  # re-report stored runs
     python benchmarks/pareto.py --seeds 0 1 2 --methods pss pss_bw_global pss_refresh pss_zscore pss_shuffled
 
-Re-running resumes: a finished run (results.json + benchmark.json, same command) is reused, an interrupted one
-resumes from its last checkpoint. Writes `pareto_<dataset>.csv` (one row per method, seed and budget),
-`pareto_<dataset>.png` and `pareto_<dataset>.md` into --results (default benchmarks/results; with --quick the
---output folder); `pareto_<dataset>_ablations.*` when PSS is compared with its ablations, `pareto_<dataset>_<method>.*`
-when an ablation comes first (compared with the others), so that the main report is kept;
---from-csv writes the report (.md) only.
+Runs survive the machine: each finished run's small record (results.json, benchmark.json with its settings, CPU
+and wall time and device, pss_diagnostics.csv; no weights) is copied into --records (default
+benchmarks/results/runs_<dataset>, committed with the code), and every invocation reuses the records whose
+settings match (the data folder and device are not settings), so a study continues on any machine; an interrupted
+run resumes from its last checkpoint in --output. With --device cuda the runs train on the GPU, --jobs at a time
+on one card, each with loader workers sharing the machine's cores (timm's prefetcher normalises on the card).
+Writes `pareto_<dataset>.csv` (one row per method, seed and budget), `pareto_<dataset>.png` and `pareto_<dataset>.md`
+into --results (default benchmarks/results; with --quick the --output folder); `pareto_<dataset>_ablations.*` when
+PSS is compared with its ablations, `pareto_<dataset>_<method>.*` when another method comes first, so that the main
+report is kept; --from-csv writes the report (.md) only.
 """
 from harness import format_table, machine_lines  # first: one thread per process
 
@@ -69,7 +88,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -98,8 +117,10 @@ METHODS: Dict[str, Method] = {
     'pss_zscore': Method('PSS, z-score priority', ('--pss-sampler', 'prioritized', '--pss-priority', 'zscore')),
     'pss_rank': Method('PSS, rank priority', ('--pss-sampler', 'prioritized', '--pss-priority', 'rank')),
     'pss_shuffled': Method('PSS, shuffled scores', ('--pss-sampler', 'prioritized', '--pss-shuffle-scores')),
+    # not a sampler: each architecture of STANDALONE_FRACTIONS' rule trained alone (benchmarks/standalone.py)
+    'standalone': Method('trained alone', ()),
 }
-MAIN_METHODS = ('pss', 'uniform', 'mutualnet', 'usnet')
+MAIN_METHODS = ('pss', 'standalone', 'pss_refresh', 'uniform', 'mutualnet', 'usnet')
 # names the digits CSV of earlier versions used
 LEGACY_METHOD_NAMES = {'prioritized': 'pss', 'uniform': 'uniform', 'global_width': 'mutualnet'}
 
@@ -130,11 +151,11 @@ PROTOCOLS = {
         'Fashion-MNIST', tuple(SPACE_ARGS + [
             '--pss-num-pools', '8', '--pss-pool-size', '8', '--pss-top-k', '2', '--pss-calib-batches', '4',
             '--pss-schedule', 'step', '--dataset', 'torch/fashion_mnist', '-b', '64', '-vb', '256', '--opt', 'sgd',
-            '--lr', '0.1', '--momentum', '0.9', '--weight-decay', '5e-5', '--sched', 'cosine', '--warmup-epochs',
-            '0', '--smoothing', '0.0', '--scale', '0.5', '1', '--ratio', '0.9', '1.1', '--hflip', '0.5',
+            '--lr', '0.05', '--momentum', '0.9', '--weight-decay', '5e-5', '--sched', 'cosine', '--warmup-epochs',
+            '1', '--sched-on-updates', '--smoothing', '0.0', '--scale', '0.5', '1', '--ratio', '0.9', '1.1', '--hflip', '0.5',
             '--color-jitter', '0', '--crop-pct', '1.0', '--interpolation', 'bilinear', '--train-interpolation',
             'bilinear', '--workers', '0', '--pss-heldout-frac', '0.1']),
-        num_pools=8, in_chans=1, seeds=(0, 1, 2, 3, 4), epochs=4, quick_args=('-b', '32'), train_size=6000,
+        num_pools=8, in_chans=1, seeds=(0, 1, 2, 3, 4), epochs=12, quick_args=('-b', '32'), train_size=6000,
         quick_sizes=(192, 256)),
 }
 QUICK_ARGS = ('--pss-num-pools', '3', '--pss-pool-size', '2', '--pss-calib-batches', '1', '--pss-top-k', '1')
@@ -152,9 +173,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='fashion-mnist: training images used, a fixed random subset (default 6000)')
     parser.add_argument('--fashion-source', type=Path, default=None,
                         help='folder with the four Fashion-MNIST .gz files (default: Debian\'s package folder)')
-    parser.add_argument('--jobs', type=int, default=max(1, min(2, os.cpu_count() or 1)),
-                        help='training runs at a time (one thread each)')
+    parser.add_argument('--jobs', type=int, default=None,
+                        help='training runs at a time, one thread each (default: 2 on a CPU, 4 on a GPU)')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                        help='where the runs train; cuda: --jobs runs share one card, loader workers share the cores')
     parser.add_argument('--output', type=Path, default=None, help='run folders (default output/pareto_<dataset>)')
+    parser.add_argument('--records', type=Path, default=None,
+                        help='each finished run\'s results.json, benchmark.json and pss_diagnostics.csv, reused by '
+                             'later invocations on any machine (default benchmarks/results/runs_<dataset>; with '
+                             '--quick: under --output)')
+    parser.add_argument('--report-only', action='store_true',
+                        help='train nothing: report the runs the records folder holds (the seeds that every method '
+                             'finished; with fewer than two, a table of the finished runs)')
     parser.add_argument('--results', type=Path, default=None,
                         help='where the csv, plot and report go (default benchmarks/results; --quick: --output)')
     parser.add_argument('--quick', action='store_true', help='a smoke test (tiny data, 1 epoch, 2 seeds), not a result')
@@ -183,6 +213,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.extra = [*protocol.quick_args, *QUICK_ARGS]
         args.train_size = protocol.quick_sizes[0] or None
     args.results = args.results or (args.output if args.quick else ROOT / 'benchmarks' / 'results')
+    args.records = args.records or (args.output / 'records' if args.quick else
+                                    ROOT / 'benchmarks' / 'results' / f'runs_{args.dataset.replace("-", "_")}')
+    args.jobs = args.jobs or (4 if args.device == 'cuda' else max(1, min(2, os.cpu_count() or 1)))
+    args.num_pools = int(QUICK_ARGS[1]) if args.quick else protocol.num_pools
+    if args.device == 'cuda' and args.from_csv is None and not args.report_only:
+        import torch
+        if not torch.cuda.is_available():
+            parser.error('--device cuda: torch sees no CUDA device here; leave out --device to train on the CPU')
+    if 'standalone' in args.methods and 'pss' not in args.methods:
+        parser.error('method standalone takes its middle architectures from the PSS reference run: add pss to '
+                     '--methods')
     if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
         parser.error('--seeds needs at least two different seeds, each once (for a standard deviation)')
     if len(set(args.methods)) != len(args.methods):
@@ -201,7 +242,7 @@ def report_stem(dataset: str, methods: Sequence[str]) -> str:
     """File name of the csv/png/md, so that no run overwrites another's report: the main comparison's own,
     `_ablations` when PSS is compared with its ablations, `_<method>` when another method is compared with the rest."""
     stem = f'pareto_{dataset.replace("-", "_")}'
-    if set(methods) <= set(MAIN_METHODS):
+    if methods[0] == 'pss' and set(methods) <= set(MAIN_METHODS):
         return stem
     return f'{stem}_ablations' if methods[0] == 'pss' else f'{stem}_{methods[0]}'
 
@@ -284,17 +325,54 @@ def evaluation_budgets(space, num_pools: int) -> np.ndarray:
     return np.clip(np.concatenate([[f_min], targets + step / 2]), f_min, f_max)
 
 
-def rows_of_run(method: str, seed: int, entries: Sequence[dict], budgets: np.ndarray, min_flops: float) -> List[dict]:
-    """One row per budget: the entry `set_budget(B)` picks (timm_pss.BudgetTable.select's rule) and its top-1."""
+def served_entry(entries: Sequence[dict], budget: float) -> dict:
+    """The entry of a run's results.json that `set_budget(budget)` picks (timm_pss.BudgetTable.select's rule: the
+    best held-out top-1 within the budget)."""
     table = BudgetTable(['g'], [BudgetEntry(int(e['flops']), Subnet(1, (1,)), {
         k: float(e[k]) for k in ('heldout_top1', 'top1') if e.get(k) is not None}) for e in entries])
+    return entries[table.select(float(budget))[0]]
+
+
+def rows_of_run(method: str, seed: int, entries: Sequence[dict], budgets: np.ndarray, min_flops: float) -> List[dict]:
+    """One row per budget: the entry `set_budget(B)` picks (timm_pss.BudgetTable.select's rule) and its top-1."""
     rows = []
     for b in budgets:
-        entry = table.select(float(b))[1]
+        entry = served_entry(entries, b)
         rows.append(dict(method=method, seed=seed, budget_mflops=round(b / 1e6, 4),
-                         entry_mflops=round(entry.flops / 1e6, 4), top1=round(entry.metrics['top1'], 4),
-                         is_min_subnet=int(entry.flops == int(min_flops))))
+                         entry_mflops=round(entry['flops'] / 1e6, 4), top1=round(float(entry['top1']), 4),
+                         is_min_subnet=int(int(entry['flops']) == int(min_flops))))
     return rows
+
+
+# models trained alone: which architectures, chosen before any test accuracy is looked at
+
+STANDALONE_FRACTIONS = (1 / 3, 2 / 3)  # of the FLOPs span: where the two middle architectures are taken
+
+
+def standalone_budget_indices(budgets: Sequence[float]) -> List[int]:
+    """Indices of the evaluation budgets the models trained alone are compared at: the min subnet's, the budgets
+    nearest 1/3 and 2/3 of the FLOPs span, the max subnet's."""
+    budgets = np.asarray(budgets, float)
+    lo, hi = budgets[0], budgets[-1]
+    middle = [int(np.argmin(np.abs(budgets - (lo + f * (hi - lo))))) for f in STANDALONE_FRACTIONS]
+    return sorted({0, *middle, len(budgets) - 1})
+
+
+def standalone_architectures(entries: Sequence[dict], budgets: Sequence[float], space) -> Dict[str, Subnet]:
+    """{name: subnet} trained alone: the min subnet, the entries the reference PSS run's table serves at the middle
+    budgets of `standalone_budget_indices` (chosen on the held-out slice, as set_budget chooses; where that is the
+    min subnet, the table's largest entry within the budget instead), and the max subnet."""
+    budgets = np.asarray(budgets, float)
+    min_flops = space.flops(space.min_subnet())
+    chosen = {'min': space.min_subnet()}
+    for i in standalone_budget_indices(budgets)[1:-1]:
+        entry = served_entry(entries, budgets[i])
+        if int(entry['flops']) == min_flops:
+            entry = max((e for e in entries if e['flops'] <= budgets[i]), key=lambda e: e['flops'])
+        chosen[f'at{budgets[i] / 1e6:.2f}M'] = Subnet(int(entry['resolution']),
+                                                      tuple(int(w) for w in str(entry['widths']).split()))
+    chosen['max'] = space.max_subnet()
+    return chosen
 
 
 CSV_COLUMNS = ('method', 'seed', 'budget_mflops', 'entry_mflops', 'top1', 'is_min_subnet')
@@ -365,8 +443,69 @@ def min_subnet_marks(at_min: Dict[str, np.ndarray], methods: Sequence[str]) -> L
     return marks
 
 
+def standalone_section(budgets: np.ndarray, acc: Dict[str, np.ndarray], methods: Sequence[str],
+                       marks: Sequence[str]) -> List[str]:
+    """Markdown lines: each supernet method − the models trained alone, paired by seed, at the budgets whose
+    architecture was trained alone (standalone_budget_indices)."""
+    others = [m for m in methods if m != 'standalone']
+    indices = standalone_budget_indices(budgets)
+    headers = ['budget (MMACs)', 'min subnet served'] + [f'{METHODS[m].label} − trained alone' for m in others]
+    table = [[f'{budgets[i]:.2f}', marks[i]] + [format_interval(*paired_difference(acc[m][:, i], acc['standalone'][:, i]))
+                                                for m in others] for i in indices]
+    return ['## Supernet − models trained alone: mean paired difference [95% t-interval] at the budgets whose '
+            'architecture was trained alone', '',
+            '- trained alone: the min subnet, the max subnet and the entries the PSS reference run of the first seed '
+            'serves nearest 1/3 and 2/3 of the FLOPs span (chosen on the held-out slice), each re-initialised and '
+            'trained with cross-entropy only, same data, recipe and epochs (benchmarks/standalone.py); between '
+            'these budgets its column above is the best of them that fits (a staircase, so its AUC is low by '
+            'construction and not compared)', '', format_table(headers, table), '']
+
+
+def cost_section(costs: Dict[str, List[dict]], methods: Sequence[str]) -> List[str]:
+    """Markdown lines: each method's training cost per seed (CPU-seconds and wall minutes of its runs, mean over
+    the seeds), and a supernet run's CPU time against the models trained alone that it replaces."""
+    alone = np.mean([t['cpu_s'] for t in costs['standalone']]) if 'standalone' in costs else None
+    rows = []
+    for m in methods:
+        cpu, wall = [t['cpu_s'] for t in costs[m]], [t['wall_s'] for t in costs[m]]
+        devices = sorted({t.get('device', 'cpu') for t in costs[m]})
+        what = ''
+        if m == 'standalone':
+            parts = costs[m][0].get('parts', {})
+            what = ', '.join(f'{n} {np.mean([t["parts"][n]["cpu_s"] for t in costs[m]]):.0f}' for n in parts)
+        elif alone:
+            what = f'{np.mean(cpu) / alone:.2f}x the models trained alone'
+        rows.append([METHODS[m].label, f'{np.mean(cpu):.0f}', f'{np.mean(wall) / 60:.1f}', '/'.join(devices), what])
+    return ['## Training cost per seed (mean over seeds, as recorded when each run was trained)', '',
+            format_table(['method', 'CPU-s', 'wall min', 'device', 'note'], rows), '']
+
+
+DIAGNOSTIC_KEYS = (('top_member_prob', 'top-member p'), ('effective_members', 'effective members'),
+                   ('spearman_score_vs_fresh', 'Spearman(score, fresh −CE)'))
+
+
+def diagnostics_section(diagnostics: Dict[str, List[List[dict]]], methods: Sequence[str]) -> List[str]:
+    """Markdown lines: the pool diagnostics (pss_diagnostics.csv's mean over pools, then over seeds) at the first
+    and the last epoch, per method that records them."""
+    rows = []
+    for m in methods:
+        if m not in diagnostics:
+            continue
+        per_seed = [[r for r in run if r['pool'] == 'mean'] for run in diagnostics[m]]
+        cells = []
+        for key, _ in DIAGNOSTIC_KEYS:
+            first, last = (np.nanmean([float(run[k][key]) for run in per_seed if run]) for k in (0, -1))
+            cells.append(f'{first:.2f} → {last:.2f}')
+        rows.append([METHODS[m].label, str(len(per_seed))] + cells)
+    if not rows:
+        return []
+    return ['## Pool diagnostics, first → last epoch (mean over pools, then seeds)', '',
+            format_table(['method', 'runs'] + [label for _, label in DIAGNOSTIC_KEYS], rows), '']
+
+
 def report(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], title: str,
-           diverged: Optional[Dict[Tuple[str, int], str]] = None) -> str:
+           diverged: Optional[Dict[Tuple[str, int], str]] = None, costs: Optional[Dict[str, List[dict]]] = None,
+           diagnostics: Optional[Dict[str, List[List[dict]]]] = None) -> str:
     """Markdown: mean +- std per method and budget; PSS - baseline as paired mean and 95% t-interval; AUC; marks.
     `diverged` {(method, seed): why}: runs that stopped on a non-finite loss; they are listed, and every mean and
     paired difference is over the seeds that finished (n says how many where it is fewer)."""
@@ -405,6 +544,12 @@ def report(rows: Sequence[dict], methods: Sequence[str], seeds: Sequence[int], t
             lines.append(f'- {label[base]} vs {label[m]}: interval above zero at {above}, below zero at {below} of '
                          f'the {len(useful)} budgets not served by the min subnet in every run')
         lines.append('')
+    if 'standalone' in methods and len(methods) > 1:
+        lines += standalone_section(budgets, acc, methods, marks)
+    if costs:
+        lines += cost_section(costs, methods)
+    if diagnostics:
+        lines += diagnostics_section(diagnostics, methods)
     lines.append('"min subnet served": all = every run of every method serves the min subnet at that budget; every '
                  'method trains the min subnet every step, so such a row says little about the middle-subnet rule; '
                  'k/n = k of n runs; ? = not recorded (older CSV).')
@@ -463,33 +608,67 @@ def prepare_fashion_mnist(output: Path, source: Optional[Path], train_size: Opti
     return root
 
 
-def run_command(method: str, seed: int, args: argparse.Namespace, data_root: Optional[Path]) -> List[str]:
+def run_command(method: str, seed: int, args: argparse.Namespace, subnet: Optional[Subnet] = None) -> List[str]:
+    """The settings of one run, which its record is matched on: the protocol, the method's arguments, seed, epochs
+    and, for a model trained alone, its architecture. Not the data folder or the device, which differ between
+    machines that continue one study."""
     protocol = PROTOCOLS[args.dataset]
     cmd = [*protocol.args, *METHODS[method].args, '--seed', str(seed), '--epochs', str(args.epochs), *args.extra]
-    if data_root is not None:
-        cmd += ['--data-dir', str(data_root.resolve())]
-    return cmd
+    return cmd + (['--subnet', subnet.to_json()] if subnet is not None else [])
 
 
-def train(method: str, seed: int, args: argparse.Namespace, data_root: Optional[Path]) -> Tuple[Path, dict]:
-    """One train_pss.py run (resumed when interrupted earlier, reused when finished); returns (folder, timing)."""
-    name = f'{method}-seed{seed}'
-    run_dir = args.output / name
-    cmd = run_command(method, seed, args, data_root)
-    record = run_dir / 'benchmark.json'
-    if record.exists() and ((run_dir / 'results.json').exists() or 'diverged' in json.loads(record.read_text())):
-        done = json.loads(record.read_text())
+def machine_args(args: argparse.Namespace, data_root: Optional[Path]) -> List[str]:
+    """What the machine adds to a run's settings: the data folder, the device and, on a GPU, loader workers
+    sharing the machine's cores between the runs on the card."""
+    extra = ['--data-dir', str(data_root.resolve())] if data_root is not None else []
+    extra += ['--device', args.device]
+    if args.device == 'cuda':
+        extra += ['--workers', str(max(1, (os.cpu_count() or 1) // args.jobs - 1)), '--pin-mem']
+    return extra
+
+
+RECORD_FILES = ('results.json', 'pss_diagnostics.csv', 'benchmark.json')  # benchmark.json last: it marks one done
+
+
+def finished_record(folder: Path) -> Optional[dict]:
+    """A finished run's benchmark.json (with results.json beside it, or a recorded divergence), else None."""
+    record = folder / 'benchmark.json'
+    if not record.is_file():
+        return None
+    done = json.loads(record.read_text())
+    return done if (folder / 'results.json').is_file() or 'diverged' in done else None
+
+
+def keep_record(run_dir: Path, record_dir: Path) -> None:
+    """Copy a finished run's small files (no weights) into the records folder that is committed with the code."""
+    record_dir.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (run_dir / name).is_file():
+            write_bytes_atomic(record_dir / name, (run_dir / name).read_bytes())
+
+
+def train(name: str, cmd: List[str], args: argparse.Namespace, data_root: Optional[Path],
+          script: str = 'train_pss.py') -> Tuple[Path, dict]:
+    """One run of `script` with settings `cmd`: reused when its record (the committed records folder first, then
+    the run folder) is finished with the same settings, resumed from its last checkpoint when interrupted, else
+    trained; returns (the folder holding its record, timing)."""
+    run_dir, record_dir = args.output / name, args.records / name
+    for folder in (record_dir, run_dir):
+        done = finished_record(folder)
+        if done is None:
+            continue
         if done['command'] != cmd:
-            fail(f'{run_dir} was trained with other settings; use another --output '
-                             f'or remove it')
-        return run_dir, dict(done, reused=True)
+            fail(f'{folder} was trained with other settings; use another --output / --records or remove it')
+        if folder == run_dir:  # finished before it was recorded
+            keep_record(run_dir, record_dir)
+        return record_dir, dict(done, reused=True)
     resume = []
     if (run_dir / 'last.pth.tar').exists():
         resume = ['--resume', str(run_dir)]
     elif run_dir.exists():  # started by this script, stopped before its first checkpoint
         shutil.rmtree(run_dir)
-    full = [sys.executable, str(ROOT / 'train_pss.py'), *cmd, '--output', str(args.output.resolve()),
-            '--experiment', name, *resume]
+    full = [sys.executable, str(ROOT / ('benchmarks' if script == 'standalone.py' else '') / script), *cmd,
+            *machine_args(args, data_root), '--output', str(args.output.resolve()), '--experiment', name, *resume]
     env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, '1')}
     start = time.perf_counter()
     log = args.output / f'{name}.log'
@@ -497,44 +676,166 @@ def train(method: str, seed: int, args: argparse.Namespace, data_root: Optional[
         proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
     timing = dict(command=cmd, wall_s=time.perf_counter() - start, cpu_s=usage.ru_utime + usage.ru_stime,
-                  resumed=bool(resume))
+                  resumed=bool(resume), device=args.device)
     if os.waitstatus_to_exitcode(status) != 0:
         why = diverged_reason(log)
         if why is None:
             raise RuntimeError(f'{" ".join(full)} failed (exit {os.waitstatus_to_exitcode(status)}); see {log}')
         timing['diverged'] = why  # a result of the method and seed, not a failure of the benchmark: recorded
-    write_text_atomic(record, json.dumps(timing, indent=2))
-    return run_dir, dict(timing, reused=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / 'benchmark.json', json.dumps(timing, indent=2))
+    keep_record(run_dir, record_dir)
+    return record_dir, dict(timing, reused=False)
 
 
 def diverged_reason(log: Path) -> Optional[str]:
-    """The reason train_pss.py gave for stopping on a non-finite loss, from the end of its log; None otherwise."""
+    """The reason train_pss.py (or standalone.py) gave for stopping on a non-finite loss, from the end of its log;
+    None otherwise."""
     for line in reversed(log.read_text(errors='replace').splitlines()[-20:]):
-        if line.startswith('train_pss.py: error: ') and 'training diverged' in line:
-            return line[len('train_pss.py: error: '):].split(' (--lr')[0]
+        for prefix in ('train_pss.py: error: ', 'standalone.py: error: '):
+            if line.startswith(prefix) and 'training diverged' in line:
+                return line[len(prefix):].split(' (--lr')[0]
     return None
 
 
+def train_standalone(seed: int, args: argparse.Namespace, data_root: Optional[Path],
+                     architectures: Callable[[], Dict[str, Subnet]]) -> Tuple[List[Path], dict]:
+    """The models trained alone for one seed, one architecture after another; (their record folders, the timing
+    summed over them, diverged if any did)."""
+    folders, parts = [], {}
+    for name, subnet in architectures().items():
+        folder, parts[name] = train(f'standalone-{name}-seed{seed}', run_command('standalone', seed, args, subnet),
+                                    args, data_root, script='standalone.py')
+        folders.append(folder)
+    return folders, summed_timing(parts)
+
+
+def summed_timing(parts: Dict[str, dict]) -> dict:
+    """One timing for the runs `parts` {name: timing}: wall and CPU time summed, reused if all were, each part's
+    times, and the first divergence among them."""
+    total = dict(wall_s=sum(t['wall_s'] for t in parts.values()), cpu_s=sum(t['cpu_s'] for t in parts.values()),
+                 reused=all(t.get('reused', True) for t in parts.values()),
+                 parts={n: dict(cpu_s=t['cpu_s'], wall_s=t['wall_s']) for n, t in parts.items()})
+    diverged = [f'{n}: {t["diverged"]}' for n, t in parts.items() if 'diverged' in t]
+    return dict(total, diverged=diverged[0]) if diverged else total
+
+
+def train_one(method: str, seed: int, args: argparse.Namespace, data_root: Optional[Path]) -> Tuple[List[Path], dict]:
+    """A supernet run of `method` and `seed` (train_pss.py); ([its record folder], timing)."""
+    folder, timing = train(f'{method}-seed{seed}', run_command(method, seed, args), args, data_root)
+    return [folder], timing
+
+
+def run_entries(folders: Sequence[Path]) -> List[dict]:
+    """The budget-table entries of a run's results.json; for the models trained alone, their entries together
+    (set_budget's rule then serves, within a budget, the one with the best held-out top-1)."""
+    return [e for folder in folders for e in json.loads((folder / 'results.json').read_text())['entries']]
+
+
+def time_left(walls: Dict[str, List[float]], left: Sequence[str], jobs: int) -> Optional[float]:
+    """Seconds left for the runs of methods `left`, `jobs` at a time, each taking its method's mean recorded wall
+    time (the mean over every method where this one has none yet); None before any run was timed."""
+    timed = [w for ws in walls.values() for w in ws]
+    if not timed:
+        return None
+    return sum(np.mean(walls[m]) if walls.get(m) else np.mean(timed) for m in left) / jobs
+
+
 def train_all(runs: Sequence[Tuple[str, int]], args: argparse.Namespace, data_root: Optional[Path]) -> Dict:
-    """Train every (method, seed), `args.jobs` at a time, with a progress line after each run."""
-    finished, trained_wall = {}, []
+    """Train every (method, seed), `args.jobs` at a time, with a progress line (runs done, time left) after each.
+    The models trained alone take their middle architectures from the PSS reference run of the first seed."""
+    finished, walls = {}, {}
     start = time.perf_counter()
+    space = space_of(PROTOCOLS[args.dataset])
+    budgets = evaluation_budgets(space, args.num_pools)
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(train, m, s, args, data_root): (m, s) for m, s in runs}
+        futures = {}
+        for m, s in runs:
+            if m == 'standalone':
+                reference = next(f for f, run in futures.items() if run == ('pss', args.seeds[0]))
+
+                def architectures(reference=reference):
+                    folders, timing = reference.result()
+                    if 'diverged' in timing:
+                        fail(f'the PSS reference run of seed {args.seeds[0]} diverged: the models trained alone '
+                             f'have no middle architectures to take')
+                    return standalone_architectures(run_entries(folders), budgets, space)
+                futures[pool.submit(train_standalone, s, args, data_root, architectures)] = (m, s)
+            else:
+                futures[pool.submit(train_one, m, s, args, data_root)] = (m, s)
         for future in as_completed(futures):
             run = futures[future]
             finished[run] = future.result()
             timing = finished[run][1]
             if not timing['reused']:
-                trained_wall.append(timing['wall_s'])
-            left = len(runs) - len(finished)
-            eta = (f'about {math.ceil(np.mean(trained_wall) * left / args.jobs / 60)} min left' if trained_wall
-                   else 'time left unknown until a run is trained') if left else 'all done'
+                walls.setdefault(run[0], []).append(timing['wall_s'])
+            left = [m for m, s in runs if (m, s) not in finished]
+            seconds = time_left(walls, left, args.jobs)
+            eta = 'all done' if not left else ('time left unknown until a run is trained' if seconds is None
+                                               else f'about {math.ceil(seconds / 60)} min left')
             what = 'reused' if timing['reused'] else f'{timing["wall_s"] / 60:.1f} min'
             what += ' (diverged: no accuracy)' if 'diverged' in timing else ''
             print(f'[{len(finished)}/{len(runs)} runs done, {(time.perf_counter() - start) / 60:.1f} min] '
                   f'{run[0]} seed {run[1]}: {what}; {eta}', flush=True)
     return finished
+
+
+def recorded_runs(runs: Sequence[Tuple[str, int]], args: argparse.Namespace) -> Dict:
+    """{(method, seed): (record folders, timing)} of the runs the records folder holds finished with this
+    protocol's settings (a model trained alone: all of its architectures)."""
+    space = space_of(PROTOCOLS[args.dataset])
+    budgets = evaluation_budgets(space, args.num_pools)
+    found = {}
+
+    def record(name, cmd):
+        done = finished_record(args.records / name)
+        return done if done is not None and done['command'] == cmd else None
+
+    reference = record(f'pss-seed{args.seeds[0]}', run_command('pss', args.seeds[0], args))
+    for m, s in runs:
+        if m != 'standalone':
+            done = record(f'{m}-seed{s}', run_command(m, s, args))
+            if done is not None:
+                found[m, s] = ([args.records / f'{m}-seed{s}'], dict(done, reused=True))
+            continue
+        if reference is None or 'diverged' in reference:
+            continue
+        parts = {name: record(f'standalone-{name}-seed{s}', run_command(m, s, args, subnet)) for name, subnet in
+                 standalone_architectures(run_entries([args.records / f'pss-seed{args.seeds[0]}']), budgets,
+                                          space).items()}
+        if all(parts.values()):
+            found[m, s] = ([args.records / f'standalone-{n}-seed{s}' for n in parts], summed_timing(parts))
+    return found
+
+
+def finished_runs_table(rows: Sequence[dict], methods: Sequence[str]) -> str:
+    """Markdown: top-1 of every finished run at each budget (one column per run), for a study with fewer than two
+    seeds finished by every method; no means, no intervals."""
+    runs = [(m, s) for m in methods for s in sorted({r['seed'] for r in rows if r['method'] == m})]
+    budgets = sorted({r['budget_mflops'] for r in rows})
+    index = {(r['method'], r['seed'], r['budget_mflops']): r['top1'] for r in rows}
+    headers = ['budget (MMACs)'] + [f'{METHODS[m].label} s{s}' for m, s in runs]
+    return format_table(headers, [[f'{b:.2f}'] + [f'{index[m, s, b]:.2f}' for m, s in runs] for b in budgets])
+
+
+def collect(finished: Dict, runs: Sequence[Tuple[str, int]], args: argparse.Namespace):
+    """(rows, diverged {run: why}, costs {method: [timing per seed]}, diagnostics {method: [csv rows per seed]})
+    of the finished runs."""
+    space = space_of(PROTOCOLS[args.dataset])
+    budgets = evaluation_budgets(space, args.num_pools)
+    rows, diverged, costs, diagnostics = [], {}, {}, {}
+    for m, s in runs:
+        folders, timing = finished[m, s]
+        costs.setdefault(m, []).append(timing)
+        if 'diverged' in timing:
+            diverged[m, s] = timing['diverged']
+            continue
+        rows += rows_of_run(m, s, run_entries(folders), budgets, space.flops_span[0])
+        path = folders[0] / 'pss_diagnostics.csv'
+        if m != 'standalone' and path.is_file():
+            with open(path, newline='') as f:
+                diagnostics.setdefault(m, []).append(list(csv.DictReader(f)))
+    return rows, diverged, costs, diagnostics
 
 
 def main(argv=None) -> int:
@@ -543,39 +844,52 @@ def main(argv=None) -> int:
     title = f'pss_mobilenetv1 on {protocol.title}'
     stem = report_stem(args.dataset, args.methods)
     heading = f'# Accuracy vs FLOPs by middle-subnet rule on {protocol.title} (benchmarks/pareto.py)'
+    costs = diagnostics = None
     if args.from_csv is not None:  # the machine that trained them is not this one: no machine lines
         rows, diverged = read_csv(args.from_csv), {}
         header = f'{heading}\n\n- re-reported from the per-seed rows of {args.from_csv.name} (no training)'
         print(header)
     else:
-        print(machine_lines(heading[2:]))
-        data_root = None
-        if args.dataset == 'fashion-mnist':  # first: a missing source leaves no output folder behind
-            data_root = prepare_fashion_mnist(args.output, args.fashion_source, args.train_size,
-                                              protocol.quick_sizes[1] if args.quick else None)
-        args.output.mkdir(parents=True, exist_ok=True)
-        header = f'- protocol: {" ".join(protocol.args)} --epochs {args.epochs} {" ".join(args.extra)}'.rstrip()
-        header += (f'; training subset {args.train_size or "all"}; seeds {args.seeds}; {args.jobs} runs at a time, '
-                   f'one thread each')
-        print(header + '\n', flush=True)
         runs = [(m, s) for s in args.seeds for m in args.methods]
-        start = time.perf_counter()
-        finished = train_all(runs, args, data_root)
-        space = space_of(protocol)
-        budgets = evaluation_budgets(space, int(QUICK_ARGS[1]) if args.quick else protocol.num_pools)
-        rows = []
-        diverged = {r: finished[r][1]['diverged'] for r in runs if 'diverged' in finished[r][1]}
-        for m, s in runs:
-            if (m, s) in diverged:
-                continue
-            entries = json.loads((finished[m, s][0] / 'results.json').read_text())['entries']
-            rows += rows_of_run(m, s, entries, budgets, space.flops_span[0])
-        wall = [finished[r][1]['wall_s'] for r in runs]
-        header = '\n'.join([machine_lines(heading[2:]), header,
-                            f'- wall time: {(time.perf_counter() - start) / 60:.1f} min this invocation; '
-                            f'{np.mean(wall) / 60:.1f} min per run (as recorded when each was trained)'])
-    text = '\n'.join([header, '', report(rows, args.methods, args.seeds, title, diverged)])
-    print('\n' + report(rows, args.methods, args.seeds, title, diverged))
+        if 'standalone' in args.methods:  # the models trained alone wait for the run they take architectures from
+            runs.remove(('pss', args.seeds[0]))
+            runs.insert(0, ('pss', args.seeds[0]))
+        settings = f'- protocol: {" ".join(protocol.args)} --epochs {args.epochs} {" ".join(args.extra)}'.rstrip()
+        settings += f'; training subset {args.train_size or "all"}; seeds {args.seeds}'
+        if args.report_only:
+            finished = recorded_runs(runs, args)
+            complete = [s for s in args.seeds if all((m, s) in finished for m in args.methods)]
+            header = '\n'.join([heading, '', f'- reported from the records in {args.records} (no training): '
+                                 f'{len(finished)} of {len(runs)} runs finished, seeds every method finished: '
+                                 f'{complete or "none"}', settings])
+            print(header)
+            if len(complete) < 2:
+                done = [r for r in runs if r in finished]
+                rows = collect(finished, done, args)[0]
+                print('\n## Finished runs: top-1 (%) at set_budget(B) (fewer than two seeds: no '
+                      'means or intervals yet)\n\n' + (finished_runs_table(rows, args.methods) if rows else
+                                                         '(none)'))
+                return 0
+            args.seeds, runs = complete, [r for r in runs if r[1] in complete]
+        else:
+            print(machine_lines(heading[2:]))
+            data_root = None
+            if args.dataset == 'fashion-mnist':  # first: a missing source leaves no output folder behind
+                data_root = prepare_fashion_mnist(args.output, args.fashion_source, args.train_size,
+                                                  protocol.quick_sizes[1] if args.quick else None)
+            args.output.mkdir(parents=True, exist_ok=True)
+            settings += f'; {args.jobs} runs at a time, one thread each, device {args.device}'
+            print(settings + '\n', flush=True)
+            start = time.perf_counter()
+            finished = train_all(runs, args, data_root)
+            wall = [finished[r][1]['wall_s'] for r in runs]
+            header = '\n'.join([machine_lines(heading[2:]), settings,
+                                f'- wall time: {(time.perf_counter() - start) / 60:.1f} min this invocation; '
+                                f'{np.mean(wall) / 60:.1f} min per run (as recorded when each was trained)'])
+        rows, diverged, costs, diagnostics = collect(finished, runs, args)
+    body = report(rows, args.methods, args.seeds, title, diverged, costs=costs, diagnostics=diagnostics)
+    text = '\n'.join([header, '', body])
+    print('\n' + body)
     args.results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results / f'{stem}.md', text + '\n')
     if args.from_csv is not None:  # the rows and their plot exist already

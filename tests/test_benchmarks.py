@@ -91,13 +91,15 @@ def test_speed_quick(capsys):
 
 
 def test_pareto_quick_on_fashion_mnist_resumes_and_reports(tmp_path):
-    """The Fashion-MNIST harness end to end on tiny IDX files: runs, csv, plot, report; a re-run trains nothing."""
+    """The Fashion-MNIST harness end to end on tiny IDX files, PSS and the models trained alone: runs, records, csv,
+    plot, report; a re-run on another machine (a new run folder, the same records) trains nothing."""
     from support import write_fashion_mnist_gz
     source = write_fashion_mnist_gz(tmp_path / 'src', num_train=192, num_test=256)
-    args = ['--dataset', 'fashion-mnist', '--quick', '--methods', 'pss', 'mutualnet', '--fashion-source', str(source),
-            '--output', str(tmp_path / 'runs')]
-    out = _run('pareto.py', *args)
-    assert '[4/4 runs done' in out and 'PSS − MutualNet-style' in out and 'AUC (mean top-1)' in out
+    args = ['--dataset', 'fashion-mnist', '--quick', '--methods', 'pss', 'standalone', '--fashion-source', str(source),
+            '--records', str(tmp_path / 'records'), '--jobs', '1']
+    out = _run('pareto.py', *args, '--output', str(tmp_path / 'runs'))
+    assert '[4/4 runs done' in out and 'PSS − trained alone' in out and 'AUC (mean top-1)' in out
+    assert '## Supernet − models trained alone' in out and 'x the models trained alone' in out
     rows = (tmp_path / 'runs' / 'pareto_fashion_mnist.csv').read_text().splitlines()
     assert rows[0] == 'method,seed,budget_mflops,entry_mflops,top1,is_min_subnet'
     assert len(rows) == 1 + 2 * 2 * 4  # methods x seeds x (min subnet + 3 pools' edges)
@@ -105,8 +107,28 @@ def test_pareto_quick_on_fashion_mnist_resumes_and_reports(tmp_path):
     assert first[:2] == ['pss', '0'] and first[2] == first[3] and first[5] == '1'  # the min budget: the min subnet
     assert '| all ' in (tmp_path / 'runs' / 'pareto_fashion_mnist.md').read_text()
     assert (tmp_path / 'runs' / 'pareto_fashion_mnist.png').read_bytes()[:4] == b'\x89PNG'
-    again = _run('pareto.py', *args)
-    assert again.count(': reused;') == 4 and again.split('## ')[1:] == out.split('## ')[1:]
+    records = sorted(p.name for p in (tmp_path / 'records').iterdir())
+    assert 'pss-seed1' in records and 'standalone-min-seed0' in records and len(records) == 2 + 2 * 4
+    assert sorted(p.name for p in (tmp_path / 'records' / 'pss-seed0').iterdir()) == [
+        'benchmark.json', 'pss_diagnostics.csv', 'results.json']
+    again = _run('pareto.py', *args, '--output', str(tmp_path / 'elsewhere'))
+    assert again.count(': reused;') == 4 and _report(again) == _report(out)
+    reported = _run('pareto.py', *args, '--output', str(tmp_path / 'elsewhere'), '--report-only')
+    assert 'seeds every method finished: [0, 1]' in reported and _report(reported) == _report(out)
+
+
+def _report(out):
+    """The report sections of pareto.py's output, without the line naming where it wrote them."""
+    return [line for line in out.split('\n## ', 1)[1].splitlines() if not line.startswith('- wrote ')]
+
+
+def test_standalone_refuses_an_architecture_outside_the_space(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'standalone.py'), '--subnet',
+                           '{"resolution": 30, "widths": [8]}', '--epochs', '1', '--output', str(tmp_path),
+                           '--experiment', 'x'], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith('train_pss.py: error: --subnet') and 'give max, min' in last
+    assert not (tmp_path / 'x').exists()
 
 
 def test_bench_latency_quick(tmp_path):

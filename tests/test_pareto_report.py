@@ -72,6 +72,7 @@ def test_an_ablation_run_reports_to_its_own_files_and_keeps_the_main_report():
     assert pareto.report_stem('digits', ['pss', 'uniform']) == 'pareto_digits'
     assert pareto.report_stem('fashion-mnist', ['pss', 'pss_zscore']) == 'pareto_fashion_mnist_ablations'
     assert pareto.report_stem('fashion-mnist', ['pss_refresh', 'pss', 'usnet']) == 'pareto_fashion_mnist_pss_refresh'
+    assert pareto.report_stem('fashion-mnist', list(pareto.MAIN_METHODS)) == 'pareto_fashion_mnist'
 
 
 def test_csv_round_trip_and_the_older_digits_format(tmp_path):
@@ -105,23 +106,97 @@ def test_methods_whose_options_train_pss_lacks_are_refused(monkeypatch, capsys):
 
 
 def test_a_finished_run_is_reused_and_one_with_other_settings_refused(tmp_path, monkeypatch, capsys):
-    args = pareto.parse_args(['--dataset', 'digits', '--methods', 'pss', 'uniform', '--output', str(tmp_path)])
-    run = tmp_path / 'pss-seed0'
-    run.mkdir()
+    args = pareto.parse_args(['--dataset', 'digits', '--methods', 'pss', 'uniform', '--output', str(tmp_path / 'runs'),
+                              '--records', str(tmp_path / 'records')])
+    run = tmp_path / 'runs' / 'pss-seed0'
+    run.mkdir(parents=True)
     (run / 'results.json').write_text('{"entries": []}')
-    cmd = pareto.run_command('pss', 0, args, None)
+    cmd = pareto.run_command('pss', 0, args)
     (run / 'benchmark.json').write_text(json.dumps(dict(command=cmd, wall_s=60.0, cpu_s=55.0, resumed=False)))
 
     def no_training(*a, **k):
         raise AssertionError('a finished run was trained again')
 
     monkeypatch.setattr(pareto.subprocess, 'Popen', no_training)
-    folder, timing = pareto.train('pss', 0, args, None)
-    assert folder == run and timing['reused'] and timing['wall_s'] == 60.0
+    folder, timing = pareto.train('pss-seed0', cmd, args, None)
+    # a run that finished in its run folder is copied into the records folder and read from there
+    assert folder == tmp_path / 'records' / 'pss-seed0' and timing['reused'] and timing['wall_s'] == 60.0
+    assert sorted(p.name for p in folder.iterdir()) == ['benchmark.json', 'results.json']
+    # another machine (another run folder, the same records): reused, not trained
+    args.output = tmp_path / 'elsewhere'
+    assert pareto.train('pss-seed0', cmd, args, None)[1]['reused']
     args.epochs += 1
     with pytest.raises(SystemExit) as exit_info:
-        pareto.train('pss', 0, args, None)
+        pareto.train('pss-seed0', pareto.run_command('pss', 0, args), args, None)
     assert exit_info.value.code == 2 and 'other settings' in capsys.readouterr().err
+
+
+def test_a_run_s_settings_leave_out_the_machine(tmp_path):
+    """The data folder and the device are added when a run starts, not recorded: records match on any machine."""
+    args = pareto.parse_args(['--methods', 'pss', 'standalone', '--output', str(tmp_path)])
+    cmd = pareto.run_command('pss', 3, args)
+    assert '--data-dir' not in cmd and '--device' not in cmd and cmd[-4:] == ['--seed', '3', '--epochs', '12']
+    subnet = pareto.Subnet(16, (8,) * 14)
+    assert pareto.run_command('standalone', 3, args, subnet)[-2:] == ['--subnet', subnet.to_json()]
+    assert pareto.machine_args(args, tmp_path) == ['--data-dir', str(tmp_path.resolve()), '--device', 'cpu']
+    args.device, args.jobs = 'cuda', 4
+    assert pareto.machine_args(args, None)[:2] == ['--device', 'cuda'] and '--pin-mem' in pareto.machine_args(args, None)
+    assert args.records == ROOT / 'benchmarks' / 'results' / 'runs_fashion_mnist'
+
+
+def test_standalone_needs_the_pss_reference_and_a_gpu_needs_cuda(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        pareto.parse_args(['--methods', 'uniform', 'standalone'])
+    assert exit_info.value.code == 2 and 'add pss to --methods' in capsys.readouterr().err
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(SystemExit):
+        pareto.parse_args(['--device', 'cuda'])
+    assert 'torch sees no CUDA device' in capsys.readouterr().err
+    assert pareto.parse_args(['--methods', 'pss', 'uniform']).jobs >= 1
+
+
+def test_time_left_uses_each_method_s_own_run_time():
+    assert pareto.time_left({}, ['pss'], 1) is None
+    walls = {'pss': [600.0, 400.0], 'standalone': [300.0]}
+    assert pareto.time_left(walls, ['pss', 'standalone', 'usnet'], 1) == pytest.approx(500 + 300 + 1300 / 3)
+    assert pareto.time_left(walls, ['pss', 'pss'], 2) == pytest.approx(500)
+
+
+def test_standalone_architectures_are_the_ends_and_the_middle_entries_pss_serves():
+    space = pareto.space_of(pareto.PROTOCOLS['fashion-mnist'])
+    budgets = pareto.evaluation_budgets(space, 8)
+    indices = pareto.standalone_budget_indices(budgets)
+    assert indices[0] == 0 and indices[-1] == len(budgets) - 1 and len(indices) == 4
+    lo, hi = space.flops_span
+    assert abs(budgets[indices[1]] - (lo + (hi - lo) / 3)) <= (hi - lo) / 8
+    small, mid = pareto.Subnet(20, space.min_widths), pareto.Subnet(28, space.min_widths)
+    entries = [dict(flops=lo, resolution=16, widths=' '.join(map(str, space.min_widths)), heldout_top1=60.0, top1=1.0),
+               dict(flops=space.flops(small), resolution=20, widths=' '.join(map(str, small.widths)),
+                    heldout_top1=50.0, top1=1.0),
+               dict(flops=space.flops(mid), resolution=28, widths=' '.join(map(str, mid.widths)),
+                    heldout_top1=70.0, top1=1.0)]
+    assert entries[2]['flops'] < budgets[indices[1]]
+    chosen = pareto.standalone_architectures(entries, budgets, space)
+    assert list(chosen.values()) == [space.min_subnet(), mid, mid, space.max_subnet()]
+    # where the table serves the min subnet, its largest entry within the budget is trained alone instead
+    entries[2]['heldout_top1'] = 40.0
+    assert list(pareto.standalone_architectures(entries, budgets, space).values())[1] == mid
+
+
+def test_the_report_compares_supernets_with_models_trained_alone_and_gives_costs_and_diagnostics():
+    rows = _rows([2.0, 3.0, 4.0], methods=('pss', 'standalone'))
+    costs = {'pss': [dict(cpu_s=600.0, wall_s=600.0)] * 3,
+             'standalone': [dict(cpu_s=300.0, wall_s=300.0, parts=dict(min=dict(cpu_s=100.0, wall_s=1.0),
+                                                                        max=dict(cpu_s=200.0, wall_s=1.0)))] * 3}
+    run = [dict(epoch='0', pool='mean', top_member_prob='0.4', effective_members='4.0', spearman_score_vs_fresh='0.1'),
+           dict(epoch='1', pool='mean', top_member_prob='0.9', effective_members='1.5', spearman_score_vs_fresh='0.3')]
+    text = pareto.report(rows, ['pss', 'standalone'], [0, 1, 2], 'test', costs=costs, diagnostics={'pss': [run] * 3})
+    section = text.split('## Supernet − models trained alone')[1].split('## ')[0]
+    half = 4.302653 / math.sqrt(3)
+    assert f'+3.00 [{3 - half:+.2f}, {3 + half:+.2f}]' in section and '| PSS − trained alone' in section
+    assert '2.00x the models trained alone' in text and 'min 100, max 200' in text
+    assert '0.40 → 0.90' in text and '4.00 → 1.50' in text and '0.10 → 0.30' in text
 
 
 def test_from_csv_re_reports_the_stored_digits_runs(tmp_path, capsys):
@@ -156,7 +231,8 @@ def test_a_diverged_run_is_listed_and_left_out_of_its_pairs_only():
 def test_a_diverged_training_run_is_recorded_and_reused(tmp_path, monkeypatch):
     """train_pss.py stopping on a non-finite loss (exit 1, its one-line reason) is a result of that method and seed:
     recorded in benchmark.json and not trained again; any other failure stops the benchmark."""
-    args = pareto.parse_args(['--dataset', 'digits', '--methods', 'pss', 'uniform', '--output', str(tmp_path)])
+    args = pareto.parse_args(['--dataset', 'digits', '--methods', 'pss', 'uniform', '--output', str(tmp_path),
+                              '--records', str(tmp_path / 'records')])
     (tmp_path / 'pss-seed0.log').write_text('Train: 0 [0/84]\ntrain_pss.py: error: epoch 0, step 3: training '
                                             'diverged: non-finite cross-entropy (the max subnet: nan); lower the '
                                             'learning rate (--lr, --warmup-epochs)\n')
@@ -173,11 +249,20 @@ def test_a_diverged_training_run_is_recorded_and_reused(tmp_path, monkeypatch):
             ru_utime=1.0, ru_stime=0.0))()))
 
     exited_with(1)
-    folder, timing = pareto.train('pss', 0, args, None)
+    folder, timing = pareto.train('pss-seed0', pareto.run_command('pss', 0, args), args, None)
     assert timing['diverged'].startswith('epoch 0, step 3: training diverged') and not timing['reused']
     assert json.loads((folder / 'benchmark.json').read_text())['diverged'] == timing['diverged']
-    _, again = pareto.train('pss', 0, args, None)
+    _, again = pareto.train('pss-seed0', pareto.run_command('pss', 0, args), args, None)
     assert again['reused'] and again['diverged'] == timing['diverged']
     (tmp_path / 'uniform-seed0.log').write_text('Traceback ...\nRuntimeError: boom\n')
     with pytest.raises(RuntimeError, match='failed'):
-        pareto.train('uniform', 0, args, None)
+        pareto.train('uniform-seed0', pareto.run_command('uniform', 0, args), args, None)
+
+
+def test_the_models_trained_alone_of_a_seed_count_as_one_run_with_their_times_summed():
+    parts = {'min': dict(wall_s=10.0, cpu_s=8.0, reused=True), 'max': dict(wall_s=30.0, cpu_s=25.0, reused=False,
+                                                                          diverged='epoch 1, step 2: training diverged')}
+    total = pareto.summed_timing(parts)
+    assert (total['wall_s'], total['cpu_s'], total['reused']) == (40.0, 33.0, False)
+    assert total['parts']['max'] == dict(cpu_s=25.0, wall_s=30.0) and total['diverged'].startswith('max: epoch 1')
+    assert 'diverged' not in pareto.summed_timing({'min': parts['min']})
