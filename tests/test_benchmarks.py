@@ -127,7 +127,7 @@ def test_standalone_refuses_an_architecture_outside_the_space(tmp_path):
                            '{"resolution": 30, "widths": [8]}', '--epochs', '1', '--output', str(tmp_path),
                            '--experiment', 'x'], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 2 and last.startswith('train_pss.py: error: --subnet') and 'give max, min' in last
+    assert proc.returncode == 2 and last.startswith('standalone.py: error: --subnet') and 'give max, min' in last
     assert not (tmp_path / 'x').exists()
 
 
