@@ -568,44 +568,20 @@ def plot(path: Path, rows: Sequence[dict], methods: Sequence[str], seeds: Sequen
 
 # data and training runs
 
-def read_idx(path: Path) -> np.ndarray:
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-    return read_sn3_pascalvincent_tensor(str(path), strict=False).numpy()
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An unsigned-byte IDX file (MNIST's format) holding `array`."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-
-
 def prepare_fashion_mnist(output: Path, source: Optional[Path], train_size: Optional[int],
                           test_size: Optional[int]) -> Path:
-    """A Fashion-MNIST root for train_pss.py under `output`: the package's files gunzipped (timm_pss.dataset_setup),
-    then a fixed random subset of `train_size` training (and `test_size` test) images; None keeps all."""
-    from timm_pss.dataset_setup import SetupError, setup_dataset
+    """A Fashion-MNIST root for train_pss.py under `output`: the package's files gunzipped, then a fixed random
+    subset of `train_size` training (and `test_size` test) images; None keeps all (`timm_pss.dataset_setup`)."""
+    from timm_pss.dataset_setup import SetupError, setup_dataset, write_subset
     full = output / 'fashion-mnist-full'
     try:
         setup_dataset('fashion-mnist', full, source)
+        if train_size is None and test_size is None:
+            return full
+        return write_subset('fashion-mnist', full, output / f'fashion-mnist-train{train_size or "all"}-test'
+                            f'{test_size or "all"}', train_size, test_size)
     except SetupError as e:
         fail(f'{e}')
-    if train_size is None and test_size is None:
-        return full
-    root = output / f'fashion-mnist-train{train_size or "all"}-test{test_size or "all"}'
-    raw = root / 'FashionMNIST' / 'raw'
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, size in (('train', train_size), ('t10k', test_size)):
-        images = read_idx(full / 'FashionMNIST' / 'raw' / f'{prefix}-images-idx3-ubyte')
-        labels = read_idx(full / 'FashionMNIST' / 'raw' / f'{prefix}-labels-idx1-ubyte')
-        if size is not None and size > len(labels):
-            fail(f'asked for {size} {prefix} images, Fashion-MNIST has {len(labels)}')
-        keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:size or len(labels)])
-        for kind, array in (('images-idx3', images[keep]), ('labels-idx1', labels[keep])):
-            dest = raw / f'{prefix}-{kind}-ubyte'
-            data = idx_bytes(array)
-            if not dest.exists() or dest.read_bytes() != data:
-                write_bytes_atomic(dest, data)
-    return root
 
 
 def run_command(method: str, seed: int, args: argparse.Namespace, subnet: Optional[Subnet] = None) -> List[str]:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from timm_pss.dataset_setup import idx_bytes, read_idx
+
 from support import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +91,10 @@ def test_csv_round_trip_and_the_older_digits_format(tmp_path):
 
 def test_idx_subset_files_read_back_with_torchvision(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    (tmp_path / 'x-images-idx3-ubyte').write_bytes(pareto.idx_bytes(images))
-    (tmp_path / 'x-labels-idx1-ubyte').write_bytes(pareto.idx_bytes(np.arange(5, dtype=np.uint8)))
-    assert np.array_equal(pareto.read_idx(tmp_path / 'x-images-idx3-ubyte'), images)
-    assert pareto.read_idx(tmp_path / 'x-labels-idx1-ubyte').tolist() == [0, 1, 2, 3, 4]
+    (tmp_path / 'x-images-idx3-ubyte').write_bytes(idx_bytes(images))
+    (tmp_path / 'x-labels-idx1-ubyte').write_bytes(idx_bytes(np.arange(5, dtype=np.uint8)))
+    assert np.array_equal(read_idx(tmp_path / 'x-images-idx3-ubyte'), images)
+    assert read_idx(tmp_path / 'x-labels-idx1-ubyte').tolist() == [0, 1, 2, 3, 4]
 
 
 def test_methods_whose_options_train_pss_lacks_are_refused(monkeypatch, capsys):

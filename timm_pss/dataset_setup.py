@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .files import atomic_write
+import numpy as np
 
-__all__ = ['DatasetSource', 'SOURCES', 'SetupError', 'setup_dataset', 'main']
+from .files import atomic_write, write_bytes_atomic
+
+__all__ = ['DatasetSource', 'SOURCES', 'SetupError', 'idx_bytes', 'read_idx', 'setup_dataset', 'write_subset', 'main']
 
 _CHUNK = 1 << 20
 
@@ -118,6 +120,41 @@ def setup_dataset(name: str, root: Path, source_dir: Optional[Path] = None) -> L
                     f.write(chunk)
             written.append(dest)
     return written
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """The array an unsigned-byte IDX file (MNIST's format) holds."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+    return read_sn3_pascalvincent_tensor(str(path), strict=False).numpy()
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file (MNIST's format) holding `array`."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_subset(name: str, full_root: Path, root: Path, train_size: Optional[int], test_size: Optional[int],
+                 seed: int = 0) -> Path:
+    """A copy of dataset `name` (laid out under `full_root` by `setup_dataset`) under `root` that keeps a fixed
+    random subset (chosen by `seed`, in the original order) of `train_size` training and `test_size` test images;
+    None keeps all of a split. Files already holding the same bytes are left alone; others are written atomically.
+    Asking for more images than a split has raises SetupError. Returns `root`."""
+    spec = SOURCES[name]
+    src, raw = Path(full_root) / spec.raw_dir, Path(root) / spec.raw_dir
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, size in (('train', train_size), ('t10k', test_size)):
+        images = read_idx(src / f'{prefix}-images-idx3-ubyte')
+        labels = read_idx(src / f'{prefix}-labels-idx1-ubyte')
+        if size is not None and size > len(labels):
+            raise SetupError(f'asked for {size} {prefix} images, {name} has {len(labels)}')
+        keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:size or len(labels)])
+        for kind, array in (('images-idx3', images[keep]), ('labels-idx1', labels[keep])):
+            dest = raw / f'{prefix}-{kind}-ubyte'
+            data = idx_bytes(array)
+            if not dest.exists() or dest.read_bytes() != data:
+                write_bytes_atomic(dest, data)
+    return Path(root)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
