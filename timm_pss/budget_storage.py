@@ -104,6 +104,23 @@ class BudgetTableStorage:
         self._buffers[TABLE_BUFFER] = _table_tensor(merged, next(self.parameters()).device)
         return merged
 
+    def _apply(self, fn, recurse=True):
+        """`.to()` / `.half()` / `.cuda()`, refused before anything changes when the conversion would turn finite
+        per-entry BN statistics into inf or NaN (float16 holds at most 65504): a budget entry would then run on
+        broken statistics without a word."""
+        for _, norm in self._budget_layers():
+            for name in _BN_BUFFERS:
+                stats = norm._buffers.get(name)
+                if stats is None or not stats.is_floating_point():
+                    continue
+                converted = fn(stats)
+                if converted.is_floating_point() and not torch.isfinite(converted).all():
+                    raise ValueError(f'converting to {converted.dtype} would make the per-entry BN statistics of '
+                                     f'{type(norm).__name__} layers infinite (largest |value| '
+                                     f'{stats.abs().max().item():.4g}); keep the model in float32, or use '
+                                     f'bfloat16 or torch.autocast')
+        return super()._apply(fn, recurse)
+
     def _budget_layers(self) -> List[Tuple[str, SlimBatchNormBase]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, SlimBatchNormBase)]
 

@@ -80,23 +80,6 @@ class SubnetSwitch(BudgetTableStorage):
         state.pop('_switch_lock', None)  # locks cannot be copied; a copy (deepcopy, ModelEma) makes its own
         return state
 
-    def _apply(self, fn, recurse=True):
-        """`.to()` / `.half()` / `.cuda()`, refused before anything changes when the conversion would turn finite
-        per-entry BN statistics into inf or NaN (float16 holds at most 65504): a budget entry would then run on
-        broken statistics without a word."""
-        for norm in self.__dict__.get('_switch_norms', ()):
-            for name in ('budget_running_mean', 'budget_running_var'):
-                stats = norm._buffers.get(name)
-                if stats is None or not stats.is_floating_point():
-                    continue
-                converted = fn(stats)
-                if converted.is_floating_point() and not torch.isfinite(converted).all():
-                    raise ValueError(f'converting to {converted.dtype} would make the per-entry BN statistics of '
-                                     f'{type(norm).__name__} layers infinite (largest |value| '
-                                     f'{stats.abs().max().item():.4g}); keep the model in float32, or use '
-                                     f'bfloat16 or torch.autocast')
-        return super()._apply(fn, recurse)
-
     @property
     def active_subnet(self) -> Subnet:
         return self._active_subnet
