@@ -168,7 +168,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f'methods; the first is compared with the others (default: {" ".join(MAIN_METHODS)})')
     parser.add_argument('--seeds', nargs='+', type=int, default=None,
                         help='default: 0 1 2 for digits (the stored results), 0..4 for fashion-mnist')
-    parser.add_argument('--epochs', type=int, default=None, help='default: 30 (digits), 4 (fashion-mnist)')
+    parser.add_argument('--epochs', type=int, default=None, help='default: 30 (digits), 12 (fashion-mnist)')
     parser.add_argument('--train-size', type=int, default=None,
                         help='fashion-mnist: training images used, a fixed random subset (default 6000)')
     parser.add_argument('--fashion-source', type=Path, default=None,

@@ -137,7 +137,7 @@ def test_several_metrics_at_once(model, lut):
     with pytest.raises(ValueError, match='pool scores must be finite'):
         other.load_state_dict(bad)
     assert json.dumps(other.state_dict()) == before  # and the FLOPs sampler was not loaded either
-    with pytest.raises(ValueError, match='lists a metric twice'):
+    with pytest.raises(ValueError, match='lists a cost kind twice'):
         MultiCostSampler([sampler.samplers[0], sampler.samplers[0]])
     with pytest.raises(ValueError, match='prioritized and uniform samplers only'):
         MultiCostSampler([create_sampler('global_width', model.space, num_pools=3)])
@@ -227,7 +227,7 @@ def test_train_pss_with_flops_and_latency_pools(model, lut, tmp_path):
 
     bad = [*cmd[:cmd.index('--pss-latency-table')], '--output', str(tmp_path), '--experiment', 'bad']
     proc = subprocess.run(bad, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT)
-    assert proc.returncode == 2 and '--pss-metrics latency needs --pss-latency-table' in proc.stderr
+    assert proc.returncode == 2 and '--pss-cost-kinds latency needs --pss-latency-table' in proc.stderr
 
 
 def test_train_pss_stops_with_one_line_on_a_bad_latency_table(model, lut, tmp_path):

@@ -350,15 +350,15 @@ def test_train_pss_options_reach_the_sampler_and_bad_combinations_exit_2():
 
 @pytest.mark.parametrize('settings, library, command_line', [
     (dict(kind='usnet', cost_kinds=('flops', 'latency'), has_latency_table=True), 'kind usnet keeps pools for one '
-     'metric only; drop the other cost_kinds', '--pss-sampler usnet keeps pools for one metric only; drop the other '
-     '--pss-metrics'),
+     'cost kind only; drop the other cost_kinds', '--pss-sampler usnet keeps pools for one cost kind only; drop the other '
+     '--pss-cost-kinds'),
     (dict(kind='global_width', shuffle_scores=True, priority='rank'), 'priority, shuffle_scores change(s) how',
      '--pss-priority, --pss-shuffle-scores change(s) how buckets and pool members are drawn; --pss-sampler '
      'global_width draws neither'),
-    (dict(cost_kinds=('flops', 'flops')), "cost_kinds lists a metric twice: ['flops', 'flops']",
-     "--pss-metrics lists a metric twice: ['flops', 'flops']"),
+    (dict(cost_kinds=('flops', 'flops')), "cost_kinds lists a cost kind twice: ['flops', 'flops']",
+     "--pss-cost-kinds lists a cost kind twice: ['flops', 'flops']"),
     (dict(cost_kinds=('latency',)), 'cost_kinds latency needs latency_table (build one with '
-     'timm_pss.latency.build_lut)', '--pss-metrics latency needs --pss-latency-table JSON (build one with python -m '
+     'timm_pss.latency.build_lut)', '--pss-cost-kinds latency needs --pss-latency-table JSON (build one with python -m '
      'timm_pss.latency'),
 ])
 def test_one_rule_refuses_a_sampler_setting_in_keyword_and_option_names(settings, library, command_line, capsys):

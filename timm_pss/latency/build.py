@@ -266,6 +266,45 @@ def _fit_overhead(table: LatencyTable, whole: Sequence[Subnet], overheads: Seque
             for s, o, b in zip(whole, overheads, blocks_ms)]
 
 
+def _checked_counts(batch_size, warmup, repeats, overhead_subnets, width_points, threads) -> tuple:
+    """build_lut's counts, each checked (one-line ValueErrors); threads None becomes the current thread count."""
+    if width_points is not None:
+        width_points = _positive(width_points, 'width_points', 2)
+    return (_positive(batch_size, 'batch_size'), _positive(warmup, 'warmup', 0), _positive(repeats, 'repeats'),
+            _positive(overhead_subnets, 'overhead_subnets', 0), width_points,
+            torch.get_num_threads() if threads is None else _positive(threads, 'threads'))
+
+
+def _check_placement(supernet: nn.Module, dev: torch.device, dtype: torch.dtype) -> None:
+    """build_lut measures the model where it is: refuse a device or dtype other than its own."""
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f'dtype must be a torch.dtype, got {dtype!r}')
+    param = next(supernet.parameters())
+    if param.device != dev or param.dtype != dtype:
+        raise ValueError(f'the model is on {param.device} in {param.dtype}; build_lut measures it where it is: '
+                         f'move it first with model.to({str(dev)!r}, {dtype})')
+
+
+def _warn_speed_drift(drift: Optional[float]) -> None:
+    """A RuntimeWarning when the machine's speed moved by more than SPEED_DRIFT_WARNING during the build."""
+    if drift is not None and abs(drift) > SPEED_DRIFT_WARNING:
+        warnings.warn(f'build_lut: the machine ran {abs(100 * drift):.0f}% {"slower" if drift > 0 else "faster"} '
+                      f'at the end of the build than at its start (the overhead subnets\' end-to-end times), so '
+                      f'the table mixes two speeds: rebuild it with the machine otherwise idle and at a fixed clock',
+                      RuntimeWarning, stacklevel=3)
+
+
+def _measured_table(supernet, dev, dtype, threads, batch_size, resolutions, segments, axes, medians,
+                    shapes) -> LatencyTable:
+    """The LatencyTable of the segment medians (overhead_ms still 0: _fit_overhead sets it)."""
+    blocks = [LatencyBlock(s.name, s.groups, resolutions, ax, np.round(m.reshape((len(resolutions),) + shape), 4))
+              for s, ax, m, shape in zip(segments, axes, medians, shapes)]
+    return LatencyTable(
+        model=architecture_name(supernet), space=supernet.space.to_dict(), num_classes=int(supernet.num_classes),
+        device=str(dev), device_name=describe_device(dev), torch_version=torch.__version__, threads=threads,
+        dtype=str(dtype).replace('torch.', ''), batch_size=batch_size, blocks=blocks, overhead_ms=0.0)
+
+
 def build_lut(
         model: nn.Module,
         device: Union[str, torch.device] = 'cpu',
@@ -306,20 +345,10 @@ def build_lut(
     supernet = full_supernet(model)
     space = supernet.space
     dev = normalize_device(device)
-    batch_size = _positive(batch_size, 'batch_size')
-    warmup = _positive(warmup, 'warmup', 0)
-    repeats = _positive(repeats, 'repeats')
-    overhead_subnets = _positive(overhead_subnets, 'overhead_subnets', 0)
-    if width_points is not None:
-        width_points = _positive(width_points, 'width_points', 2)
-    threads = torch.get_num_threads() if threads is None else _positive(threads, 'threads')
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f'dtype must be a torch.dtype, got {dtype!r}')
+    batch_size, warmup, repeats, overhead_subnets, width_points, threads = _checked_counts(
+        batch_size, warmup, repeats, overhead_subnets, width_points, threads)
     resolutions = _checked_resolutions(space, resolutions)
-    param = next(supernet.parameters())
-    if param.device != dev or param.dtype != dtype:
-        raise ValueError(f'the model is on {param.device} in {param.dtype}; build_lut measures it where it is: '
-                         f'move it first with model.to({str(dev)!r}, {dtype})')
+    _check_placement(supernet, dev, dtype)
 
     segments = forward_segments(supernet, supernet.channel_plan())
     axes = _grid_axes(space, segments, width_points)
@@ -348,22 +377,13 @@ def build_lut(
         torch.set_num_threads(previous_threads)
         for m, training in modes:
             m.training = training
-    blocks = [LatencyBlock(s.name, s.groups, resolutions, ax, np.round(m.reshape((len(resolutions),) + shape), 4))
-              for s, ax, m, shape in zip(segments, axes, medians, shapes)]
-    table = LatencyTable(
-        model=architecture_name(supernet), space=space.to_dict(), num_classes=int(supernet.num_classes),
-        device=str(dev), device_name=describe_device(dev), torch_version=torch.__version__, threads=threads,
-        dtype=str(dtype).replace('torch.', ''), batch_size=batch_size, blocks=blocks, overhead_ms=0.0)
+    table = _measured_table(supernet, dev, dtype, threads, batch_size, resolutions, segments, axes, medians, shapes)
     fit = _fit_overhead(table, whole, overheads)
     table.build = {'seconds': round(time.perf_counter() - t_start, 2), 'warmup': warmup, 'repeats': repeats,
                    'width_points': width_points, 'auto_max_grid': AUTO_MAX_GRID, 'probe_subnets': len(probes),
                    'retaken_samples': retaken, 'allocator': allocator_settings(), 'overhead_fit': fit,
                    'speed_drift': None if drift is None else round(drift, 4)}
-    if drift is not None and abs(drift) > SPEED_DRIFT_WARNING:
-        warnings.warn(f'build_lut: the machine ran {abs(100 * drift):.0f}% {"slower" if drift > 0 else "faster"} '
-                      f'at the end of the build than at its start (the overhead subnets\' end-to-end times), so '
-                      f'the table mixes two speeds: rebuild it with the machine otherwise idle and at a fixed clock',
-                      RuntimeWarning, stacklevel=2)
+    _warn_speed_drift(drift)
     if progress:
         print(f'build_lut: {table!r} in {table.build["seconds"]:.1f} s', file=sys.stderr, flush=True)
     return table

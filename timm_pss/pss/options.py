@@ -35,7 +35,7 @@ PSS_RESUME_SETTINGS = ('pss_resolutions', 'pss_width_range', 'pss_num_pools', 'p
 KEYWORD_NAMES = dict(kind='kind', cost_kinds='cost_kinds', latency_table='latency_table',
                      latency_builder='timm_pss.latency.build_lut', bucket_weights='bucket_weights',
                      priority='priority', shuffle_scores='shuffle_scores')
-OPTION_NAMES = dict(kind='--pss-sampler', cost_kinds='--pss-metrics', latency_table='--pss-latency-table JSON',
+OPTION_NAMES = dict(kind='--pss-sampler', cost_kinds='--pss-cost-kinds', latency_table='--pss-latency-table JSON',
                     latency_builder='python -m timm_pss.latency --model MODEL --device DEVICE --output JSON',
                     bucket_weights='--pss-bucket-weights', priority='--pss-priority',
                     shuffle_scores='--pss-shuffle-scores')
@@ -60,9 +60,9 @@ def check_sampler_settings(
         raise ValueError(f'{names["cost_kinds"]} latency needs {names["latency_table"]} (build one with '
                          f'{names["latency_builder"]})')
     if len(set(cost_kinds)) != len(cost_kinds):
-        raise ValueError(f'{names["cost_kinds"]} lists a metric twice: {list(cost_kinds)}')
+        raise ValueError(f'{names["cost_kinds"]} lists a cost kind twice: {list(cost_kinds)}')
     if len(cost_kinds) > 1 and kind not in MULTI_METRIC_SAMPLERS:
-        raise ValueError(f'{names["kind"]} {kind} keeps pools for one metric only; drop the other '
+        raise ValueError(f'{names["kind"]} {kind} keeps pools for one cost kind only; drop the other '
                          f'{names["cost_kinds"]}')
     settings = dict(bucket_weights=bucket_weights, priority=priority, shuffle_scores=shuffle_scores)
     ablations = [names[key] for key, reference in ABLATION_DEFAULTS.items() if settings[key] != reference]
@@ -76,10 +76,11 @@ def add_pss_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Prioritized Subnet Sampling')
     group.add_argument('--pss-budget-range', nargs=3, type=parse_flops, default=None, metavar=('LO', 'HI', 'STEP'),
                        help='pool centres in FLOPs (MACs), e.g. 110M 570M 10M; default: --pss-num-pools over the span')
-    group.add_argument('--pss-num-pools', type=int, default=40, help='pools per metric, spread over its span')
-    group.add_argument('--pss-metrics', nargs='+', choices=COST_KINDS, default=['flops'],
-                       help='what the pools bucket by: flops, latency (needs --pss-latency-table), or both at once '
-                            '(PSS-Net\'s multi-constraint variant)')
+    group.add_argument('--pss-num-pools', type=int, default=40, help='pools per cost kind, spread over its span')
+    group.add_argument('--pss-cost-kinds', '--pss-metrics', nargs='+', choices=COST_KINDS, default=['flops'],
+                       dest='pss_metrics', metavar='COST_KIND',
+                       help='the cost kinds the pools bucket by: flops, latency (needs --pss-latency-table), or both '
+                            'at once (PSS-Net\'s multi-constraint variant); --pss-metrics is its older name')
     group.add_argument('--pss-latency-table', default=None, metavar='JSON',
                        help='latency lookup table from timm_pss.latency.build_lut for this model and device; its '
                             'predicted latency is recorded in the budget table (set_budget(latency_ms=...))')

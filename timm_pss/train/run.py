@@ -141,7 +141,7 @@ def create_amp(args: argparse.Namespace, device: torch.device):
 
 
 def create_task(args: argparse.Namespace, model, device: torch.device, primary: bool):
-    """(task, latency table or None): the PSS training step with --pss-sampler over --pss-metrics, the max subnet's
+    """(task, latency table or None): the PSS training step with --pss-sampler over --pss-cost-kinds, the max subnet's
     loss and, with --model-ema, its EMA."""
     latency_table = None
     if args.pss_latency_table:
