@@ -350,8 +350,8 @@ def test_train_pss_options_reach_the_sampler_and_bad_combinations_exit_2():
 
 @pytest.mark.parametrize('settings, library, command_line', [
     (dict(kind='usnet', cost_kinds=('flops', 'latency'), has_latency_table=True), 'kind usnet keeps pools for one '
-     'cost kind only; drop the other cost_kinds', '--pss-sampler usnet keeps pools for one cost kind only; drop the other '
-     '--pss-cost-kinds'),
+     'cost kind only; drop the other cost_kinds',
+     '--pss-sampler usnet keeps pools for one cost kind only; drop the other --pss-cost-kinds'),
     (dict(kind='global_width', shuffle_scores=True, priority='rank'), 'priority, shuffle_scores change(s) how',
      '--pss-priority, --pss-shuffle-scores change(s) how buckets and pool members are drawn; --pss-sampler '
      'global_width draws neither'),

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..costs import SubnetCost
 from ..spaces import RngLike, Subnet
-from .options import MULTI_METRIC_SAMPLERS, check_sampler_settings
+from .options import MULTI_COST_SAMPLERS, check_sampler_settings
 from .pools import Proposal, SubnetPool, bucket_distribution
 from .samplers import PrioritizedSubnetSampler, SamplerConfig
 
@@ -30,8 +30,8 @@ class MultiCostSampler:
         if not samplers:
             raise ValueError('MultiCostSampler needs at least one sampler')
         # it draws the buckets itself and lets a sampler propose in one: samplers that draw buckets and pool members
-        if not all(isinstance(s, PrioritizedSubnetSampler) and s.kind in MULTI_METRIC_SAMPLERS for s in samplers):
-            raise ValueError('several metrics at once work with the prioritized and uniform samplers only')
+        if not all(isinstance(s, PrioritizedSubnetSampler) and s.kind in MULTI_COST_SAMPLERS for s in samplers):
+            raise ValueError('several cost kinds at once work with the prioritized and uniform samplers only')
         check_sampler_settings(samplers[0].kind, [s.cost.kind for s in samplers], has_latency_table=True)
         self.samplers = list(samplers)
         self.space = samplers[0].space

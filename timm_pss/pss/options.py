@@ -20,7 +20,7 @@ __all__ = ['SAMPLERS', 'KEYWORD_NAMES', 'OPTION_NAMES', 'PSS_RESUME_SETTINGS', '
 
 SAMPLERS = ('prioritized', 'uniform', 'global_width', 'usnet')
 # the samplers whose pools follow one cost kind each, so several of them can run side by side (MultiCostSampler)
-MULTI_METRIC_SAMPLERS = ('prioritized', 'uniform')
+MULTI_COST_SAMPLERS = ('prioritized', 'uniform')
 # the pool-draw ablations and their reference values: only samplers that draw buckets and pool members take others
 ABLATION_DEFAULTS = dict(bucket_weights='uniform', priority='raw', shuffle_scores=False)
 
@@ -52,7 +52,7 @@ def check_sampler_settings(
 ) -> None:
     """Raise ValueError (one line, naming settings as `names` does) unless these settings can work together:
     known cost kinds, each at most once; latency costs only with a latency table; several cost kinds only for the
-    samplers in `MULTI_METRIC_SAMPLERS`; the pool-draw ablations only for samplers that draw from pools."""
+    samplers in `MULTI_COST_SAMPLERS`; the pool-draw ablations only for samplers that draw from pools."""
     for cost_kind in cost_kinds:
         if cost_kind not in COST_KINDS:
             raise ValueError(f'unknown cost kind {cost_kind!r}; choose from {", ".join(COST_KINDS)}')
@@ -61,12 +61,12 @@ def check_sampler_settings(
                          f'{names["latency_builder"]})')
     if len(set(cost_kinds)) != len(cost_kinds):
         raise ValueError(f'{names["cost_kinds"]} lists a cost kind twice: {list(cost_kinds)}')
-    if len(cost_kinds) > 1 and kind not in MULTI_METRIC_SAMPLERS:
+    if len(cost_kinds) > 1 and kind not in MULTI_COST_SAMPLERS:
         raise ValueError(f'{names["kind"]} {kind} keeps pools for one cost kind only; drop the other '
                          f'{names["cost_kinds"]}')
     settings = dict(bucket_weights=bucket_weights, priority=priority, shuffle_scores=shuffle_scores)
     ablations = [names[key] for key, reference in ABLATION_DEFAULTS.items() if settings[key] != reference]
-    if ablations and kind not in MULTI_METRIC_SAMPLERS:
+    if ablations and kind not in MULTI_COST_SAMPLERS:
         raise ValueError(f'{", ".join(ablations)} change(s) how buckets and pool members are drawn; {names["kind"]} '
                          f'{kind} draws neither (use prioritized or uniform)')
 
