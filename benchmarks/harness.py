@@ -1,7 +1,8 @@
 """What every benchmark shares: one thread (imported first), the command line (--models, --threads, --quick and its
 limits), the header (machine, versions, settings), markdown tables and yes/no cells, timing, and the run of the
 measured parts with the exit status, and the statistics of interleaved timings (per-round ratios, their
-quartiles, the sign test's interval of a median)."""
+quartiles, the sign test's interval of a median), and the statistics of paired seeds (t-intervals of paired
+differences, the mean accuracy over a FLOPs span)."""
 import one_thread  # noqa: F401  (first: one thread for BLAS and OpenMP before numpy and torch load)
 
 import argparse
@@ -196,3 +197,42 @@ def quartile_cell(q: Sequence[float]) -> str:
 def interval_cell(interval) -> str:
     """A `median_interval` as '[low, high]', or 'n/a' (too few rounds)."""
     return 'n/a' if interval is None else f'[{interval[0]:.3f}, {interval[1]:.3f}]'
+
+
+# ---------------------------------------------------------------------------------------------- paired seeds
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (two-sided 95% intervals)."""
+    from scipy.stats import t  # scipy comes with scikit-learn, a dependency
+    return float(t.ppf(0.975, df))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float, float]:
+    """Mean of the per-seed differences a - b and its 95% t-interval (low, high) over the seeds (n >= 2); a seed
+    missing (nan) on either side leaves the pair out."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[~np.isnan(d)]
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f'need paired values of at least two seeds, got {len(d)}')
+    half = t_quantile_975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def normalised_auc(budgets: Sequence[float], accuracy: Sequence[float]) -> float:
+    """Area under accuracy vs FLOPs (trapezoids) divided by the FLOPs span: the mean accuracy over the range."""
+    budgets, accuracy = np.asarray(budgets, float), np.asarray(accuracy, float)
+    if len(budgets) < 2 or budgets[-1] <= budgets[0]:
+        raise ValueError('need at least two increasing budgets')
+    return float(np.trapezoid(accuracy, budgets) / (budgets[-1] - budgets[0]))
+
+
+def format_interval(mean: float, low: float, high: float) -> str:
+    return f'{mean:+.2f} [{low:+.2f}, {high:+.2f}]'
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """Mean ± std of the seeds that have a value (nan: the run diverged), with the count when some are missing."""
+    values = np.asarray(values, float)
+    kept = values[~np.isnan(values)]
+    text = f'{kept.mean():.2f} ± {kept.std(ddof=1):.2f}'
+    return text if len(kept) == len(values) else f'{text} (n={len(kept)})'
