@@ -1,12 +1,9 @@
 """Helpers shared by several test files (imported as `support`; pytest puts tests/ on sys.path)."""
 import importlib
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
 
 # a safety net against a hung subprocess, not a speed requirement: CI machines may be slow or busy
 SUBPROCESS_TIMEOUT = 1800
@@ -45,13 +42,12 @@ def write_fashion_mnist_gz(folder, num_train=64, num_test=32, seed=0):
 
 
 def import_benchmark(name: str):
-    """Import benchmarks/`name`.py as a module, keeping os.environ as it was: the benchmarks set one-thread
-    variables for themselves, which must not reach the other tests or their subprocesses."""
+    """Import benchmarks/`name`.py as a module (pyproject's pytest `pythonpath` puts benchmarks/ on the path),
+    keeping os.environ as it was: the benchmarks set one-thread variables for themselves, which must not reach the
+    other tests or their subprocesses."""
     environ = dict(os.environ)
-    sys.path.insert(0, str(BENCHMARKS))
     try:
         return importlib.import_module(name)
     finally:
-        sys.path.remove(str(BENCHMARKS))
         os.environ.clear()
         os.environ.update(environ)

@@ -20,7 +20,7 @@ import timm_pss.latency.build
 import timm_pss.latency.device
 from timm_pss import Subnet, SubnetBatch
 from timm_pss.latency import AUTO_MAX_GRID, FORMAT, LatencyBlock, LatencyTable, cpu_name, build_lut, predict_latency
-from timm_pss.latency.build import _grid_axes, _probe_widths
+from timm_pss.latency.build import grid_axes, probe_widths
 from timm_pss.latency.segments import forward_segments
 from support import SUBPROCESS_TIMEOUT
 
@@ -201,7 +201,7 @@ def test_default_grids_and_probe_subnets(name, probes):
     (ends included) elsewhere; the probe subnets visit every grid point, as few as the lower bound."""
     m = timm.create_model(name)
     segments = forward_segments(m, m.channel_plan())
-    axes = _grid_axes(m.space, segments, None)
+    axes = grid_axes(m.space, segments, None)
     for seg, ax in zip(segments, axes):
         assert math.prod(len(a) for a in ax) <= AUTO_MAX_GRID or len(seg.groups) == 1
         for g, a in zip(seg.groups, ax):
@@ -209,7 +209,7 @@ def test_default_grids_and_probe_subnets(name, probes):
                                                                                    m.space.max_widths[g])
     if name == 'pss_mobilenetv2':
         assert all(ax == [m.space.width_choices[g] for g in seg.groups] for seg, ax in zip(segments, axes))
-    widths = _probe_widths(m.space, segments, axes)
+    widths = probe_widths(m.space, segments, axes)
     assert len(widths) == probes
     for w in widths:
         m.space.validate(Subnet(m.space.resolutions[0], w))

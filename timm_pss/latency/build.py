@@ -36,7 +36,7 @@ def _grid_indices(n: int, k: int) -> List[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, k)})
 
 
-def _grid_axes(space: SearchSpace, segments: Sequence['Segment'], width_points: Optional[int]
+def grid_axes(space: SearchSpace, segments: Sequence['Segment'], width_points: Optional[int]
                ) -> List[List[Tuple[int, ...]]]:
     """The widths each segment is measured at, per group it depends on.
 
@@ -44,7 +44,7 @@ def _grid_axes(space: SearchSpace, segments: Sequence['Segment'], width_points: 
     `AUTO_MAX_GRID` width combinations. A one-group segment (stem, head, residual blocks) whose group also feeds
     segments of several groups takes the largest k of those, and a group's widths in a segment that needs fewer
     are an evenly spaced subset of those in the segment that needs most: the grids then nest, so a few forwards
-    visit every point (see `_probe_widths`).
+    visit every point (see `probe_widths`).
     """
     def auto_k(groups):
         sizes = [len(space.width_choices[g]) for g in groups]
@@ -76,7 +76,7 @@ def _grid_point(value_index: Sequence[dict], groups: Sequence[int], widths: Sequ
     return None if None in idx else idx
 
 
-def _probe_widths(space: SearchSpace, segments: Sequence['Segment'], axes: Sequence[Sequence[tuple]]
+def probe_widths(space: SearchSpace, segments: Sequence['Segment'], axes: Sequence[Sequence[tuple]]
                   ) -> List[Tuple[int, ...]]:
     """Width vectors whose forwards together visit every grid point of every segment.
 
@@ -351,9 +351,9 @@ def build_lut(
     _check_placement(supernet, dev, dtype)
 
     segments = forward_segments(supernet, supernet.channel_plan())
-    axes = _grid_axes(space, segments, width_points)
+    axes = grid_axes(space, segments, width_points)
     shapes = [tuple(len(a) for a in ax) for ax in axes]
-    probes = _probe_widths(space, segments, axes)
+    probes = probe_widths(space, segments, axes)
     subnets, visits = _probe_visits(segments, axes, shapes, probes, resolutions)
     timer = CallTimer(synchronizer_for(dev), retake=dev.type == 'cpu' and threads == 1)
     modes = [(m, m.training) for m in supernet.modules()]

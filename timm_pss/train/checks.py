@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from timm.data.dataset_factory import _search_split
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.utils import load_checkpoint_metadata
 
+from timm_pss.timm_compat import search_split
 from timm_pss.units import format_flops, parse_flops
 from timm_pss.latency import LatencyTable
 from timm_pss.pss.options import PSS_RESUME_SETTINGS
@@ -110,7 +110,7 @@ def check_image_folders(args: argparse.Namespace) -> None:
         return
     extensions = get_img_extensions(as_set=True)
     for split in dict.fromkeys((args.train_split, args.val_split)):
-        root = Path(_search_split(args.data_dir, split))
+        root = Path(search_split(args.data_dir, split))
         if not root.is_dir():
             continue
         classes = sorted(p for p in root.iterdir() if p.is_dir())
