@@ -1,4 +1,5 @@
 """The reference-checkpoint converter, on checkpoints written in the reference layout (the converter's docstring)."""
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -155,3 +156,34 @@ def test_convert_never_writes_over_a_run_folder_and_needs_force_for_others(tmp_p
     if not force:  # a folder of other files is written with --force
         assert convert_main(args + ['--force']) == 0
         assert (out / 'notes.txt').read_bytes() == b'precious' and (out / 'config.json').is_file()
+
+
+@pytest.mark.parametrize('case', ['folder', 'empty', 'truncated', 'missing_calib', 'nan_weight', 'negative_var'])
+def test_convert_refuses_broken_input_in_one_line(tmp_path, capsys, case):
+    """Broken checkpoints, a missing --calib-data folder and weights a model would run wrong with (NaN, negative
+    BN running_var) stop with one line and exit code 2, and write nothing."""
+    space = timm.create_model('pss_mobilenetv1', device='meta').space
+    ref = tmp_path / 'ref.pth'
+    _write_reference(ref, 'pss_mobilenetv1', {300: [(_cfg(space, space.sample(rng=0), 300), -0.3)]})
+    extra, expected = [], {
+        'folder': 'is not a file', 'empty': 'is not a readable torch checkpoint',
+        'truncated': 'is not a readable torch checkpoint', 'missing_calib': '--calib-data',
+        'nan_weight': 'conv_stem.weight holds nan', 'negative_var': 'bn1.running_var holds -1.0'}[case]
+    if case == 'folder':
+        ref = tmp_path / 'a_folder'
+        ref.mkdir()
+    elif case in ('empty', 'truncated'):
+        ref.write_bytes(b'' if case == 'empty' else ref.read_bytes()[:4096])
+    elif case == 'missing_calib':
+        extra = ['--calib-data', str(tmp_path / 'no_such_folder')]
+    else:
+        ckpt = torch.load(ref, weights_only=False)
+        key = 'module.features.0.0.weight' if case == 'nan_weight' else 'module.features.0.1.bn.running_var'
+        ckpt['model'][key].view(-1)[0] = math.nan if case == 'nan_weight' else -1.0
+        torch.save(ckpt, ref)
+    with pytest.raises(SystemExit) as e:
+        convert_main([str(ref), '--model', 'pss_mobilenetv1', '--out', str(tmp_path / 'o'), '--trust-pickle', *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and expected in err and 'Traceback' not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').iterdir())

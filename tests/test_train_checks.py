@@ -67,6 +67,20 @@ def test_full_disk_stops_before_training(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+def test_finalize_only_needs_room_for_the_weights_alone(tmp_path, monkeypatch):
+    """--pss-finalize-only writes no checkpoint: room for the weights twice over is enough for it, not for a
+    training run."""
+    import timm
+    from timm_pss.train.checks import check_free_space
+    model = timm.create_model('pss_mobilenetv1', num_classes=10)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: shutil_usage(total=2**40, used=0, free=2 * weights))
+    finalise = parse_args(TINY + ['--resume', str(tmp_path), '--pss-finalize-only'])[0]
+    check_free_space(tmp_path, model, finalise)  # no UsageError
+    with pytest.raises(UsageError, match='checkpoints of'):
+        check_free_space(tmp_path, model, parse_args(TINY + ['--epochs', '1'])[0])
+
+
 def shutil_usage(total, used, free):
     return shutil._ntuple_diskusage(total, used, free)
 
@@ -140,3 +154,30 @@ def test_resume_accepts_the_class_count_the_run_inferred(tmp_path):
     args, _ = parse_args(base + ['--resume', str(folder), '--num-classes', '5'])
     with pytest.raises(UsageError, match='--num-classes'):
         check_run_args(args)
+
+
+@pytest.mark.parametrize('threads,load,warns', [(None, 0.0, False), (1, 9.0, False), (2, 9.0, True)])
+def test_threads_are_applied_and_logged_with_a_busy_cpu_warning(monkeypatch, caplog, threads, load, warns):
+    """--threads sets torch's thread count; the log says the count and the load, and advises --threads 1 only when
+    more than one thread would compete with a CPU already busier than its cores."""
+    import logging
+    import torch
+    from timm_pss.train.run import set_threads
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, 'getloadavg', lambda: (load, load, load))
+    monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    args, _ = parse_args(TINY + (['--threads', str(threads)] if threads else []))
+    try:
+        with caplog.at_level(logging.INFO, logger='train_pss'):
+            set_threads(args, primary=True)
+        assert torch.get_num_threads() == (threads or before)
+    finally:
+        torch.set_num_threads(before)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(f'CPU threads per process: {threads or before} ' in m and f'load average {load:.1f} on 2 cores' in m
+               for m in lines), lines
+    assert any('--threads 1' in m and 'busy' in m for m in lines) == warns
+
+
+def test_threads_below_one_are_refused(tmp_path, capsys):
+    assert 'threads' in usage_error(TINY + ['--threads', '0', '--output', str(tmp_path / 'out')], capsys)

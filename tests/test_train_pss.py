@@ -31,6 +31,7 @@ def test_help_reads_well():
                    '--pss-budget-range', '--pss-pool-size', '--pss-p-random', '--pss-heldout-frac'):
         assert option in out
     assert 'Prioritized Subnet Sampling' in out
+    assert '--input-size C H W ' in out and 'N N N N' not in out  # three values, shown once each
 
 
 EMBEDDED_RUN = ['--epochs', '2', '--eval-metric', 'min_top1', '--val-interval', '2', '--recovery-interval', '3']
@@ -143,7 +144,8 @@ def test_config_file_sets_defaults_and_rejects_unknown_pss_keys(tmp_path):
     assert embedded.epochs == EMBEDDED_DEFAULTS['epochs']
     recipe = str(ROOT / 'recipes/pss_mobilenetv1_imagenet.yaml')
     imagenet, _ = parse_args(['--data-dir', '/data', '-c', recipe])
-    assert imagenet.epochs == 250 and imagenet.pss_budget_range == [110e6, 570e6, 10e6] and not imagenet.pss_wd_depthwise
+    assert imagenet.epochs == 250 and imagenet.pss_budget_range == [110e6, 570e6, 10e6]
+    assert not imagenet.pss_wd_depthwise
     config.write_text('pss_pool_sise: 7\n')  # a misspelt --pss-* key is an error (other unknown keys: a warning)
     with pytest.raises(SystemExit):
         parse_args(['-c', str(config)])

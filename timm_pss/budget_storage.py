@@ -12,6 +12,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .budget_table import BudgetEntry, BudgetTable
+from .load_checks import check_state_dict
 from .slimmable import SlimBatchNormBase
 
 __all__ = ['TABLE_BUFFER', 'BudgetTableStorage', 'read_table_buffer']
@@ -121,6 +122,17 @@ class BudgetTableStorage:
                                      f'bfloat16 or torch.autocast')
         return super()._apply(fn, recurse)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's `load_state_dict`, checked whole first: a missing or unexpected key (under `strict`), a tensor
+        of the wrong shape or a bad budget table raises before anything changes (torch alone would have copied the
+        modules before the one that fails)."""
+        check_state_dict(self, state_dict, '', strict, self._budget_keys(''))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _budget_keys(self, prefix: str) -> set:
+        """The state-dict keys the budget storage checks itself: the table and each BN layer's per-entry buffers."""
+        return {prefix + TABLE_BUFFER} | {prefix + f'{n}.{b}' for n, _ in self._budget_layers() for b in _BN_BUFFERS}
+
     def _budget_layers(self) -> List[Tuple[str, SlimBatchNormBase]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, SlimBatchNormBase)]
 
@@ -166,7 +178,10 @@ class BudgetTableStorage:
 
 def _resize_budget_buffers_on_load(module: BudgetTableStorage, state_dict, prefix, local_metadata, strict,
                                    missing_keys, unexpected_keys, error_msgs) -> None:
-    """load_state_dict pre-hook: `BudgetTableStorage._resize_for_load`."""
+    """load_state_dict pre-hook: every tensor's shape checked (`check_state_dict`; torch hands hooks strict=True
+    whatever the caller asked, so keys are checked by `BudgetTableStorage.load_state_dict`), then
+    `BudgetTableStorage._resize_for_load`."""
+    check_state_dict(module, state_dict, prefix, False, module._budget_keys(prefix))
     module._resize_for_load(state_dict, prefix)
 
 

@@ -15,6 +15,7 @@ import argparse
 import ast
 import json
 import math
+import pickle
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -24,9 +25,10 @@ import torch
 from torch import nn
 from timm.layers import make_divisible
 
+from .errors import first_line
 from .spaces import SearchSpace, Subnet
 
-__all__ = ['map_reference_state_dict', 'parse_reference_pools', 'convert']
+__all__ = ['map_reference_state_dict', 'parse_reference_pools', 'check_finite_weights', 'convert']
 
 REFERENCE_MODELS = ('pss_mobilenetv1', 'pss_mobilenetv2')
 
@@ -113,6 +115,22 @@ def parse_reference_pools(arch_pools: dict, space: SearchSpace) -> Dict[float, L
     return result
 
 
+def check_finite_weights(state_dict: Dict[str, torch.Tensor], source) -> None:
+    """Refuse weights a converted model would silently run wrong with: any non-finite value, or a negative BN
+    running_var (its square root is NaN)."""
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        bad = ~torch.isfinite(tensor)
+        if key.endswith('running_var'):
+            bad |= tensor < 0
+        if bad.any():
+            value = tensor[bad].flatten()[0].item()
+            allowed = 'finite and >= 0' if key.endswith('running_var') else 'finite'
+            raise ValueError(f'{source}: {key} holds {value} ({int(bad.sum())} such values); weights must be '
+                             f'{allowed}, so this checkpoint would give a broken model')
+
+
 def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', calib_batches: int = 8,
             batch_size: int = 64, trust_pickle: bool = False, force: bool = False) -> Path:
     """Write the converted Hub folder to `out`: a new or empty folder, or with `force` one holding other files,
@@ -130,11 +148,24 @@ def convert(checkpoint: Path, model_name: str, out: Path, calib_data: str = '', 
                               '--trust-pickle (trust_pickle=True) only for a checkpoint you trust')
     if model_name not in REFERENCE_MODELS:
         raise ValueError(f'the reference publishes {REFERENCE_MODELS} supernets, got {model_name!r}')
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)  # trusted: the user passed --trust-pickle
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f'{checkpoint} is not a file; give the reference checkpoint (a .pth file)')
+    if calib_data and not Path(calib_data).is_dir():
+        raise FileNotFoundError(f'--calib-data {calib_data} is not a folder; give an image folder with class '
+                                f'subfolders')
+    if calib_batches < 1 or batch_size < 1:
+        raise ValueError(f'--calib-batches and --batch-size must be at least 1, got {calib_batches} and {batch_size}')
+    try:
+        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)  # trusted: the user passed --trust-pickle
+    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f'{checkpoint} is not a readable torch checkpoint ({type(e).__name__}: {first_line(e)}); '
+                         f'it may be truncated') from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt or 'arch_pools' not in ckpt:
         raise ValueError(f'{checkpoint} is not a PSS-Net reference checkpoint (needs "model" and "arch_pools")')
     model = timm.create_model(model_name).eval()
-    model.load_state_dict(map_reference_state_dict(ckpt['model'], model), strict=True)
+    state_dict = map_reference_state_dict(ckpt['model'], model)
+    check_finite_weights(state_dict, checkpoint)
+    model.load_state_dict(state_dict, strict=True)
     pools = parse_reference_pools(ckpt['arch_pools'], model.space)
     chosen = [max(entries, key=lambda e: e[1]) for _, entries in sorted(pools.items())]
     subnets = [s for s, _ in chosen] + [model.space.max_subnet(), model.space.min_subnet()]

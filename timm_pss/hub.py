@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Optional, Union
 from urllib.parse import urlsplit
 
+from safetensors import safe_open
+
+from .errors import first_line
 from .timm_compat import resolve_pretrained_source
 
 __all__ = ['HUB_ORG', 'HUB_PROBE_TIMEOUT_S', 'hub_repo_id', 'missing_weights_error', 'hub_unreachable_reason',
@@ -88,3 +91,9 @@ def check_local_dir_weights(pretrained_cfg: Optional[dict]) -> None:
     if not weights.is_file():
         raise FileNotFoundError(f'{weights} is missing: a local-dir: folder of timm_pss weights needs '
                                 f'model.safetensors (other checkpoints in the folder are not loaded in its place)')
+    try:
+        with safe_open(str(weights), framework='pt'):  # reads and checks the header only
+            pass
+    except Exception as e:  # safetensors' SafetensorError derives from Exception alone
+        raise ValueError(f'{weights} is not a readable safetensors file ({first_line(e)}); it is truncated or '
+                         f'not safetensors: write it again (train_pss.py --resume RUN --pss-finalize-only)') from None

@@ -29,14 +29,16 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import yaml
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from timm.models import resolve_pretrained_cfg, split_model_name_tag
 
+from .errors import first_line
 from .files import atomic_path, atomic_write, write_text_atomic
 from .runs import check_output_folder, load_run
 from .units import budget_label
 
 __all__ = ['save_hub_files', 'training_dataset', 'warm_start_model', 'model_card_data',
-           'render_model_card', 'write_hub_folder', 'check_publish_dir', 'publish', 'main']
+           'render_model_card', 'write_hub_folder', 'check_publish_dir', 'check_repo_id', 'publish', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -245,6 +247,17 @@ def write_hub_folder(source: Union[str, Path], out_dir: Union[str, Path], repo_i
     return out
 
 
+def check_repo_id(repo_id: str) -> None:
+    """ORG/NAME as the Hub accepts it (huggingface_hub's own rule: letters, digits, '-', '_', '.', no '--' or '..',
+    at most 96 characters); a model card's `hf-hub:` line is then a name that loads."""
+    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
+        raise ValueError(f'--repo-id must look like ORG/NAME, got {repo_id!r}')
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f'--repo-id {repo_id!r} is not a Hub repository name ({first_line(e)})') from None
+
+
 def publish(source: Union[str, Path], repo_id: str, dry_run: Optional[Union[str, Path]] = None, private: bool = False,
             commit_message: str = 'Add timm_pss supernet', force: bool = False, revision: Optional[str] = None,
             create_pr: bool = False, overwrite_readme: bool = False) -> str:
@@ -256,8 +269,7 @@ def publish(source: Union[str, Path], repo_id: str, dry_run: Optional[Union[str,
     `push_to_hf_hub`. Authentication is huggingface_hub's own (`hf auth login` or the HF_TOKEN variable); no token
     is read, printed or stored here. Returns the folder (dry run) or the uploaded commit's (or PR's) URL.
     """
-    if '/' not in repo_id or repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise ValueError(f'--repo-id must look like ORG/NAME, got {repo_id!r}')
+    check_repo_id(repo_id)
     if revision is not None and not str(revision).strip():
         raise ValueError('--revision is empty; give a branch name, or leave it out for main')
     if dry_run is not None:

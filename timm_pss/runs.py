@@ -10,9 +10,10 @@ from typing import Union
 
 import timm
 
+from .errors import first_line
 from .files import check_output_dir
 
-__all__ = ['RUN_MARKERS', 'check_output_folder', 'load_run']
+__all__ = ['RUN_MARKERS', 'check_output_folder', 'check_run_config', 'load_run']
 
 RUN_MARKERS = ('args.yaml', 'last.pth.tar', 'summary.csv')  # files only a train_pss.py run folder holds
 
@@ -23,6 +24,25 @@ def check_output_folder(path: Union[str, Path], force: bool = False) -> Path:
     return check_output_dir(path, force=force, protected=RUN_MARKERS + ('*.pth.tar',))
 
 
+def check_run_config(path: Path) -> dict:
+    """A run's config.json, parsed and checked as far as timm's loader needs: a JSON object naming a timm_pss
+    supernet as its architecture. Raises ValueError naming the file and the fix."""
+    rewrite = f'rewrite it with `python train_pss.py --resume {path.parent} --pss-finalize-only`'
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{path} is not valid JSON ({e}); the run did not finish writing it, {rewrite}') from None
+    except RecursionError:
+        raise ValueError(f'{path} is nested too deeply to be a model config; {rewrite}') from None
+    if not isinstance(config, dict):
+        raise ValueError(f'{path} holds a JSON {type(config).__name__}, not the object timm writes; {rewrite}')
+    supernets = timm.list_models('pss_*')
+    if config.get('architecture') not in supernets:
+        raise ValueError(f'{path}: architecture {config.get("architecture")!r} is not a timm_pss supernet (one of '
+                         f'{", ".join(supernets)}); {rewrite}')
+    return config
+
+
 def load_run(source: Union[str, Path]):
     """The supernet of a train_pss.py run folder (or any Hub folder); it must carry a budget table."""
     folder = Path(source)
@@ -31,12 +51,12 @@ def load_run(source: Union[str, Path]):
     if not (folder / 'config.json').is_file() or not (folder / 'model.safetensors').is_file():
         raise FileNotFoundError(f'{folder} is not a run or Hub folder: it needs config.json and model.safetensors '
                                 f'(a finished train_pss.py run writes both)')
+    check_run_config(folder / 'config.json')
     try:
-        json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{folder / "config.json"} is not valid JSON ({e}); the run did not finish writing it, '
-                         f'rewrite it with `python train_pss.py --resume {folder} --pss-finalize-only`') from e
-    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+        model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    except (RuntimeError, TypeError) as e:  # weights that do not fit the architecture config.json describes
+        raise ValueError(f'{folder}: model.safetensors does not fit its config.json ({first_line(e)}); write both '
+                         f'again with `python train_pss.py --resume {folder} --pss-finalize-only`') from None
     if not len(model.budget_table):
         raise ValueError(f'{folder}/model.safetensors has no budget table; build it first with '
                          f'`python train_pss.py --resume {folder} --pss-finalize-only`')

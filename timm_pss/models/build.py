@@ -1,5 +1,6 @@
 """Building a `pss_*` model: timm's `build_model_with_cfg` for supernets, plus the serving kwargs of every entrypoint.
 """
+import math
 import numbers
 from typing import Optional
 
@@ -8,10 +9,44 @@ from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from ..hub import check_local_dir_weights, hub_unreachable_reason, missing_weights_error
 from ..supernet import SubnetSwitch, SupernetFeatures
 
-__all__ = ['BUDGET_KWARGS', 'build_supernet']
+__all__ = ['BUDGET_KWARGS', 'MAX_CLASSES', 'build_supernet', 'check_model_kwargs', 'check_pretrained_cfg']
 
 # model kwargs of every pss_* entrypoint that choose what a model serves; applied after any weights load
 BUDGET_KWARGS = ('budget', 'latency_ms', 'budget_entry')
+# a bound on the classifier, so a config.json asking for 10**12 classes fails at once instead of allocating them
+MAX_CLASSES = 1_000_000
+
+
+def check_model_kwargs(variant: str, kwargs: dict) -> None:
+    """num_classes and in_chans (often read from a config.json) must be whole numbers in range; raises ValueError
+    naming the value and what is allowed."""
+    for key, least, most in (('num_classes', 0, MAX_CLASSES), ('in_chans', 1, 1024)):
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= value <= most:
+            raise ValueError(f'{variant}: {key}={value!r} must be a whole number from {least} to {most:,}')
+
+
+def check_pretrained_cfg(variant: str, cfg: dict) -> None:
+    """The pretrained config's num_classes (timm drops the weights' classifier when it differs from the model's)
+    must be a whole number in range, and its mean and std (what `resolve_data_config` hands to every loader)
+    finite, std above 0: otherwise a load would give a random head or NaN images without a word."""
+    source = cfg.get('file') or cfg.get('hf_hub_id') or 'its default config'
+    count = cfg.get('num_classes')
+    if count is not None and (isinstance(count, bool) or not isinstance(count, numbers.Integral)
+                              or not 0 <= count <= MAX_CLASSES):
+        raise ValueError(f'{variant}: the pretrained config\'s num_classes {count!r} must be a whole number from 0 '
+                         f'to {MAX_CLASSES:,} (from {source})')
+    for key in ('mean', 'std'):
+        values = cfg.get(key)
+        if values is None:
+            continue
+        values = values if isinstance(values, (list, tuple)) else (values,)
+        if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                                 and (key == 'mean' or v > 0) for v in values):
+            raise ValueError(f'{variant}: the pretrained config\'s {key} {list(values)!r} must be finite numbers'
+                             f'{" above 0" if key == "std" else ""} (from {source})')
 
 
 def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cfg: Optional[dict] = None, **kwargs):
@@ -36,7 +71,12 @@ def build_supernet(model_cls, variant: str, pretrained: bool = False, feature_cf
             raise ValueError(f'{variant}: resolution= is an input size in pixels (a positive int), got '
                              f'{resolution!r}')
         kwargs['resolution_range'] = (int(resolution), int(resolution), 1)
+    check_model_kwargs(variant, kwargs)
     feature_cfg = dict(feature_cfg or {}, feature_cls=SupernetFeatures)
+    if pretrained or kwargs.get('pretrained_cfg') or kwargs.get('pretrained_cfg_overlay'):
+        check_pretrained_cfg(variant, resolve_pretrained_cfg(
+            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict())
     if pretrained:
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                      pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()

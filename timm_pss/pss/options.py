@@ -9,14 +9,15 @@ whichever way it comes in.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Mapping, Sequence
 
 from ..units import parse_flops
 from ..costs import COST_KINDS
 from .pools import BUCKET_WEIGHTS, PRIORITIES
 
-__all__ = ['SAMPLERS', 'KEYWORD_NAMES', 'OPTION_NAMES', 'PSS_RESUME_SETTINGS', 'add_pss_args', 'check_pss_args',
-           'check_sampler_settings', 'sampler_kwargs']
+__all__ = ['SAMPLERS', 'KEYWORD_NAMES', 'OPTION_NAMES', 'PSS_RESUME_SETTINGS', 'MAX_POOLS', 'add_pss_args',
+           'check_pss_args', 'check_pss_values', 'check_sampler_settings', 'sampler_kwargs']
 
 SAMPLERS = ('prioritized', 'uniform', 'global_width', 'usnet')
 # the samplers whose pools follow one cost kind each, so several of them can run side by side (MultiCostSampler)
@@ -131,8 +132,58 @@ def add_pss_args(parser: argparse.ArgumentParser) -> None:
                        help='skip training: build the budget table from --resume\'s weights and pools')
 
 
+# the most pools one cost kind may have: each holds up to --pss-pool-size subnets and is measured every epoch, so a
+# range with a tiny step (6M 11M 1: five million pools) would hang building them
+MAX_POOLS = 10_000
+
+
+def _finite(values) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def check_pss_values(args: argparse.Namespace) -> None:
+    """Raise ValueError (one line, naming the option and what it allows) for a --pss-* value out of its range, before
+    anything is built: counts at least 1, probabilities in [0, 1], temperatures above 0, ranges low <= high with a
+    positive step and at most `MAX_POOLS` pools."""
+    for option, value, least in (('--pss-num-pools', args.pss_num_pools, 1), ('--pss-pool-size', args.pss_pool_size, 1),
+                                 ('--pss-num-middle', args.pss_num_middle, 0), ('--pss-top-k', args.pss_top_k, 1),
+                                 ('--pss-calib-batches', args.pss_calib_batches, 1)):
+        if value < least:
+            raise ValueError(f'{option} must be at least {least}, got {value}')
+    if args.pss_num_pools > MAX_POOLS:
+        raise ValueError(f'--pss-num-pools {args.pss_num_pools}: at most {MAX_POOLS} pools per cost kind')
+    if not (math.isfinite(args.pss_momentum) and 0 <= args.pss_momentum < 1):
+        raise ValueError(f'--pss-momentum must lie in [0, 1), got {args.pss_momentum}')
+    if not (_finite(args.pss_p_random) and all(0 <= p <= 1 for p in args.pss_p_random)):
+        raise ValueError(f'--pss-p-random START END are probabilities in [0, 1], got {args.pss_p_random}')
+    if not (_finite(args.pss_temperature) and all(v > 0 for v in args.pss_temperature)):
+        raise ValueError(f'--pss-temperature START END must be above 0, got {args.pss_temperature}')
+    if args.pss_width_range is not None:
+        lo, hi = args.pss_width_range
+        if not (_finite((lo, hi)) and 0 < lo <= hi):
+            raise ValueError(f'--pss-width-range LO HI needs 0 < LO <= HI (e.g. 0.25 1.0), got {lo:g} {hi:g}')
+    if args.pss_resolutions is not None:
+        lo, hi, step = args.pss_resolutions
+        if not (8 <= lo <= hi and step >= 1):
+            raise ValueError(f'--pss-resolutions MIN MAX STEP needs 8 <= MIN <= MAX and STEP >= 1 (e.g. 128 224 8), '
+                             f'got {lo} {hi} {step}')
+    for option, span in (('--pss-budget-range', args.pss_budget_range),
+                         ('--pss-latency-range', args.pss_latency_range)):
+        if span is None:
+            continue
+        lo, hi, step = span
+        if not (_finite(span) and 0 < lo < hi and step > 0):
+            shown = ' '.join(f'{v:g}' for v in span)
+            raise ValueError(f'{option} LO HI STEP needs 0 < LO < HI and STEP > 0, got {shown}')
+        if (hi - lo) / step + 1 > MAX_POOLS:
+            raise ValueError(f'{option} {" ".join(f"{v:g}" for v in span)} gives {int((hi - lo) / step) + 1} pools; at '
+                             f'most {MAX_POOLS}: use a larger STEP')
+
+
 def check_pss_args(args: argparse.Namespace) -> None:
-    """Raise ValueError (one line, naming the options) unless the parsed --pss-* options can work together."""
+    """Raise ValueError (one line, naming the options) unless the parsed --pss-* options hold allowed values
+    (`check_pss_values`) and can work together."""
+    check_pss_values(args)
     if args.pss_finalize_only and not args.resume:
         raise ValueError('--pss-finalize-only needs --resume CHECKPOINT')
     if not 0 < args.pss_heldout_frac < 1:

@@ -27,8 +27,8 @@ from ..supernet import find_supernet, quiet_forwards
 from .pools import Proposal
 from .samplers import Sampler
 
-__all__ = ['PSSTask', 'TrainingDiverged', 'ResumablePSSTask', 'inplace_distillation_loss', 'hard_labels', 'capture_rng_state',
-           'restore_rng_state', 'check_pools_identical']
+__all__ = ['PSSTask', 'TrainingDiverged', 'ResumablePSSTask', 'inplace_distillation_loss', 'hard_labels',
+           'capture_rng_state', 'restore_rng_state', 'check_pools_identical']
 
 
 def inplace_distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
@@ -161,12 +161,26 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Put back what `capture_rng_state` captured, so a resumed run draws the same numbers as an unbroken one."""
-    torch.set_rng_state(state['torch'])
-    kind, keys, pos, has_gauss, cached = state['numpy']
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
+    """Put back what `capture_rng_state` captured, so a resumed run draws the same numbers as an unbroken one.
+    Checked whole before any RNG changes: a malformed state is a `ValueError` that leaves all three as they were."""
+    current = torch.get_rng_state()
+    try:
+        torch_state = state['torch']
+        if not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == current.dtype
+                and torch_state.shape == current.shape):
+            raise ValueError('torch')
+        kind, keys, pos, has_gauss, cached = state['numpy']
+        numpy_state = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+        np.random.RandomState().set_state(numpy_state)  # raises on a malformed state, on a scratch generator
+        version, internal, gauss = state['python']
+        python_state = (version, tuple(internal), gauss)
+        random.Random().setstate(python_state)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f'malformed RNG state in the checkpoint (task_state["rng"], {e}); expected what '
+                         f'capture_rng_state() records') from None
+    torch.set_rng_state(torch_state)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 class ResumablePSSTask(PSSTask):

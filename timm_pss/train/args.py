@@ -86,7 +86,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             'sets the training resolutions; default None: that max)')
     group.add_argument('--in-chans', type=int, default=None, metavar='N',
                        help='image channels (default None: the data\'s own, 1 for grayscale, 3 for RGB)')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar=('C', 'H', 'W'),
                        help='C H W of the loaders\' images; H and W must equal the space\'s max resolution (default '
                             'None: in_chans x max resolution)')
     group.add_argument('--crop-pct', default=None, type=float, metavar='N',
@@ -111,8 +111,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='torch.compile mode (default: None, torch\'s default)')
     group.add_argument('--grad-checkpointing', action='store_true', default=False,
                        help='recompute activations in the backward pass to save memory')
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs,
                        help='extra timm.create_model keyword arguments, KEY=VALUE ...')
+
+
+class ModelKwargs(ParseKwargs):
+    """timm's KEY=VALUE parser for --model-kwargs, refusing an item without '=' in one line (timm's raises)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [v for v in values if v and '=' not in v]
+        if bad:
+            parser.error(f'{option_string} takes KEY=VALUE items (e.g. resolution=160), got {bad[0]!r}')
+        super().__call__(parser, namespace, values, option_string)
 
 
 def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
@@ -245,6 +255,9 @@ def add_misc_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
                        help='optimizer updates between recovery checkpoints (recovery-EPOCH-BATCH.pth.tar; 0: none)')
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N', help='best checkpoints to keep')
+    group.add_argument('--threads', type=int, default=None, metavar='N',
+                       help='torch CPU threads per process (default None: torch\'s, one per core); on a shared or '
+                            'busy CPU, 1 is often many times faster (see docs/training.md)')
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
                        help='data-loading worker processes per training process')
     group.add_argument('--amp', action='store_true', default=False, help='mixed precision (bfloat16 on CPU)')

@@ -6,16 +6,21 @@ They raise `UsageError` (exit code 2, as argparse's usage errors); `timm_pss.tra
 import argparse
 import importlib.util
 import logging
+import math
 import os
 import pickle
 import shutil
 from pathlib import Path
 from typing import Optional
 
+import timm.optim
+import torch
 import yaml
+from timm.data import create_transform
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.utils import load_checkpoint_metadata
 
+from timm_pss.errors import first_line
 from timm_pss.timm_compat import search_split
 from timm_pss.units import format_flops, parse_flops
 from timm_pss.latency import LatencyTable
@@ -64,9 +69,8 @@ def read_resume_metadata(path: Path) -> dict:
     try:
         meta = load_checkpoint_metadata(str(path))
     except (RuntimeError, pickle.UnpicklingError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f'--resume {path}: torch.load(weights_only=True) refused this file ({reason}). train_pss.py '
-                         f'never unpickles arbitrary objects; resume from a checkpoint train_pss.py wrote')
+        raise UsageError(f'--resume {path}: torch.load(weights_only=True) refused this file ({first_line(e)}). '
+                         f'train_pss.py never unpickles arbitrary objects; resume from a checkpoint train_pss.py wrote')
     except (OSError, EOFError, ValueError) as e:
         raise UsageError(f'--resume {path} is not a readable checkpoint ({type(e).__name__}: {e}); it may be '
                          f'truncated, resume from another checkpoint of the run')
@@ -74,6 +78,18 @@ def read_resume_metadata(path: Path) -> dict:
         raise UsageError(f'--resume {path} is not a training checkpoint (no "state_dict"); for weights only use '
                          f'--initial-checkpoint')
     return meta
+
+
+def check_resume_epoch(args: argparse.Namespace, path: Path, meta: dict) -> None:
+    """The checkpoint's epoch must be a count this run can continue from: a whole number >= 0 below --epochs (a
+    finished run, epoch --epochs - 1, resumes to finalise only)."""
+    epoch = meta.get('epoch')
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UsageError(f'--resume {path} records epoch {epoch!r}, not a whole number >= 0; resume a checkpoint '
+                         f'train_pss.py wrote')
+    if not args.pss_finalize_only and args.start_epoch is None and epoch + 1 > args.epochs:
+        raise UsageError(f'--resume {path} is at epoch {epoch}, beyond --epochs {args.epochs}: nothing would train; '
+                         f'give --epochs above {epoch} to train on, or --pss-finalize-only to finalise it')
 
 
 def check_resume_settings(args: argparse.Namespace, path: Path, meta: dict) -> None:
@@ -108,6 +124,11 @@ def check_image_folders(args: argparse.Namespace) -> None:
     shift every later label)."""
     if args.dataset and args.dataset.lower() not in ('folder', 'imagefolder'):
         return
+    train_root, val_root = (Path(search_split(args.data_dir, s)) for s in (args.train_split, args.val_split))
+    if train_root.resolve() == val_root.resolve():
+        raise UsageError(f'--data-dir {args.data_dir}: --train-split {args.train_split} and --val-split '
+                         f'{args.val_split} both read {train_root}, so the run would validate on its training images; '
+                         f'arrange the data as ROOT/train/CLASS/ and ROOT/validation/CLASS/ (or val/)')
     extensions = get_img_extensions(as_set=True)
     for split in dict.fromkeys((args.train_split, args.val_split)):
         root = Path(search_split(args.data_dir, split))
@@ -118,6 +139,67 @@ def check_image_folders(args: argparse.Namespace) -> None:
             if not any(os.path.splitext(f)[1].lower() in extensions for _, _, files in os.walk(folder) for f in files):
                 raise UsageError(f'--data-dir: class folder {folder} holds no images '
                                  f'({", ".join(sorted(extensions))}); add its images or remove the folder')
+
+
+# timm's scheduler names (timm.scheduler.create_scheduler_v2) and the autocast dtypes train_pss.py maps
+SCHEDULERS = ('constant', 'cosine', 'multistep', 'plateau', 'poly', 'rsqrt', 'step', 'tanh')
+AMP_DTYPES = ('float16', 'bfloat16')
+
+
+def check_option_values(args: argparse.Namespace) -> None:
+    """Values timm's train.py passes through to timm or torch, which fail there with a traceback (or train something
+    else without a word): each refused in one line naming what it allows."""
+    bounds = [('--lr', args.lr, 0, False), ('--smoothing', args.smoothing, 0, True), ('--seed', args.seed, 0, True),
+              ('--checkpoint-hist', args.checkpoint_hist, 1, True), ('--log-interval', args.log_interval, 1, True),
+              ('-j/--workers', args.workers, 0, True), ('--clip-grad', args.clip_grad, 0, False),
+              ('--warmup-epochs', args.warmup_epochs, 0, True), ('--mixup', args.mixup, 0, True),
+              ('--cutmix', args.cutmix, 0, True), ('--num-classes', args.num_classes, 1, True),
+              ('--start-epoch', args.start_epoch, 0, True), ('--threads', args.threads, 1, True)]
+    for option, value, least, inclusive in bounds:
+        if value is not None and not (math.isfinite(value) and (value >= least if inclusive else value > least)):
+            raise UsageError(f'{option} must be {"at least" if inclusive else "above"} {least}, got {value}')
+    for option, value in (('--smoothing', args.smoothing), ('--drop', args.drop), ('--drop-path', args.drop_path)):
+        if value is not None and not 0 <= value < 1:
+            raise UsageError(f'{option} is a probability in [0, 1), got {value}')
+    if args.std is not None and not all(math.isfinite(s) and s > 0 for s in args.std):
+        raise UsageError(f'--std values must be above 0, got {args.std}')
+    if args.mean is not None and not all(math.isfinite(m) for m in args.mean):
+        raise UsageError(f'--mean values must be finite numbers, got {args.mean}')
+    if args.amp_dtype not in AMP_DTYPES:
+        raise UsageError(f'--amp-dtype {args.amp_dtype}: use one of {", ".join(AMP_DTYPES)}')
+    if args.sched not in SCHEDULERS:
+        raise UsageError(f'--sched {args.sched}: timm\'s schedulers are {", ".join(SCHEDULERS)}')
+    check_named_choices(args)
+
+
+def check_named_choices(args: argparse.Namespace) -> None:
+    """--opt, --device, --torchcompile, --aa, --class-map and --experiment name things that must exist or be plain."""
+    opt = args.opt.lower()
+    try:
+        timm.optim.get_optimizer_info(opt[len('lookahead_'):] if opt.startswith('lookahead_') else opt)
+    except ValueError:
+        raise UsageError(f'--opt {args.opt}: not one of timm\'s optimizers (timm.optim.list_optimizers(), e.g. sgd, '
+                         f'adamw, lamb; lookahead_ADAMW-style prefixes allowed)') from None
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f'--device {args.device}: not a torch device; use cpu, cuda or cuda:N') from None
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if args.torchcompile is not None and args.torchcompile not in backends:
+        raise UsageError(f'--torchcompile {args.torchcompile}: not a torch.compile backend; use one of '
+                         f'{", ".join(torch.compiler.list_backends())} (or eager)')
+    if args.aa:
+        try:
+            create_transform(32, is_training=True, auto_augment=args.aa)
+        except (AssertionError, ValueError, KeyError, IndexError) as e:
+            raise UsageError(f'--aa {args.aa}: not an AutoAugment policy timm knows ({e}); e.g. rand-m9-mstd0.5, '
+                             f'augmix-m5-w4-d2, original, v0') from None
+    if args.class_map and not Path(args.class_map).is_file():
+        raise UsageError(f'--class-map {args.class_map}: no such file')
+    name = args.experiment
+    if name and (name in ('.', '..') or Path(name).name != name or '\\' in name):
+        raise UsageError(f'--experiment {name}: a run folder name, created under --output (no path separators and '
+                         f'not . or ..); say where with --output')
 
 
 def check_run_args(args: argparse.Namespace) -> Optional[Path]:
@@ -137,6 +219,7 @@ def check_run_args(args: argparse.Namespace) -> Optional[Path]:
                                  args.recovery_interval, 0), ('--aug-repeats', args.aug_repeats, 0)):
         if value < least:
             raise UsageError(f'{option} must be at least {least}, got {value}')
+    check_option_values(args)
     if args.log_wandb and importlib.util.find_spec('wandb') is None:
         raise UsageError('--log-wandb needs the wandb package, which is not installed: pip install wandb (or leave out '
                          '--log-wandb)')
@@ -152,13 +235,20 @@ def check_run_args(args: argparse.Namespace) -> Optional[Path]:
         if not Path(args.data_dir).exists() and not args.dataset_download:
             raise UsageError(f'--data-dir {args.data_dir} does not exist; give the dataset root (with train/ and '
                              f'validation/ class folders), or leave it out to train on the embedded digits')
+        if Path(args.data_dir).exists() and not Path(args.data_dir).is_dir():
+            raise UsageError(f'--data-dir {args.data_dir} is a file; give the dataset root folder')
         if Path(args.data_dir).is_dir():
             check_image_folders(args)
+    if args.initial_checkpoint and not Path(args.initial_checkpoint).is_file():
+        raise UsageError(f'--initial-checkpoint {args.initial_checkpoint}: no such file; give a .pth.tar or '
+                         f'.safetensors file of this model\'s weights')
     if args.pss_latency_table:
         read_latency_table(args.pss_latency_table)
     if args.resume:
         path = resume_checkpoint_file(args.resume)
-        check_resume_settings(args, path, read_resume_metadata(path))
+        meta = read_resume_metadata(path)
+        check_resume_epoch(args, path, meta)
+        check_resume_settings(args, path, meta)
         return path
     return None
 
@@ -206,14 +296,19 @@ def checkpoint_bytes(model, args: argparse.Namespace) -> int:
 
 def check_free_space(folder: Path, model, args: argparse.Namespace) -> None:
     """Stop before training when `folder`'s disk clearly cannot hold the run: up to --checkpoint-hist checkpoints,
-    last.pth.tar and the temporary of the next one, and model.safetensors."""
+    last.pth.tar and the temporary of the next one, and model.safetensors (--pss-finalize-only writes only the
+    weights and the results)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     per_checkpoint = checkpoint_bytes(model, args)
-    needed = per_checkpoint * (args.checkpoint_hist + 2) + per_checkpoint // 2
+    checkpoints = 0 if args.pss_finalize_only else args.checkpoint_hist + 2
+    needed = per_checkpoint * checkpoints + weights
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if free < needed:
+        what = (f'{checkpoints} checkpoints of {per_checkpoint / 2**20:.1f} MiB and the weights' if checkpoints else
+                'the weights')
         raise UsageError(f'--output {folder}: {free / 2**20:.1f} MiB free, the run needs about {needed / 2**20:.1f} '
-                         f'MiB ({args.checkpoint_hist + 2} checkpoints of {per_checkpoint / 2**20:.1f} MiB and the '
-                         f'weights); free space, lower --checkpoint-hist or choose another --output')
+                         f'MiB ({what}); free space{", lower --checkpoint-hist" if checkpoints else ""} or choose '
+                         f'another --output')

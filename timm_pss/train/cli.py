@@ -9,7 +9,7 @@ from .args import parse_args
 from .checks import CommandError, check_run_args
 from .finalize import finalize
 from .loop import train_epochs
-from .run import setup
+from .run import setup, stop_on_failed_write
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -23,9 +23,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         resume_file = check_run_args(args)
         run = setup(args, args_text, resume_file)
         if not args.pss_finalize_only:
-            train_epochs(run)
+            with stop_on_failed_write(run.output_dir):
+                train_epochs(run)
         if run.primary:
-            finalize(run)
+            with stop_on_failed_write(run.output_dir, finalising=True):
+                finalize(run)
     except CommandError as e:
         print(f'train_pss.py: error: {e}', file=sys.stderr, flush=True)
         raise SystemExit(e.exit_code) from None

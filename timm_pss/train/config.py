@@ -58,6 +58,11 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
             config = yaml.safe_load(f)
     except OSError as e:
         parser.error(f'-c/--config {path}: cannot read it ({e.strerror or e})')
+    except UnicodeDecodeError:
+        parser.error(f'-c/--config {path} is not UTF-8 text; give a YAML file of option names and values')
+    except RecursionError:
+        parser.error(f'-c/--config {path} is nested too deeply for a config; give a flat mapping of option names to '
+                     f'values')
     except yaml.YAMLError as e:
         parser.error(f'-c/--config {path} is not valid YAML ({" ".join(str(e).split())})')
     config = {} if config is None else config

@@ -21,7 +21,11 @@ def create_datasets(args):
                 DigitsDataset('val', **kw))
     kw = dict(root=args.data_dir, split=args.train_split, class_map=args.class_map, download=args.dataset_download,
               batch_size=args.batch_size, seed=args.seed)
-    train_full = create_dataset(args.dataset, is_training=True, **kw)
+    try:
+        train_full = create_dataset(args.dataset, is_training=True, **kw)
+    except (AssertionError, ValueError, RuntimeError) as e:  # timm asserts on unknown names
+        raise UsageError(f'--dataset {args.dataset!r} --data-dir {args.data_dir!r}: timm cannot read it ({e}); give '
+                         f'a timm dataset name (e.g. torch/fashion_mnist) or an image-folder root') from None
     eval_full = create_dataset(args.dataset, is_training=False, **kw)
     heldout_idx, train_idx = split_indices(len(train_full), [args.pss_heldout_frac, 1.0], args.seed)
     val = create_dataset(args.dataset, root=args.data_dir, split=args.val_split, is_training=False,
@@ -40,8 +44,12 @@ def resolve_data_properties(args, datasets):
     up to 2,000 training images); three-channel images keep timm's defaults. An explicit --in-chans that differs
     from the images' channels converts the images (grayscale replicated to RGB, or RGB to grayscale).
     """
+    declared = dataset_num_classes(datasets[0])
+    if args.num_classes is not None and declared is not None and args.num_classes < declared:
+        raise UsageError(f'--num-classes {args.num_classes} is fewer than the {declared} classes of the training '
+                         f'data; give at least {declared} (or leave it out to use the data\'s)')
     if args.num_classes is None:
-        args.num_classes = dataset_num_classes(datasets[0])
+        args.num_classes = declared
         if args.num_classes is None:
             raise UsageError(f'cannot tell the number of classes of --dataset {args.dataset!r} (it declares no '
                              f'classes); give --num-classes N')

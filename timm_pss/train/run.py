@@ -2,8 +2,10 @@
 checkpoint saver and pool monitor, gathered in a `TrainingRun` that the epoch loop and finalisation share."""
 import argparse
 import logging
+import os
+import pickle
 import re
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -21,6 +23,7 @@ from timm.utils import (
     CheckpointSaver, NativeScaler, init_distributed_device, is_primary, load_checkpoint_metadata, random_seed,
 )
 
+from timm_pss.errors import first_line
 from timm_pss.files import claim_new_dir, write_text_atomic
 from timm_pss.latency import LatencyTable
 from timm_pss.pss import PoolMonitor, ResumablePSSTask, build_sampler, sampler_kwargs
@@ -28,8 +31,8 @@ from timm_pss.supernet import SupernetMixin
 
 from .args import plain_args
 from .checks import (
-    INFERRED_SETTINGS, UsageError, check_free_space, check_image_size, check_resume_settings, read_latency_table,
-    read_resume_metadata, resume_checkpoint_file,
+    INFERRED_SETTINGS, TrainingFailed, UsageError, check_free_space, check_image_size, check_resume_settings,
+    read_latency_table, read_resume_metadata, resume_checkpoint_file,
 )
 from .data import create_datasets, create_loaders, monitor_batch, resolve_data_properties
 from .optimizer import create_optimizer, lr_base_scale, scaled_lr
@@ -109,7 +112,11 @@ def create_supernet(args: argparse.Namespace, resume_file: Optional[Path], prima
         raise SystemExit(f'--model {args.model} is not a timm_pss supernet; use one of {supernets}')
     check_image_size(args, model.space)
     if args.initial_checkpoint:
-        load_checkpoint(model, args.initial_checkpoint)
+        try:
+            load_checkpoint(model, args.initial_checkpoint)
+        except (OSError, EOFError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as e:
+            raise UsageError(f'--initial-checkpoint {args.initial_checkpoint}: not weights of {args.model} with this '
+                             f'run\'s settings ({first_line(e)}); give a checkpoint of this model') from None
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
@@ -165,15 +172,49 @@ def mixup_active(args: argparse.Namespace) -> bool:
 
 def resume_training(args: argparse.Namespace, path: Path, model, task, optimizer, loss_scaler, primary: bool) -> int:
     """Restore weights, optimizer, scaler, pools, RNGs and EMA from checkpoint `path`; returns its epoch."""
-    resume_epoch = resume_checkpoint(model, str(path), optimizer=None if args.no_resume_opt else optimizer,
-                                     loss_scaler=loss_scaler, log_info=primary)
+    try:
+        resume_epoch = resume_checkpoint(model, str(path), optimizer=None if args.no_resume_opt else optimizer,
+                                         loss_scaler=loss_scaler, log_info=primary)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UsageError(f'--resume {path}: its weights do not fit {args.model} with this run\'s settings '
+                         f'({first_line(e)}); resume a checkpoint of this model') from None
     meta = load_checkpoint_metadata(str(path))
-    task.load_task_state(meta.get('task_state'))
-    if task.has_ema() and 'state_dict_ema' in meta:
-        task.load_checkpoint_state(meta['state_dict_ema'], meta.get('task_state_ema'), ema=True, strict=False)
+    try:
+        task.load_task_state(meta.get('task_state'))
+        if task.has_ema() and 'state_dict_ema' in meta:
+            task.load_checkpoint_state(meta['state_dict_ema'], meta.get('task_state_ema'), ema=True, strict=False)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f'--resume {path}: its pools, RNG or EMA state cannot be restored ({first_line(e)}); '
+                         f'resume a checkpoint train_pss.py wrote') from None
     if primary:
         _logger.info(f'Resumed from {path} at epoch {resume_epoch} with {sum(task.sampler.fill())} pooled subnets')
     return resume_epoch
+
+
+@contextmanager
+def stop_on_failed_write(output_dir: Optional[Path], finalising: bool = False):
+    """A write into the run folder that fails (full disk, file-size limit, read-only folder) stops the run in one
+    line saying how to continue, and removes the partial tmp.pth.tar timm's CheckpointSaver leaves behind."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        torch_writer = isinstance(e, RuntimeError) and ('inline_container' in str(e) or 'StreamWriter' in str(e))
+        if output_dir is None or not (isinstance(e, OSError) or torch_writer):
+            raise
+        try:
+            (output_dir / 'tmp.pth.tar').unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = ((e.strerror or first_line(e)) if isinstance(e, OSError)
+                  else f'the checkpoint was cut short ({first_line(e)})')
+        where = f' ({e.filename})' if isinstance(e, OSError) and e.filename else ''
+        if finalising:
+            then = f'free space and finalise with --resume {output_dir} --pss-finalize-only'
+        elif (output_dir / 'last.pth.tar').is_file():
+            then = f'free space and continue from its last checkpoint with --resume {output_dir}'
+        else:
+            then = 'free space (or raise the file-size limit) and start the run again'
+        raise TrainingFailed(f'could not write into the run folder {output_dir}{where}: {reason}; {then}') from None
 
 
 def run_folder_name(args: argparse.Namespace) -> Path:
@@ -211,6 +252,7 @@ def setup(args: argparse.Namespace, args_text: str, resume_file: Optional[Path])
     folder, checkpoint saver and pool monitor."""
     device = init_distributed_device(args)
     primary = is_primary(args)
+    set_threads(args, primary)
     if args.aug_repeats and not args.distributed:
         raise UsageError(f'--aug-repeats {args.aug_repeats:g} repeats each image across ranks: it needs distributed '
                               f'training (torchrun --nproc_per_node=N), as in timm')
@@ -226,10 +268,8 @@ def setup(args: argparse.Namespace, args_text: str, resume_file: Optional[Path])
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     resume_path = resume_checkpoint_file(args.resume) if args.resume else None
-    output_dir = None
     if primary:
         check_free_space(run_folder_name(args) if resume_path is None else resume_path.parent, model, args)
-        output_dir = claim_output_dir(args, resume_path)
 
     set_lr(args, primary)
     optimizer = create_optimizer(model, args)
@@ -244,8 +284,9 @@ def setup(args: argparse.Namespace, args_text: str, resume_file: Optional[Path])
     train_loader, calib_loader, heldout_loader, val_loader = create_loaders(args, data_config, datasets,
                                                                             mixup_active(args), device)
     lr_scheduler, num_epochs, start_epoch = create_schedule(args, optimizer, len(train_loader), resume_epoch)
-    saver = wandb_run = None
-    if primary:
+    saver = wandb_run = output_dir = None
+    if primary:  # claimed last, once everything that can refuse the run has been built: no empty folders left
+        output_dir = claim_output_dir(args, resume_path)
         saver, wandb_run = start_run_folder(args, args_text, output_dir, model, optimizer, loss_scaler, task,
                                             resume_path)
 
@@ -262,6 +303,22 @@ def setup(args: argparse.Namespace, args_text: str, resume_file: Optional[Path])
         num_epochs=num_epochs, start_epoch=start_epoch, mixup_fn=mixup_fn, train_loader=train_loader,
         calib_loader=calib_loader, heldout_loader=heldout_loader, val_loader=val_loader, latency_table=latency_table,
         output_dir=output_dir, saver=saver, wandb_run=wandb_run, pool_monitor=pool_monitor, wait_group=wait_group)
+
+
+def set_threads(args: argparse.Namespace, primary: bool) -> None:
+    """Apply --threads, and say at start how many threads each process computes with; on a CPU already busier
+    than its cores, advise --threads 1 (torch's spinning threads then wait on each other: many times slower)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if not primary:
+        return
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
+    how = '--threads' if args.threads is not None else 'torch\'s default; set with --threads'
+    _logger.info(f'CPU threads per process: {threads} ({how}); load average {load:.1f} on {cores} cores')
+    if threads > 1 and load > cores - 0.5:
+        _logger.warning(f'the CPU is busy (load {load:.1f} on {cores} cores): with {threads} threads a process can '
+                        f'run many times slower than with --threads 1; see docs/training.md')
 
 
 def set_lr(args: argparse.Namespace, primary: bool) -> None:
