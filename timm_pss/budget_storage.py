@@ -125,7 +125,9 @@ class BudgetTableStorage:
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """torch's `load_state_dict`, checked whole first: a missing or unexpected key (under `strict`), a tensor
         of the wrong shape or a bad budget table raises before anything changes (torch alone would have copied the
-        modules before the one that fails)."""
+        modules before the one that fails). The budget table is checked first: its errors say most (a table made
+        for another model)."""
+        self._check_budget_state(state_dict, '')
         check_state_dict(self, state_dict, '', strict, self._budget_keys(''))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -141,13 +143,29 @@ class BudgetTableStorage:
         if '_active_budget_index' in self.__dict__:
             self._active_budget_index = None
 
-    def _resize_for_load(self, state_dict, prefix: str) -> None:
-        """Size the budget buffers to the incoming table (absent keys: no table).
+    def _resize_for_load(self, state_dict, prefix: str, checked: Optional[Tuple[BudgetTable, BudgetTable]]) -> None:
+        """Size the budget buffers to the incoming table `checked` by `_check_budget_state` (None: no table).
 
-        Everything is checked before anything changes, so a refused load leaves the model exactly as it was: a
-        malformed table, a table for another space, per-entry BN statistics of the wrong shape, or non-finite
-        statistics (a negative running_var included) raise ValueError naming the offending key. After a load the
-        model runs its active subnet on the shared BN statistics (`active_budget_index` is None).
+        After a load the model runs its active subnet on the shared BN statistics (`active_budget_index` is None).
+        """
+        key = prefix + TABLE_BUFFER
+        if checked is None:
+            self.store_budget_table(BudgetTable(self.space.group_names), {})
+            return
+        table, stored = checked
+        if table != stored:
+            state_dict[key] = _table_tensor(table)
+        for name, layer in self._budget_layers():  # placeholders of the incoming shapes, which the load then fills
+            layer.set_budget_stats(*(torch.empty(state_dict[prefix + f'{name}.{buf}'].shape, dtype=torch.float32,
+                                                 device=layer.weight.device) for buf in _BN_BUFFERS))
+        self._buffers[TABLE_BUFFER] = torch.empty_like(state_dict[key], device=next(self.parameters()).device)
+        self._forget_active_entry()
+
+    def _check_budget_state(self, state_dict, prefix: str) -> Optional[Tuple[BudgetTable, BudgetTable]]:
+        """(table conformed to this space, table as stored), or None without a table; changes nothing.
+
+        A malformed table, a table for another space, per-entry BN statistics of the wrong shape, or non-finite
+        statistics (a negative running_var included) raise ValueError naming the offending key.
         """
         key = prefix + TABLE_BUFFER
         layers = self._budget_layers()
@@ -155,8 +173,7 @@ class BudgetTableStorage:
             stray = [prefix + f'{n}.{b}' for n, _ in layers for b in _BN_BUFFERS if prefix + f'{n}.{b}' in state_dict]
             if stray:
                 raise ValueError(f'{stray[0]}: per-entry BN statistics without a budget table ({key} is missing)')
-            self.store_budget_table(BudgetTable(self.space.group_names), {})
-            return
+            return None
         stored = read_table_buffer(state_dict[key], self.space.group_names, where=key)
         table = stored.conform(self.space, where=key)
         for name, layer in layers:
@@ -166,23 +183,17 @@ class BudgetTableStorage:
                     raise ValueError(f'{k}: missing; the budget table {key} has {len(table)} entries and every BN '
                                      f'layer needs its per-entry statistics')
                 _check_entry_stats(k, state_dict[k], (len(table), layer.num_features), len(table), buf)
-        # all checked: apply
-        if table != stored:
-            state_dict[key] = _table_tensor(table)
-        for name, layer in layers:  # placeholders of the incoming shapes, which load_state_dict then fills
-            layer.set_budget_stats(*(torch.empty(state_dict[prefix + f'{name}.{buf}'].shape, dtype=torch.float32,
-                                                 device=layer.weight.device) for buf in _BN_BUFFERS))
-        self._buffers[TABLE_BUFFER] = torch.empty_like(state_dict[key], device=next(self.parameters()).device)
-        self._forget_active_entry()
+        return table, stored
 
 
 def _resize_budget_buffers_on_load(module: BudgetTableStorage, state_dict, prefix, local_metadata, strict,
                                    missing_keys, unexpected_keys, error_msgs) -> None:
     """load_state_dict pre-hook: every tensor's shape checked (`check_state_dict`; torch hands hooks strict=True
-    whatever the caller asked, so keys are checked by `BudgetTableStorage.load_state_dict`), then
-    `BudgetTableStorage._resize_for_load`."""
+    whatever the caller asked, so keys are checked by `BudgetTableStorage.load_state_dict`) after the budget
+    table's own checks, then `BudgetTableStorage._resize_for_load`."""
+    checked = module._check_budget_state(state_dict, prefix)
     check_state_dict(module, state_dict, prefix, False, module._budget_keys(prefix))
-    module._resize_for_load(state_dict, prefix)
+    module._resize_for_load(state_dict, prefix, checked)
 
 
 def _check_entry_stats(key: str, stats, shape: Tuple[int, int], entries: int, buf: str) -> None:
