@@ -22,10 +22,12 @@ def check_model_kwargs(variant: str, kwargs: dict) -> None:
     naming the value and what is allowed."""
     for key, least, most in (('num_classes', 0, MAX_CLASSES), ('in_chans', 1, 1024)):
         value = kwargs.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= value <= most:
+        if value is not None and not _whole_in_range(value, least, most):
             raise ValueError(f'{variant}: {key}={value!r} must be a whole number from {least} to {most:,}')
+
+
+def _whole_in_range(value, least: int, most: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and least <= value <= most
 
 
 def check_pretrained_cfg(variant: str, cfg: dict) -> None:
@@ -34,8 +36,7 @@ def check_pretrained_cfg(variant: str, cfg: dict) -> None:
     finite, std above 0: otherwise a load would give a random head or NaN images without a word."""
     source = cfg.get('file') or cfg.get('hf_hub_id') or 'its default config'
     count = cfg.get('num_classes')
-    if count is not None and (isinstance(count, bool) or not isinstance(count, numbers.Integral)
-                              or not 0 <= count <= MAX_CLASSES):
+    if count is not None and not _whole_in_range(count, 0, MAX_CLASSES):
         raise ValueError(f'{variant}: the pretrained config\'s num_classes {count!r} must be a whole number from 0 '
                          f'to {MAX_CLASSES:,} (from {source})')
     for key in ('mean', 'std'):

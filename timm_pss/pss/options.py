@@ -172,12 +172,12 @@ def check_pss_values(args: argparse.Namespace) -> None:
         if span is None:
             continue
         lo, hi, step = span
+        shown = ' '.join(f'{v:g}' for v in span)
         if not (_finite(span) and 0 < lo < hi and step > 0):
-            shown = ' '.join(f'{v:g}' for v in span)
             raise ValueError(f'{option} LO HI STEP needs 0 < LO < HI and STEP > 0, got {shown}')
         if (hi - lo) / step + 1 > MAX_POOLS:
-            raise ValueError(f'{option} {" ".join(f"{v:g}" for v in span)} gives {int((hi - lo) / step) + 1} pools; at '
-                             f'most {MAX_POOLS}: use a larger STEP')
+            raise ValueError(f'{option} {shown} gives {int((hi - lo) / step) + 1} pools; at most {MAX_POOLS}: use a '
+                             f'larger STEP')
 
 
 def check_pss_args(args: argparse.Namespace) -> None:
